@@ -1,0 +1,108 @@
+"""balancer shell: the UDP front on 5060, heartbeat subscriptions, a stats socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import zmq
+
+from balancer.core import Balancer, Liveness, NodeState
+from zeroslee import bus
+from zeroslee.config import parse_hostport
+from zeroslee.runtime import Process, run
+
+
+class Front(asyncio.DatagramProtocol):
+    def __init__(self, proc: Process) -> None:
+        cfg = proc.config.balancer
+        self.proc = proc
+        self.core = Balancer(cfg.sip_addr, Liveness(cfg.dead_after, cfg.alive_after), cfg.spread)
+        for node in proc.config.nodes:  # known addresses, not yet alive
+            self.core.liveness.nodes.setdefault(node.id, NodeState(node.sip_addr))
+        self.transport: asyncio.DatagramTransport | None = None
+        self.live: list[str] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        summary = self.core.receive_datagram(data, addr, time.monotonic())
+        if summary.startswith("rejected"):
+            self.proc.reject("sip", summary, peer=f"{addr[0]}:{addr[1]}")
+        assert self.transport is not None
+        for out, peer in self.core.datagrams_to_send():
+            self.transport.sendto(out, peer)
+
+    def error_received(self, exc: Exception) -> None:
+        self.proc.count("sip.transport_error")
+
+    async def watch(self) -> None:
+        sub = self.proc.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for node in self.proc.config.nodes:
+            sub.connect(node.heartbeat)
+        while True:
+            try:
+                data = await asyncio.wait_for(sub.recv(), self.proc.config.heartbeat_interval)
+            except asyncio.TimeoutError:
+                self.report_changes()
+                continue
+            try:
+                beat = bus.decode(data)
+            except bus.BadMessage as exc:
+                self.proc.reject("bus", exc, socket="heartbeat")
+                continue
+            if isinstance(beat, bus.NodeHeartbeat):
+                self.core.liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
+            self.report_changes()
+
+    def report_changes(self) -> None:
+        now = time.monotonic()
+        live = self.core.liveness.live(now)
+        if live != self.live:
+            self.proc.log.info("live nodes", live=live, was=self.live)
+            self.live = live
+        self.core.expire(now)
+
+    def stats(self) -> dict[str, int | str | float]:
+        out: dict[str, int | str | float] = dict(self.proc.counters)
+        out.update(self.core.counters)
+        out["live"] = json.dumps(self.live)
+        out["soft_state"] = len(self.core.soft)
+        return out
+
+    async def control(self) -> None:
+        sock = self.proc.socket(zmq.ROUTER)
+        sock.bind(self.proc.config.balancer.control)
+        while True:
+            ident, data = await sock.recv_multipart()
+            try:
+                message = bus.decode(data)
+            except bus.BadMessage as exc:
+                self.proc.reject("bus", exc, socket="control")
+                continue
+            if isinstance(message, bus.StatsRequest):
+                reply = bus.StatsReply(message.req, "balancer", "", self.stats())
+                await sock.send_multipart([ident, bus.encode(reply)])
+            elif isinstance(message, bus.Ping):
+                await sock.send_multipart([ident, bus.encode(bus.Pong(message.req, "balancer", bool(self.live)))])
+            else:
+                self.proc.reject("unexpected", type(message).__name__, socket="control")
+
+
+async def main(proc: Process) -> None:
+    front = Front(proc)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: front, local_addr=proc.config.balancer.sip_addr)
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(front.watch())
+            group.create_task(front.control())
+    finally:
+        transport.close()
+
+
+if __name__ == "__main__":
+    run("balancer", main, needs_node=False)

@@ -1,0 +1,245 @@
+"""The balancer's core: which node gets a datagram, and how it is rewritten (pure).
+
+Theory of operation. Routing is a pure function of the live node set and hints carried
+in the messages, so any number of balancers agree without sharing state (DESIGN §7):
+- a request carrying our Record-Route node hint (`;zsnode=`) goes to that node while it
+  lives; otherwise
+- the request goes to the rendezvous hash of its Call-ID over the live nodes.
+Because the choice depends on liveness, which a stateless proxy must not use (RFC 3261
+§16.11), the balancer keeps soft per-transaction state: retransmissions of a request
+(and its CANCEL and non-2xx ACK, which share the branch) go where its first copy went.
+
+Requests from a node (its sip-ra's address) go out towards the UA: our Route is popped,
+our Via added, and the next hop is the next Route or the Request-URI. Requests from
+anyone else always go to a node: the Request-URI's host is never used (DESIGN §2).
+Responses lose our Via and follow the next one (with `received`/`rport`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from zeroslee import hashing
+from zeroslee.sipmsg import ParseError, SipMessage, parse, parse_name_addr, parse_uri, parse_via
+
+Addr = tuple[str, int]
+BRANCH_PREFIX = "z9hG4bKzsb"
+SOFT_STATE_TTL = 32.0  # 64*T1: how long a transaction's node choice is remembered
+
+
+@dataclass
+class NodeState:
+    addr: Addr
+    ready: bool = False
+    last_seen: float = -1e9
+    streak: int = 0  # consecutive ready heartbeats, for hysteresis
+
+
+@dataclass
+class Liveness:
+    """Up after `alive_after` consecutive ready heartbeats; down after `dead_after` of
+    silence or one not-ready heartbeat."""
+
+    dead_after: float
+    alive_after: int
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+
+    def heartbeat(self, node: str, ready: bool, addr: Addr, now: float) -> None:
+        state = self.nodes.setdefault(node, NodeState(addr))
+        state.addr = addr
+        if now - state.last_seen > self.dead_after:
+            state.streak = 0
+        state.last_seen = now
+        state.streak = state.streak + 1 if ready else 0
+        state.ready = state.streak >= self.alive_after or (state.ready and ready)
+
+    def live(self, now: float) -> list[str]:
+        return sorted(
+            n for n, s in self.nodes.items() if s.ready and now - s.last_seen <= self.dead_after
+        )
+
+
+@dataclass
+class Balancer:
+    address: Addr
+    liveness: Liveness
+    spread: bool = False
+    soft: dict[str, tuple[str, float]] = field(default_factory=dict)  # branch -> (node, expiry)
+    outbox: list[tuple[bytes, Addr]] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    _turn: int = 0
+
+    @property
+    def host(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    def node_at(self, addr: Addr) -> str | None:
+        for node, state in self.liveness.nodes.items():
+            if state.addr == addr:
+                return node
+        return None
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> str:
+        """Route one datagram; returns a short summary for the shell's counters."""
+        try:
+            msg = parse(data)
+        except ParseError as exc:
+            self.count("rejected.sip")
+            return f"rejected: {exc.reason}"
+        if not msg.is_request:
+            return self._relay_response(msg)
+        if self.node_at(addr) is not None:
+            return self._from_node(msg)
+        return self._from_outside(msg, addr, now)
+
+    # --- requests from UAs -----------------------------------------------------------
+
+    def _from_outside(self, msg: SipMessage, addr: Addr, now: float) -> str:
+        mf = msg.get("Max-Forwards")
+        if mf is not None and int(mf) <= 0 and msg.method != "ACK":
+            self._reply(msg, addr, 483, "Too Many Hops")
+            return "483"
+        hint = self._pop_own_route(msg)
+        vias = msg.get_all("Via")
+        branch = parse_via(vias[0]).branch if vias else ""
+        node = self._choose(msg, hint, branch, now)
+        if node is None:
+            if msg.method != "ACK":
+                self._reply(msg, addr, 503, "Service Unavailable", [("Retry-After", "5")])
+            self.count("no_node")
+            return "503"
+        self._stamp_received(msg, addr)
+        if mf is not None:
+            msg.set("Max-Forwards", str(int(mf) - 1))
+        if msg.method == "INVITE" and not parse_name_addr(msg.get("To") or "").tag:
+            msg.prepend("Record-Route", f"<sip:{self.host};lr;zsnode={node}>")
+        msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={self._branch(branch, msg)}")
+        if msg.method == "INVITE":
+            self._reply(msg, addr, 100, "Trying", strip_top_via=True)
+        self.outbox.append((msg.to_bytes(), self.liveness.nodes[node].addr))
+        self.count(f"to.{node}")
+        return node
+
+    def _choose(self, msg: SipMessage, hint: str | None, branch: str, now: float) -> str | None:
+        live = self.liveness.live(now)
+        if not live:
+            return None
+        remembered = self.soft.get(branch)
+        if remembered is not None and remembered[0] in live:
+            return remembered[0]
+        if self.spread:
+            self._turn += 1
+            node: str | None = live[self._turn % len(live)]
+        elif hint in live:
+            node = hint
+        else:
+            node = hashing.choose(msg.call_id, live)
+        if branch and node is not None:
+            self.soft[branch] = (node, now + SOFT_STATE_TTL)
+        return node
+
+    def _pop_own_route(self, msg: SipMessage) -> str | None:
+        """Remove our own Route entry (loose routing, §16.4); return its node hint."""
+        routes = msg.get_all("Route")
+        if not routes:
+            return None
+        top = parse_name_addr(routes[0])
+        uri = parse_uri(top.uri)
+        if (uri.host, uri.port or 5060) != self.address:
+            return None
+        msg.remove("Route")
+        for route in routes[1:]:
+            msg.headers.append(("Route", route))
+        return uri.params.get("zsnode")
+
+    def _stamp_received(self, msg: SipMessage, addr: Addr) -> None:
+        """§18.2.1 and RFC 3581: note in the top Via where the request really came from."""
+        vias = msg.get_all("Via")
+        via = parse_via(vias[0])
+        params = dict(via.params)
+        if via.host != addr[0]:
+            params["received"] = addr[0]
+        if "rport" in params:
+            params["rport"] = str(addr[1])
+        sent_by = via.host + (f":{via.port}" if via.port else "")
+        top = f"SIP/2.0/{via.transport} {sent_by}" + "".join(
+            f";{k}={v}" if v else f";{k}" for k, v in params.items()
+        )
+        msg.remove("Via")
+        msg.headers = [("Via", top)] + [("Via", v) for v in vias[1:]] + msg.headers
+
+    @staticmethod
+    def _move_vias_first(msg: SipMessage) -> None:
+        vias = [(k, v) for k, v in msg.headers if k == "Via"]
+        msg.headers = vias + [(k, v) for k, v in msg.headers if k != "Via"]
+
+    def _branch(self, incoming: str, msg: SipMessage) -> str:
+        """Deterministic, so retransmissions and CANCEL map onto the same branch (§16.11)."""
+        seed = incoming or f"{msg.call_id}|{msg.cseq[0]}|{msg.get('From')}"
+        return BRANCH_PREFIX + hashlib.blake2b(seed.encode(), digest_size=8).hexdigest()
+
+    # --- requests from nodes ----------------------------------------------------------
+
+    def _from_node(self, msg: SipMessage) -> str:
+        self._pop_own_route(msg)
+        routes = msg.get_all("Route")
+        target_uri = parse_name_addr(routes[0]).uri if routes else msg.uri
+        try:
+            uri = parse_uri(target_uri)
+        except ParseError:
+            self.count("rejected.target")
+            return "bad target"
+        vias = msg.get_all("Via")
+        branch = parse_via(vias[0]).branch if vias else ""
+        msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={self._branch(branch, msg)}")
+        self.outbox.append((msg.to_bytes(), (uri.host.strip("[]"), uri.port or 5060)))
+        self.count("from_node")
+        return "outbound"
+
+    # --- responses --------------------------------------------------------------------
+
+    def _relay_response(self, msg: SipMessage) -> str:
+        vias = msg.get_all("Via")
+        if not vias or BRANCH_PREFIX not in vias[0]:
+            self.count("response.not_ours")
+            return "dropped"
+        if msg.status == 100:
+            return "100 absorbed"  # hop by hop (§16.7): we sent our own 100
+        if len(vias) < 2:
+            self.count("response.no_next_via")
+            return "dropped"
+        nxt = parse_via(vias[1])
+        host = nxt.params.get("received") or nxt.host
+        port = int(nxt.params["rport"]) if nxt.params.get("rport", "").isdigit() else (nxt.port or 5060)
+        msg.remove("Via")
+        for value in vias[1:]:
+            msg.headers.append(("Via", value))
+        self._move_vias_first(msg)
+        self.outbox.append((msg.to_bytes(), (host.strip("[]"), port)))
+        return "response"
+
+    def _reply(
+        self, msg: SipMessage, addr: Addr, status: int, reason: str,
+        headers: list[tuple[str, str]] | None = None, strip_top_via: bool = False,
+    ) -> None:
+        vias = msg.get_all("Via")
+        if strip_top_via:
+            vias = vias[1:]
+        response = SipMessage(status=status, reason=reason)
+        response.headers = [("Via", v) for v in vias]
+        for name in ("From", "To", "Call-ID", "CSeq"):
+            response.headers.append((name, msg.get(name) or ""))
+        response.headers.extend(headers or [])
+        self.outbox.append((response.to_bytes(), addr))
+
+    def expire(self, now: float) -> None:
+        for branch in [b for b, (_, exp) in self.soft.items() if exp <= now]:
+            del self.soft[branch]

@@ -1,0 +1,1 @@
+"""The node's SLEE container: event router, SBB entities, activities, naming."""

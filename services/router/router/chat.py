@@ -1,0 +1,82 @@
+"""The chat relay: the seed scenario's service, and the reference example of an SBB.
+
+Each participant's INVITE creates a root SBB entity (one per dialog). The first one in a
+room creates a null activity for the room, names it with the room's name, and attaches;
+later ones look the name up and attach. An INFO with a body is fired as a MessageEvent
+on the room; every other participant's SBB relays it as an INFO on its own dialog.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from router.sbb import Sbb, SbbContext, SipRequest, on
+
+
+class MessageEvent(msgspec.Struct, frozen=True):
+    text: bytes
+    content_type: str
+    sender: str  # SBB id of the participant who wrote it
+
+
+class ChatState(msgspec.Struct):
+    room: str = ""
+    dialog: str = ""
+
+
+def per_dialog(event: SipRequest) -> str:
+    return event.activity
+
+
+def sdp_answer(offer: bytes) -> bytes:
+    """An SDP answer refusing every offered stream (RFC 3264 §6: port 0). A chat has no media."""
+    lines = offer.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
+    media = [line for line in lines if line.startswith("m=")]
+    out = ["v=0", "o=zeroslee 0 0 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0"]
+    for line in media:
+        kind, _port, rest = (line[2:].split(" ", 2) + ["", ""])[:3]
+        out.append(f"m={kind} 0 {rest}".rstrip())
+    return ("\r\n".join(out) + "\r\n").encode()
+
+
+class ChatSbb(Sbb):
+    State = ChatState
+    state: ChatState
+
+    @on(SipRequest, method="INVITE", initial_by=per_dialog)
+    def on_invite(self, event: SipRequest, ctx: SbbContext) -> None:
+        room = event.user or "lobby"
+        activity = ctx.lookup(room)
+        if activity is None:
+            # Two first joins on two nodes: both bind, one commit loses the version check
+            # on the name, and the router re-runs that delivery, which then finds the room.
+            activity = ctx.create_null_activity()
+            ctx.bind(room, activity)
+        ctx.attach(activity)
+        self.state.room, self.state.dialog = room, event.activity
+        if event.has_sdp_offer:
+            ctx.respond(event, 200, body=sdp_answer(event.body), content_type="application/sdp")
+        else:
+            ctx.respond(event, 200)
+
+    @on(SipRequest, method="INFO")
+    def on_info(self, event: SipRequest, ctx: SbbContext) -> None:
+        if event.body:
+            room = ctx.lookup(self.state.room)
+            if room is not None:
+                ctx.fire(room, MessageEvent(event.body, event.content_type or "text/plain", ctx.sbb_id))
+        ctx.respond(event, 200)
+
+    @on(MessageEvent)
+    def on_message(self, event: MessageEvent, ctx: SbbContext) -> None:
+        if event.sender != ctx.sbb_id:
+            ctx.send_request(self.state.dialog, "INFO", event.text, event.content_type)
+
+    @on(SipRequest, method="BYE")
+    def on_bye(self, event: SipRequest, ctx: SbbContext) -> None:
+        room = ctx.lookup(self.state.room)
+        if room is not None:
+            ctx.detach(room)
+            if ctx.attachment_count(room) == 0:
+                ctx.unbind(self.state.room)
+        ctx.respond(event, 200)

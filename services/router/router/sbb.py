@@ -1,0 +1,138 @@
+"""The SBB programming model: what a service developer writes against.
+
+An SBB is a class with a typed persistent `State` (a msgspec Struct: JAIN SLEE's CMP
+fields), a `priority`, and handlers declared with `@on(EventType, ...)`. A handler that
+names `initial_by` is an initial event handler: the function maps the event to a
+convergence name, and the container creates (or reuses) the root entity for that name.
+Handlers get the event and an `SbbContext`; all they do through the context (naming,
+attach, fire, SIP) takes effect when the delivery commits, never before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import msgspec
+
+from zeroslee import bus
+
+
+class SipRequest(bus.RequestReceived, frozen=True, tag=True):
+    """A SIP request event, as the SIP RA fires it on its activity."""
+
+    @property
+    def user(self) -> str:
+        """The Request-URI's user part (`sip:room-7@host` -> `room-7`)."""
+        rest = self.request_uri.split(":", 1)[-1]
+        return rest.split("@", 1)[0].split(";", 1)[0] if "@" in rest else ""
+
+
+class ActivityEndEvent(msgspec.Struct, frozen=True):
+    activity: str
+
+
+class SleeError(Exception):
+    """A facility refused an operation; the delivery rolls back unless caught."""
+
+
+class NameAlreadyBound(SleeError):
+    pass
+
+
+class NameNotBound(SleeError):
+    pass
+
+
+class FacilityError(SleeError):
+    pass
+
+
+class HandlerFailed(SleeError):
+    """An SBB's handler raised: the delivery rolls back (JAIN SLEE sbbRolledBack)."""
+
+    def __init__(self, sbb_id: str, error: BaseException) -> None:
+        super().__init__(f"{sbb_id}: {type(error).__name__}: {error}")
+        self.sbb_id = sbb_id
+        self.error = error
+
+
+class ActivityEnding(SleeError):
+    """No new events may be fired on an activity that is ending or gone."""
+
+
+@dataclass(frozen=True)
+class Handler:
+    event_type: type
+    method: str | None
+    initial_by: Callable[[Any], str | None] | None
+    function: Callable[..., None]
+
+
+def on(
+    event_type: type, method: str | None = None, initial_by: Callable[[Any], str | None] | None = None
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Declare an event handler; `method` filters SIP requests by method."""
+
+    def mark(function: Callable[..., None]) -> Callable[..., None]:
+        function.__zeroslee_handler__ = Handler(event_type, method, initial_by, function)  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+class SbbContext(Protocol):
+    """What a handler may do; implemented by the container's transaction."""
+
+    sbb_id: str
+    activity: str
+
+    def lookup(self, name: str) -> str | None: ...
+    def bind(self, name: str, activity: str) -> None: ...
+    def unbind(self, name: str) -> None: ...
+    def create_null_activity(self) -> str: ...
+    def attach(self, activity: str) -> None: ...
+    def detach(self, activity: str) -> None: ...
+    def attachment_count(self, activity: str) -> int: ...
+    def fire(self, activity: str, event: msgspec.Struct) -> None: ...
+    def respond(self, event: SipRequest, status: int, reason: str = "", body: bytes = b"",
+                content_type: str = "") -> None: ...
+    def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None: ...
+
+
+class Sbb:
+    """Base class of every SBB. Subclasses set `State` and declare handlers with `@on`."""
+
+    State: ClassVar[type[msgspec.Struct]] = msgspec.Struct
+    priority: ClassVar[int] = 0
+    handlers: ClassVar[list[Handler]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.handlers = [
+            h for value in vars(cls).values()
+            if (h := getattr(value, "__zeroslee_handler__", None)) is not None
+        ]
+
+    def __init__(self, state: msgspec.Struct) -> None:
+        self.state = state
+
+    # lifecycle hooks (JAIN SLEE sbbCreate / sbbRemove / sbbRolledBack)
+    def created(self, ctx: SbbContext) -> None:
+        pass
+
+    def removed(self, ctx: SbbContext) -> None:
+        pass
+
+    def rolled_back(self, ctx: SbbContext, error: BaseException) -> None:
+        pass
+
+    @classmethod
+    def handler_for(cls, event: object) -> Handler | None:
+        for h in cls.handlers:
+            if isinstance(event, h.event_type) and (
+                h.method is None or getattr(event, "method", None) == h.method
+            ):
+                return h
+        return None

@@ -1,0 +1,1 @@
+"""The node's SIP resource adaptor (see README.md beside this package)."""

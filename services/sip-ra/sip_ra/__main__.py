@@ -1,0 +1,214 @@
+"""sip-ra shell: UDP SIP socket, the router link, dialog replication, heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import zmq
+
+from sip_ra.core import Outcome, RaCore
+from sip_ra.dialog import Dialog
+from zeroslee import bus, keys
+from zeroslee.replica import ReplicaUnavailable
+from zeroslee.runtime import Process, run
+from zeroslee.storeclient import CommitFailed, StoreClient
+
+ROUTER_ANSWER_TIMEOUT = 8.0  # a request the router never answers gets 500 after this
+COMMIT_ATTEMPTS = 8
+
+
+class SipRa(asyncio.DatagramProtocol):
+    def __init__(self, proc: Process) -> None:
+        assert proc.node is not None
+        self.proc = proc
+        self.node = proc.config.node(proc.node)
+        self.store = StoreClient(proc)
+        self.core = RaCore(proc.node, self.node.sip, proc.config.sip, self.load_dialog)
+        self.router = proc.socket(zmq.DEALER)
+        self.router.setsockopt(zmq.ROUTING_ID, f"sip-ra:{proc.node}".encode())
+        self.router.connect(self.node.router)
+        self.heartbeat = proc.socket(zmq.PUB)
+        self.heartbeat.bind(self.node.heartbeat)
+        self.transport: asyncio.DatagramTransport | None = None
+        self.wake = asyncio.Event()
+        self.router_seen = 0.0
+        self.ping_id = 0
+        self.tasks: set[asyncio.Future[None]] = set()
+        self.answer_timers: dict[str, asyncio.TimerHandle] = {}
+
+    # --- UDP -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        outcome = self.core.receive_datagram(data, addr, time.monotonic())
+        self.flush()
+        if outcome.event is not None:
+            self.spawn(self.forward(outcome))
+        elif outcome.summary.startswith("rejected"):
+            self.proc.reject("sip", outcome.summary, peer=f"{addr[0]}:{addr[1]}")
+
+    def error_received(self, exc: Exception) -> None:
+        self.proc.count("sip.transport_error")
+
+    def flush(self) -> None:
+        assert self.transport is not None
+        for data, peer in self.core.datagrams_to_send():
+            self.transport.sendto(data, peer)
+        self.wake.set()
+
+    def spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def load_dialog(self, ident: str) -> Dialog | None:
+        try:
+            with self.store.replica.read() as view:
+                _, raw = view.get(keys.dialog(ident))
+        except ReplicaUnavailable:
+            return None
+        return Dialog.decode(raw) if raw is not None else None
+
+    async def forward(self, outcome: Outcome) -> None:
+        """Replicate a new dialog, then hand the event to the router (DESIGN §3.1)."""
+        event = outcome.event
+        if outcome.new_dialog is not None:
+            d = outcome.new_dialog
+            try:
+                await self.store.commit([(keys.dialog(d.id), 0)], [(keys.dialog(d.id), d.encode())])
+            except CommitFailed as exc:
+                self.answer(getattr(event, "tx"), 503, "Service Unavailable", str(exc))
+                return
+        if isinstance(event, bus.RequestReceived):
+            loop = asyncio.get_running_loop()
+            self.answer_timers[event.tx] = loop.call_later(
+                ROUTER_ANSWER_TIMEOUT, self.answer, event.tx, 500, "Server Internal Error", "router timeout"
+            )
+        await self.router.send(bus.encode(event))  # type: ignore[arg-type]
+
+    def answer(self, tx: str, status: int, reason: str, why: str = "", **kw: object) -> None:
+        timer = self.answer_timers.pop(tx, None) if status >= 200 else None
+        if timer is not None:
+            timer.cancel()
+        pending = self.core.pending.get(tx)
+        if pending is None:
+            return
+        request = pending.request
+        self.core.respond(tx, status, reason, time.monotonic(), **kw)  # type: ignore[arg-type]
+        self.flush()
+        if status >= 200:
+            self.proc.log.info(
+                "transaction", method=request.method, status=status, call_id=request.call_id,
+                **({"why": why} if why else {}),
+            )
+
+    # --- router link ---------------------------------------------------------------
+
+    async def serve_router(self) -> None:
+        while True:
+            data = await self.router.recv()
+            try:
+                message = bus.decode(data)
+            except bus.BadMessage as exc:
+                self.proc.reject("bus", exc, socket="router")
+                continue
+            self.router_seen = time.monotonic()
+            match message:
+                case bus.SendResponse(tx=tx, status=status, reason=reason):
+                    self.answer(
+                        tx, status, reason, headers=list(message.headers), body=message.body,
+                        content_type=message.content_type,
+                    )
+                case bus.DeliveryFailed(tx=tx, status=status, reason=reason):
+                    self.answer(tx, status, "", why=reason)
+                case bus.SendRequest():
+                    self.spawn(self.send_in_dialog(message))
+                case bus.Pong():
+                    pass
+                case _:
+                    self.proc.reject("unexpected", type(message).__name__, socket="router")
+
+    async def send_in_dialog(self, cmd: bus.SendRequest) -> None:
+        """Load the dialog from the replica, take the next local CSeq, then send (§12.2.1.1)."""
+        key = keys.dialog(cmd.dialog)
+        for _ in range(COMMIT_ATTEMPTS):
+            try:
+                with self.store.replica.read() as view:
+                    version, raw = view.get(key)
+            except ReplicaUnavailable:
+                raw = None
+            if raw is None:
+                self.proc.count("send.no_dialog")
+                self.proc.log.warning("send on unknown dialog", dialog=cmd.dialog, method=cmd.method)
+                return
+            stored = Dialog.decode(raw)
+            dialog = msgspec.structs.replace(stored, local_cseq=stored.local_cseq + 1)
+            try:
+                result = await self.store.commit([(key, version)], [(key, dialog.encode())])
+            except CommitFailed as exc:
+                self.proc.count("send.commit_failed")
+                self.proc.log.warning("send failed", dialog=cmd.dialog, error=str(exc))
+                return
+            if result.ok:
+                self.core.send_in_dialog(dialog, cmd.method, cmd.body, cmd.content_type, time.monotonic())
+                self.flush()
+                self.proc.count(f"sent.{cmd.method}")
+                return
+        self.proc.count("send.conflict_exhausted")
+
+    # --- timers and liveness -------------------------------------------------------
+
+    async def run_timers(self) -> None:
+        while True:
+            deadline = self.core.deadline()
+            self.wake.clear()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            for outcome in self.core.on_timer(time.monotonic()):
+                self.proc.log.info("transaction", method=outcome.method, status=outcome.status,
+                                   call_id=outcome.call_id, why="timeout")
+            self.flush()
+
+    async def beat(self) -> None:
+        """Publish readiness: ready while the local router and store both answer."""
+        interval = self.proc.config.heartbeat_interval
+        while True:
+            self.ping_id += 1
+            await self.router.send(bus.encode(bus.Ping(self.ping_id, f"sip-ra:{self.node.id}")))
+            store_ready = await self.store.is_ready()
+            router_ready = time.monotonic() - self.router_seen < max(3 * interval, 0.5)
+            beat = bus.NodeHeartbeat(self.node.id, store_ready and router_ready, self.proc.incarnation, self.node.sip)
+            await self.heartbeat.send(bus.encode(beat))
+            await asyncio.sleep(interval)
+
+    def stats(self) -> dict[str, int]:
+        out = dict(self.proc.counters)
+        out.update(self.core.counters)
+        out.update(transactions=len(self.core.transactions), dialogs_cached=len(self.core.dialogs))
+        return out
+
+
+async def main(proc: Process) -> None:
+    ra = SipRa(proc)
+    loop = asyncio.get_running_loop()
+    host, port = ra.node.sip_addr
+    transport, _ = await loop.create_datagram_endpoint(lambda: ra, local_addr=(host, port))
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ra.store.run())
+            group.create_task(ra.serve_router())
+            group.create_task(ra.run_timers())
+            group.create_task(ra.beat())
+    finally:
+        transport.close()
+
+
+if __name__ == "__main__":
+    run("sip-ra", main)

@@ -1,0 +1,386 @@
+"""The SIP RA's core: datagrams in, datagrams and router events out (pure: no I/O).
+
+Theory of operation. `receive_datagram(data, addr, now)` parses one datagram and runs it
+through the transaction layer:
+- a retransmission is absorbed by its server transaction, which resends the last
+  response (§17.2);
+- a new request opens a server transaction and becomes a `RequestReceived` event for the
+  router, on its dialog activity (in-dialog requests and INVITEs) or on a transaction
+  activity (other out-of-dialog requests). A new INVITE's dialog is returned with its
+  event so the shell can replicate the dialog before the router sees it;
+- an ACK for a 2xx stops that 2xx's retransmission (§13.3.1.4);
+- a response completes the client transaction it matches.
+The router answers with `respond()` and asks for in-dialog requests with
+`send_in_dialog()`. Timers: `deadline()` says when to call `on_timer(now)` next.
+
+Dialogs not in memory are asked of `load_dialog` (the shell reads the local replica):
+that is how a node sends and receives on dialogs another node created.
+"""
+
+from __future__ import annotations
+
+import heapq
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from sip_ra import transaction as txn
+from sip_ra.dialog import (
+    Dialog, build_request, build_response, dialog_id, new_tag, top_branch, uas_dialog,
+)
+from zeroslee.sipmsg import (
+    ParseError, SipMessage, parse, parse_headers, parse_name_addr, parse_start_line,
+    parse_uri, parse_via, target_of,
+)
+from zeroslee import bus
+from zeroslee.config import SipTimers
+
+Addr = tuple[str, int]
+ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS"
+
+
+@dataclass
+class Unacked:
+    """A 2xx to INVITE retransmitted until its ACK arrives (§13.3.1.4)."""
+
+    data: bytes
+    peer: Addr
+    interval: float
+    next_at: float
+    give_up_at: float
+
+
+@dataclass
+class Pending:
+    """A server transaction's request, kept until the router answers it."""
+
+    request: SipMessage
+    tx: txn.Transaction
+    dialog: Dialog | None
+
+
+@dataclass
+class Outcome:
+    """What one inbound datagram produced, for the shell to act on."""
+
+    event: bus.RequestReceived | bus.ResponseReceived | None = None
+    new_dialog: Dialog | None = None  # replicate before sending `event`
+    summary: str = ""
+
+
+@dataclass
+class RaCore:
+    node: str
+    sip_host: str  # host:port as we appear in Via and Contact
+    timers: SipTimers
+    load_dialog: Callable[[str], Dialog | None]
+    transactions: dict[str, txn.Transaction] = field(default_factory=dict)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    client_meta: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    dialogs: dict[str, Dialog] = field(default_factory=dict)
+    unacked: dict[str, Unacked] = field(default_factory=dict)
+    outbox: list[tuple[bytes, Addr]] = field(default_factory=list)
+    wakeups: list[tuple[float, str]] = field(default_factory=list)  # lazy heap
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    # --- inbound -------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> Outcome:
+        try:
+            msg = parse(data)
+        except ParseError as exc:
+            self.count("sip.rejected")
+            self._answer_unparsable(data, addr, exc)
+            return Outcome(summary=f"rejected: {exc.reason}")
+        if msg.is_request:
+            return self._on_request(msg, addr, now)
+        return self._on_response(msg, now)
+
+    def _answer_unparsable(self, data: bytes, addr: Addr, exc: ParseError) -> None:
+        """Answer a bad request when its head still yields the headers a response needs."""
+        if exc.status == 0:
+            return
+        try:
+            head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape").split("\r\n")
+            msg = parse_start_line(head[0]) if not head[0].startswith("SIP/") else None
+            if msg is None:
+                return
+            msg.headers = parse_headers(head[1:])
+        except ParseError:
+            return
+        if all(msg.get(h) for h in ("Via", "From", "To", "Call-ID", "CSeq")):
+            response = build_response(msg, exc.status, "", headers=[("Warning", f'399 zeroslee "{exc.reason}"')])
+            self.outbox.append((response.to_bytes(), self._response_peer(msg, addr)))
+
+    def _response_peer(self, request: SipMessage, addr: Addr) -> Addr:
+        """§18.2.2 with RFC 3581: answer to the source unless Via names a port and no rport."""
+        try:
+            via = parse_via(request.get_all("Via")[0])
+        except (ParseError, IndexError):
+            return addr
+        if "rport" in via.params or "received" in via.params:
+            return addr
+        return (addr[0], via.port or 5060)
+
+    def _server_key(self, msg: SipMessage, addr: Addr) -> str:
+        method = "INVITE" if msg.method == "ACK" else msg.method
+        branch = top_branch(msg)
+        if branch.startswith("z9hG4bK"):
+            via = parse_via(msg.get_all("Via")[0])
+            return f"{branch}|{via.host}:{via.port}|{method}"
+        # RFC 2543 peers: match on the request's identity instead (§17.2.3 fallback).
+        tag = parse_name_addr(msg.get("From") or "").tag
+        return f"{msg.call_id}|{msg.cseq[0]}|{tag}|{msg.get_all('Via')[0]}|{method}"
+
+    def _on_request(self, msg: SipMessage, addr: Addr, now: float) -> Outcome:
+        key = self._server_key(msg, addr)
+        existing = self.transactions.get(key)
+        if msg.method == "ACK":
+            return self._on_ack(msg, existing, now)
+        if existing is not None:
+            self._step(existing, txn.Input.REQUEST, now)
+            self.count("sip.retransmission")
+            return Outcome(summary="retransmission absorbed")
+        tx = txn.server(key, msg.method == "INVITE", self.timers, self._response_peer(msg, addr))
+        if msg.method == "CANCEL":
+            return self._on_cancel(msg, tx, now)
+        problem = self._check(msg)
+        if problem is not None:
+            self.transactions[key] = tx
+            self.pending[key] = Pending(msg, tx, None)
+            self.respond(key, problem[0], problem[1], now, headers=problem[2])
+            return Outcome(summary=f"answered {problem[0]}")
+        to_tag = parse_name_addr(msg.get("To") or "").tag
+        dialog: Dialog | None = None
+        new_dialog: Dialog | None = None
+        if to_tag:
+            dialog = self.find_dialog(dialog_id(msg.call_id, to_tag))
+            if dialog is None or dialog.remote_tag != parse_name_addr(msg.get("From") or "").tag:
+                self.transactions[key] = tx
+                self.pending[key] = Pending(msg, tx, None)
+                self.respond(key, 481, "", now)
+                return Outcome(summary="481 no such dialog")
+            if msg.cseq[0] <= dialog.remote_cseq:
+                self.transactions[key] = tx
+                self.pending[key] = Pending(msg, tx, None)
+                self.respond(key, 500, "CSeq Out Of Order", now)
+                return Outcome(summary="500 cseq out of order")
+            dialog = self._remember(_with(dialog, remote_cseq=msg.cseq[0]))
+        elif msg.method == "INVITE":
+            new_dialog = uas_dialog(msg, self.node, f"<sip:{self.sip_host}>")
+            dialog = self._remember(new_dialog)
+        self.transactions[key] = tx
+        self.pending[key] = Pending(msg, tx, dialog)
+        content_type = msg.get("Content-Type") or ""
+        event = bus.RequestReceived(
+            event_id=secrets.token_hex(8),
+            tx=key,
+            activity=dialog.id if dialog else key,
+            activity_type="sip-dialog" if dialog else "sip-transaction",
+            method=msg.method,
+            request_uri=msg.uri,
+            call_id=msg.call_id,
+            from_uri=parse_name_addr(msg.get("From") or "").uri,
+            to_uri=parse_name_addr(msg.get("To") or "").uri,
+            cseq=msg.cseq[0],
+            content_type=content_type,
+            body=msg.body,
+            has_sdp_offer=content_type.lower().startswith("application/sdp") and bool(msg.body),
+            created_dialog=new_dialog is not None,
+        )
+        return Outcome(event=event, new_dialog=new_dialog, summary=msg.method)
+
+    def _check(self, msg: SipMessage) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """Checks a UAS makes before the request reaches any service (§8.2)."""
+        try:
+            parse_uri(msg.uri)
+        except ParseError as exc:
+            return exc.status, exc.reason if exc.status != 416 else "", []
+        if msg.get("Max-Forwards") == "0" and msg.method not in ("OPTIONS",):
+            pass  # an endpoint processes Max-Forwards 0 as usual (RFC 4475 §3.3.11)
+        required = msg.get_all("Require")
+        if required and msg.method not in ("ACK", "CANCEL"):
+            return 420, "", [("Unsupported", ", ".join(required))]
+        return None
+
+    def _on_ack(self, msg: SipMessage, existing: txn.Transaction | None, now: float) -> Outcome:
+        if existing is not None and existing.state in (txn.State.COMPLETED, txn.State.CONFIRMED):
+            self._step(existing, txn.Input.ACK, now)  # ACK for a non-2xx: hop by hop
+            return Outcome(summary="ACK (non-2xx)")
+        to_tag = parse_name_addr(msg.get("To") or "").tag
+        ident = dialog_id(msg.call_id, to_tag)
+        if self.unacked.pop(ident, None) is None:
+            self.count("sip.ack_unmatched")
+        return Outcome(summary="ACK")
+
+    def _on_cancel(self, msg: SipMessage, tx: txn.Transaction, now: float) -> Outcome:
+        """§9.2: 200 to the CANCEL; 487 to the INVITE if it has no final response yet."""
+        invite_key = tx.key.rsplit("|", 1)[0] + "|INVITE"
+        self.transactions[tx.key] = tx
+        self.pending[tx.key] = Pending(msg, tx, None)
+        invite = self.transactions.get(invite_key)
+        if invite is None or invite.state is not txn.State.PROCEEDING:
+            self.respond(tx.key, 481, "", now)
+            return Outcome(summary="CANCEL 481")
+        self.respond(tx.key, 200, "", now)
+        self.respond(invite_key, 487, "", now)
+        return Outcome(summary="CANCEL 487")
+
+    def _on_response(self, msg: SipMessage, now: float) -> Outcome:
+        key = f"{top_branch(msg)}|{msg.cseq[1]}"
+        tx = self.transactions.get(key)
+        if tx is None:
+            self.count("sip.response_unmatched")
+            return Outcome(summary="stray response")
+        kind = txn.Input.RECV_1XX if msg.status < 200 else txn.Input.RECV_FINAL
+        actions = self._step(tx, kind, now)
+        if txn.Act.TO_TU not in actions or msg.status < 200:
+            return Outcome(summary=f"{msg.status} absorbed")
+        dialog, method, _ = self.client_meta.get(key, ("", msg.cseq[1], ""))
+        event = bus.ResponseReceived(dialog, method, msg.status, msg.call_id)
+        return Outcome(event=event, summary=f"{msg.status} {method}")
+
+    # --- dialogs -------------------------------------------------------------------
+
+    def find_dialog(self, ident: str) -> Dialog | None:
+        found = self.dialogs.get(ident)
+        if found is None:
+            found = self.load_dialog(ident)
+            if found is not None:
+                self.dialogs[ident] = found
+        return found
+
+    def _remember(self, dialog: Dialog) -> Dialog:
+        self.dialogs[dialog.id] = dialog
+        return dialog
+
+    def forget_dialog(self, ident: str) -> None:
+        self.dialogs.pop(ident, None)
+        self.unacked.pop(ident, None)
+
+    # --- commands from the router -------------------------------------------------
+
+    def respond(
+        self, key: str, status: int, reason: str, now: float,
+        headers: list[tuple[str, str]] | None = None, body: bytes = b"", content_type: str = "",
+    ) -> bool:
+        pending = self.pending.get(key)
+        if pending is None:
+            self.count("sip.respond_unknown_tx")
+            return False
+        request, tx, dialog = pending.request, pending.tx, pending.dialog
+        extra = list(headers or [])
+        to_tag = dialog.local_tag if dialog else ""
+        if not to_tag and status > 100 and not parse_name_addr(request.get("To") or "").tag:
+            to_tag = new_tag()
+        if request.method == "INVITE" and 200 <= status < 300 and dialog is not None:
+            extra.append(("Contact", dialog.local_contact))
+        if status == 405 or request.method == "OPTIONS":
+            extra.append(("Allow", ALLOW))
+        response = build_response(request, status, reason, to_tag, extra, body, content_type)
+        tx.last_response = response.to_bytes()
+        kind = txn.Input.SEND_1XX if status < 200 else (
+            txn.Input.SEND_2XX if status < 300 else txn.Input.SEND_FINAL)
+        self._step(tx, kind, now)
+        if status >= 200:
+            del self.pending[key]
+        if request.method == "INVITE" and 200 <= status < 300 and dialog is not None:
+            t1 = self.timers.t1
+            self.unacked[dialog.id] = Unacked(tx.last_response, tx.peer, t1, now + t1, now + 64 * t1)
+            heapq.heappush(self.wakeups, (now + t1, "ack:" + dialog.id))
+        if request.method == "BYE" and status < 300 and dialog is not None:
+            self.forget_dialog(dialog.id)
+        return True
+
+    def send_in_dialog(
+        self, dialog: Dialog, method: str, body: bytes, content_type: str, now: float
+    ) -> SipMessage:
+        """Send `method` on `dialog`, whose `local_cseq` the shell has already committed."""
+        headers = [("Content-Type", content_type)] if body else []
+        msg = build_request(dialog, method, dialog.local_cseq, self.sip_host, headers, body)
+        peer = target_of(parse_name_addr(dialog.route_set[0]).uri if dialog.route_set else dialog.remote_target)
+        data = msg.to_bytes()
+        key = f"{top_branch(msg)}|{method}"
+        self.transactions[key] = txn.client(key, data, self.timers, peer, now)
+        self._arm(self.transactions[key])
+        self.client_meta[key] = (dialog.id, method, dialog.call_id)
+        self.dialogs[dialog.id] = dialog
+        self.outbox.append((data, peer))
+        return msg
+
+    # --- timers --------------------------------------------------------------------
+    # One heap of (deadline, key) entries; an entry whose timer moved or fired is skipped
+    # when it surfaces, so arming is O(log n) and no wakeup scans every transaction.
+
+    def deadline(self) -> float | None:
+        while self.wakeups and self._is_stale(*self.wakeups[0]):
+            heapq.heappop(self.wakeups)
+        return self.wakeups[0][0] if self.wakeups else None
+
+    def _is_stale(self, at: float, key: str) -> bool:
+        if key.startswith("ack:"):
+            unacked = self.unacked.get(key[4:])
+            return unacked is None or unacked.next_at != at
+        tx = self.transactions.get(key)
+        due = tx.deadline() if tx is not None else None
+        return due is None or due > at
+
+    def _arm(self, tx: txn.Transaction) -> None:
+        due = tx.deadline()
+        if due is not None:
+            heapq.heappush(self.wakeups, (due, tx.key))
+
+    def on_timer(self, now: float) -> list[bus.ResponseReceived]:
+        timeouts: list[bus.ResponseReceived] = []
+        while self.wakeups and self.wakeups[0][0] <= now:
+            _, key = heapq.heappop(self.wakeups)
+            if key.startswith("ack:"):
+                self._retransmit_2xx(key[4:], now)
+                continue
+            tx = self.transactions.get(key)
+            if tx is None:
+                continue
+            for fired in tx.due(now):
+                if txn.Act.TIMEOUT in self._step(tx, fired, now) and key in self.client_meta:
+                    dialog, method, call_id = self.client_meta[key]
+                    timeouts.append(bus.ResponseReceived(dialog, method, 408, call_id))
+            if tx.is_terminated:
+                del self.transactions[key]
+                self.pending.pop(key, None)
+                self.client_meta.pop(key, None)
+        return timeouts
+
+    def _retransmit_2xx(self, ident: str, now: float) -> None:
+        unacked = self.unacked.get(ident)
+        if unacked is None or unacked.next_at > now:
+            return
+        if now >= unacked.give_up_at:
+            del self.unacked[ident]
+            self.count("sip.ack_timeout")
+            return
+        self.outbox.append((unacked.data, unacked.peer))
+        unacked.interval = min(2 * unacked.interval, self.timers.t2)
+        unacked.next_at = now + unacked.interval
+        heapq.heappush(self.wakeups, (unacked.next_at, "ack:" + ident))
+
+    def _step(self, tx: txn.Transaction, event: txn.Input, now: float) -> tuple[txn.Act, ...]:
+        actions = tx.step(event, now)
+        self._arm(tx)
+        if txn.Act.SEND_LAST in actions and tx.last_response:
+            self.outbox.append((tx.last_response, tx.peer))
+        if txn.Act.RESEND_REQUEST in actions:
+            self.outbox.append((tx.request, tx.peer))
+        return actions
+
+
+def _with(dialog: Dialog, **changes: object) -> Dialog:
+    return msgspec.structs.replace(dialog, **changes)

@@ -1,0 +1,146 @@
+"""SIP dialogs (RFC 3261 §12): the state the RA replicates so any node can use a dialog.
+
+A `Dialog` is the SIP activity's replicated data: everything another node's sip-ra needs
+to send a request on it (route set, remote target, tags, CSeq) or to recognise requests
+on it after the node that created it is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import msgspec
+
+from zeroslee.sipmsg import SipMessage, parse_name_addr, parse_via
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+
+class Dialog(msgspec.Struct, frozen=True):
+    id: str
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_uri: str  # our From in requests we send (the INVITE's To, without tag)
+    remote_uri: str
+    remote_target: str  # the peer's Contact URI
+    route_set: list[str]  # UAS: the INVITE's Record-Route, in order (§12.1.1)
+    local_cseq: int
+    remote_cseq: int
+    owner: str  # node that created it, or adopted it
+    created_by: str = ""
+    local_contact: str = ""
+
+    def encode(self) -> bytes:
+        return _encoder.encode(self)
+
+    @staticmethod
+    def decode(data: bytes) -> Dialog:
+        return msgspec.msgpack.decode(data, type=Dialog)
+
+
+def dialog_id(call_id: str, local_tag: str) -> str:
+    """Cluster-unique and derivable from any in-dialog request (Call-ID + our tag)."""
+    digest = hashlib.blake2b(f"{call_id}\x00{local_tag}".encode(), digest_size=12)
+    return "d" + digest.hexdigest()
+
+
+def new_tag() -> str:
+    return secrets.token_hex(6)
+
+
+def new_branch() -> str:
+    return "z9hG4bK" + secrets.token_hex(8)
+
+
+def uas_dialog(invite: SipMessage, node: str, local_contact: str) -> Dialog:
+    """The dialog a 2xx to `invite` will establish (§12.1.1)."""
+    if parse_name_addr(invite.get("To") or "").tag:
+        raise ValueError("an INVITE with a To tag does not create a dialog")
+    sender = parse_name_addr(invite.get("From") or "")
+    contacts = invite.get_all("Contact")
+    target = parse_name_addr(contacts[0]).uri if contacts else sender.uri
+    tag = new_tag()
+    return Dialog(
+        id=dialog_id(invite.call_id, tag),
+        call_id=invite.call_id,
+        local_tag=tag,
+        remote_tag=sender.tag,
+        local_uri=strip_tag(invite.get("To") or ""),
+        remote_uri=strip_tag(invite.get("From") or ""),
+        remote_target=target,
+        route_set=invite.get_all("Record-Route"),
+        local_cseq=0,
+        remote_cseq=invite.cseq[0],
+        owner=node,
+        created_by=node,
+        local_contact=local_contact,
+    )
+
+
+def strip_tag(value: str) -> str:
+    addr = parse_name_addr(value)
+    params = "".join(f";{k}={v}" if v else f";{k}" for k, v in addr.params.items() if k != "tag")
+    display = f'"{addr.display}" ' if addr.display else ""
+    return f"{display}<{addr.uri}>{params}"
+
+
+def build_response(
+    request: SipMessage,
+    status: int,
+    reason: str,
+    to_tag: str = "",
+    headers: list[tuple[str, str]] | None = None,
+    body: bytes = b"",
+    content_type: str = "",
+) -> SipMessage:
+    """A response copying Via, From, To, Call-ID and CSeq (§8.2.6.2)."""
+    response = SipMessage(status=status, reason=reason or REASONS.get(status, "Unknown"))
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        for key, value in request.headers:
+            if key == name:
+                if name == "To" and to_tag and "tag" not in parse_name_addr(value).params:
+                    value = f"{value};tag={to_tag}"
+                response.headers.append((key, value))
+    response.headers.extend(headers or [])
+    if body:
+        response.headers.append(("Content-Type", content_type or "application/octet-stream"))
+        response.body = body
+    return response
+
+
+def build_request(
+    dialog: Dialog, method: str, cseq: int, via_host: str, headers: list[tuple[str, str]], body: bytes
+) -> SipMessage:
+    """An in-dialog request (§12.2.1.1): R-URI is the remote target, Route the route set."""
+    msg = SipMessage(method=method, uri=dialog.remote_target)
+    msg.headers.append(("Via", f"SIP/2.0/UDP {via_host};branch={new_branch()};rport"))
+    msg.headers.append(("Max-Forwards", "70"))
+    msg.headers.append(("From", f"{dialog.local_uri};tag={dialog.local_tag}"))
+    msg.headers.append(("To", f"{dialog.remote_uri};tag={dialog.remote_tag}"))
+    msg.headers.append(("Call-ID", dialog.call_id))
+    msg.headers.append(("CSeq", f"{cseq} {method}"))
+    for route in dialog.route_set:
+        msg.headers.append(("Route", route))
+    if dialog.local_contact:
+        msg.headers.append(("Contact", dialog.local_contact))
+    msg.headers.extend(headers)
+    msg.body = body
+    return msg
+
+
+def top_branch(msg: SipMessage) -> str:
+    vias = msg.get_all("Via")
+    return parse_via(vias[0]).branch if vias else ""
+
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 200: "OK", 400: "Bad Request", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
+    481: "Call/Transaction Does Not Exist", 483: "Too Many Hops", 487: "Request Terminated",
+    491: "Request Pending", 500: "Server Internal Error", 501: "Not Implemented",
+    503: "Service Unavailable", 505: "Version Not Supported", 513: "Message Too Large",
+}

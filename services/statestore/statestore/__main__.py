@@ -1,0 +1,288 @@
+"""statestore shell: sockets, the serial commit worker, replication I/O.
+
+Decisions about roles live in membership.py; record layout in storage.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from statestore.membership import Action, Input, Membership, Role
+from statestore.storage import Storage
+from zeroslee import bus
+from zeroslee.runtime import Process, Requester, run
+
+
+@dataclass
+class Pending:
+    """A commit or join waiting for the primary's serial worker."""
+
+    message: bus.Commit | bus.Join
+    reply: asyncio.Future[bus.Message]
+
+
+class Statestore:
+    def __init__(self, proc: Process) -> None:
+        assert proc.node is not None
+        self.proc = proc
+        cfg = proc.config
+        self.node = cfg.node(proc.node)
+        self.storage = Storage(cfg.data_dir(proc.node), cfg.store.map_size, cfg.store.sync)
+        self.members = Membership(
+            me=proc.node,
+            order=cfg.node_ids,
+            started_at=time.monotonic(),
+            dead_after=cfg.store.peer_dead_after,
+            epoch=self.storage.epoch,
+        )
+        self.clients = proc.socket(zmq.ROUTER)
+        self.clients.bind(self.node.store)
+        self.peer_in = proc.socket(zmq.ROUTER)
+        self.peer_in.bind(self.node.peer)
+        self.peers = {
+            n.id: Requester(proc, n.peer, identity=proc.node.encode())
+            for n in cfg.nodes
+            if n.id != proc.node
+        }
+        self.backups: set[str] = set()
+        self.queue: asyncio.Queue[Pending] = asyncio.Queue()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.synced = asyncio.Event()
+
+    # --- serving -------------------------------------------------------------------
+
+    @property
+    def is_ready(self) -> bool:
+        return self.members.role in (Role.PRIMARY, Role.BACKUP)
+
+    async def serve_clients(self) -> None:
+        while True:
+            ident, data = await self.clients.recv_multipart()
+            try:
+                message = bus.decode(data)
+            except bus.BadMessage as exc:
+                self.proc.reject("bus", exc, socket="store")
+                continue
+            self.spawn(self.answer_client(ident, message))
+
+    def spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def answer_client(self, ident: bytes, message: bus.Message) -> None:
+        reply: bus.Message
+        match message:
+            case bus.Commit():
+                reply = await self.commit(message)
+            case bus.Query(req=req, prefix=prefix, limit=limit):
+                reply = bus.QueryResult(req, self.storage.snapshot(prefix, limit))
+            case bus.Ping(req=req):
+                reply = bus.Pong(req, self.proc.service, self.is_ready)
+            case bus.StatsRequest(req=req):
+                reply = bus.StatsReply(req, "statestore", self.proc.node or "", self.stats())
+            case _:
+                self.proc.reject("unexpected", type(message).__name__, socket="store")
+                return
+        await self.clients.send_multipart([ident, bus.encode(reply)])
+
+    async def commit(self, message: bus.Commit) -> bus.CommitResult:
+        role = self.members.role
+        if role is Role.PRIMARY:
+            return await self.enqueue(message)  # type: ignore[return-value]
+        primary = self.members.primary
+        if role is not Role.BACKUP or primary is None:
+            self.proc.count("commit.unavailable")
+            return bus.CommitResult(message.req, ok=False, error=f"store {role}: no primary")
+        link = self.peers[primary]
+        forwarded = bus.Commit(link.next_id(), message.reads, message.writes, message.prefix_reads)
+        try:
+            result = await link.request(forwarded, self.proc.config.store.replicate_timeout * 2)
+        except asyncio.TimeoutError:
+            self.proc.count("commit.forward_timeout")
+            return bus.CommitResult(message.req, ok=False, error="primary did not answer")
+        assert isinstance(result, bus.CommitResult)
+        return bus.CommitResult(message.req, result.ok, result.seq, result.conflicts, result.error)
+
+    async def enqueue(self, message: bus.Commit | bus.Join) -> bus.Message:
+        fut: asyncio.Future[bus.Message] = asyncio.get_running_loop().create_future()
+        await self.queue.put(Pending(message, fut))
+        return await fut
+
+    async def primary_worker(self) -> None:
+        """Commits and joins, one at a time, so sequence numbers and checks stay ordered."""
+        while True:
+            pending = await self.queue.get()
+            msg = pending.message
+            if self.members.role is not Role.PRIMARY:
+                result: bus.Message = bus.CommitResult(msg.req, ok=False, error="no longer primary")
+            elif isinstance(msg, bus.Join):
+                self.backups.add(msg.node)
+                seq = self.storage.seq
+                result = bus.Snapshot(msg.req, self.members.epoch, seq, self.storage.snapshot())
+                self.proc.log.info("backup joined", backup=msg.node, seq=seq)
+            else:
+                result = await self.apply_as_primary(msg)
+            if not pending.reply.done():
+                pending.reply.set_result(result)
+
+    async def apply_as_primary(self, msg: bus.Commit) -> bus.CommitResult:
+        conflicts = self.storage.conflicts(msg.reads, msg.prefix_reads)
+        if conflicts:
+            self.proc.count("commit.conflict")
+            return bus.CommitResult(msg.req, ok=False, conflicts=conflicts)
+        seq = self.storage.seq + 1
+        self.storage.apply(seq, msg.writes)
+        await self.replicate(seq, msg.writes)
+        self.proc.count("commit.ok")
+        return bus.CommitResult(msg.req, ok=True, seq=seq)
+
+    async def replicate(self, seq: int, writes: list[tuple[str, bytes | None]]) -> None:
+        """Synchronous: every live backup applies `seq` before the commit is acknowledged."""
+        epoch, timeout = self.members.epoch, self.proc.config.store.replicate_timeout
+
+        async def one(node: str) -> None:
+            link = self.peers[node]
+            try:
+                ack = await link.request(bus.Replicate(link.next_id(), epoch, seq, writes), timeout)
+                ok = isinstance(ack, bus.Replicated) and ack.ok
+            except asyncio.TimeoutError:
+                ok = False
+            if not ok:
+                self.backups.discard(node)
+                self.proc.log.warning("backup dropped", backup=node, seq=seq)
+
+        await asyncio.gather(*(one(n) for n in sorted(self.backups)))
+
+    # --- peers ---------------------------------------------------------------------
+
+    async def serve_peers(self) -> None:
+        while True:
+            ident, data = await self.peer_in.recv_multipart()
+            try:
+                message = bus.decode(data)
+            except bus.BadMessage as exc:
+                self.proc.reject("bus", exc, socket="peer")
+                continue
+            self.spawn(self.answer_peer(ident, message))
+
+    async def answer_peer(self, ident: bytes, message: bus.Message) -> None:
+        reply: bus.Message
+        match message:
+            case bus.Hello(req=req):
+                reply = self.status(req)
+            case bus.Replicate():
+                reply = await self.apply_as_backup(message)
+            case bus.Join(req=req) if self.members.role is not Role.PRIMARY:
+                reply = bus.Snapshot(req, self.members.epoch, 0, [], ok=False)
+            case bus.Join() | bus.Commit():
+                reply = await self.enqueue(message)
+            case _:
+                self.proc.reject("unexpected", type(message).__name__, socket="peer")
+                return
+        await self.peer_in.send_multipart([ident, bus.encode(reply)])
+
+    def status(self, req: int) -> bus.StoreStatus:
+        m = self.members
+        backups = sorted(self.backups) if m.role is Role.PRIMARY else []
+        return bus.StoreStatus(
+            req, m.me, m.role.value, m.epoch, self.storage.seq, self.proc.incarnation, backups
+        )
+
+    async def apply_as_backup(self, msg: bus.Replicate) -> bus.Replicated:
+        m = self.members
+        if m.role is Role.SYNCING:
+            # The primary may stream the next commit before its snapshot reaches us (two
+            # connections): hold it until the snapshot is installed, then check the fit.
+            try:
+                await asyncio.wait_for(self.synced.wait(), self.proc.config.store.replicate_timeout)
+            except asyncio.TimeoutError:
+                pass
+        node = m.me
+        fits = m.role is Role.BACKUP and msg.epoch == m.epoch and msg.seq == self.storage.seq + 1
+        if not fits:
+            self.proc.count("replicate.rejected")
+            if m.role is Role.BACKUP:
+                m.fire(Input.RESYNC_NEEDED)  # a gap or another epoch: take a new snapshot
+            return bus.Replicated(msg.req, node, m.epoch, self.storage.seq, ok=False)
+        self.storage.apply(msg.seq, msg.writes)
+        return bus.Replicated(msg.req, node, m.epoch, msg.seq)
+
+    async def poll_peers(self) -> None:
+        interval = self.proc.config.heartbeat_interval
+        while True:
+            await asyncio.gather(*(self.hello(node) for node in self.peers))
+            await self.step()
+            await asyncio.sleep(interval)
+
+    async def hello(self, node: str) -> None:
+        link = self.peers[node]
+        hello = bus.Hello(link.next_id(), self.members.me, self.proc.incarnation)
+        try:
+            reply = await link.request(hello, self.proc.config.heartbeat_interval * 2)
+        except asyncio.TimeoutError:
+            return
+        if isinstance(reply, bus.StoreStatus):
+            self.members.observe(
+                node, reply.role, reply.epoch, reply.seq, time.monotonic(), tuple(reply.backups)
+            )
+
+    async def step(self) -> None:
+        before = self.members.role
+        action, target = self.members.decide(self.storage.seq, time.monotonic())
+        if action is Action.PROMOTE:
+            self.storage.set_epoch(self.members.epoch)
+            self.backups.clear()
+        elif action is Action.JOIN and target is not None:
+            self.synced.clear()
+            await self.join(target)
+        if self.members.role is not before:
+            self.proc.log.info(
+                "role", role=self.members.role.value, epoch=self.members.epoch,
+                seq=self.storage.seq, primary=self.members.primary,
+            )
+
+    async def join(self, primary: str) -> None:
+        link = self.peers[primary]
+        try:
+            snap = await link.request(bus.Join(link.next_id(), self.members.me, self.members.epoch), 5.0)
+        except asyncio.TimeoutError:
+            snap = None
+        if not isinstance(snap, bus.Snapshot) or not snap.ok:
+            self.members.fire(Input.RESYNC_NEEDED)
+            return
+        self.storage.replace(snap.epoch, snap.seq, snap.items)
+        self.members.epoch = snap.epoch
+        self.members.fire(Input.SNAPSHOT_INSTALLED)
+        self.synced.set()
+
+    def stats(self) -> dict[str, int | str | float]:
+        out: dict[str, int | str | float] = dict(self.proc.counters)
+        out.update(self.storage.stats())
+        out.update(role=self.members.role.value, epoch=self.members.epoch, seq=self.storage.seq)
+        return out
+
+    async def main(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for link in self.peers.values():
+                group.create_task(link.read_forever())
+            group.create_task(self.serve_clients())
+            group.create_task(self.serve_peers())
+            group.create_task(self.primary_worker())
+            group.create_task(self.poll_peers())
+
+
+async def main(proc: Process) -> None:
+    store = Statestore(proc)
+    try:
+        await store.main()
+    finally:
+        store.storage.close()
+
+
+if __name__ == "__main__":
+    run("statestore", main)

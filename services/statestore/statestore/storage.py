@@ -1,0 +1,139 @@
+"""The LMDB environment a statestore writes: versioned records plus replication metadata.
+
+LMDB allows one writer per environment, so every commit is one write transaction holding
+all of a delivery's writes and the new sequence number. The map grows by doubling when
+full; `reader_check` clears stale reader slots left by crashed readers on start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lmdb
+
+from zeroslee.replica import DATA_DB, META_DB, env_path, pack, unpack
+
+Writes = list[tuple[str, bytes | None]]
+Items = list[tuple[str, int, bytes]]
+
+
+class Storage:
+    def __init__(self, data_dir: Path, map_size: int, sync: bool) -> None:
+        path = env_path(data_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=4, sync=sync, metasync=sync, readahead=False
+        )
+        self.env.reader_check()
+        self.data = self.env.open_db(DATA_DB)
+        self.meta = self.env.open_db(META_DB)
+        self.seq = self._meta_int(b"seq")
+        self.epoch = self._meta_int(b"epoch")
+        self.map_growths = 0
+
+    def _meta_int(self, name: bytes) -> int:
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(name)
+        return int(raw) if raw else 0
+
+    def _write(self, body: object) -> None:
+        """Run `body(txn)` in one write transaction, doubling the map if it fills."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    body(txn)  # type: ignore[operator]
+                return
+            except lmdb.MapFullError:
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                self.map_growths += 1
+
+    def version(self, key: str) -> int:
+        with self.env.begin(db=self.data) as txn:
+            raw = txn.get(key.encode())
+        return 0 if raw is None else unpack(raw)[0]
+
+    def conflicts(
+        self, reads: list[tuple[str, int]], prefix_reads: list[tuple[str, int, int]]
+    ) -> list[str]:
+        """Keys whose version moved since the client read them (optimistic concurrency)."""
+        stale: list[str] = []
+        with self.env.begin(db=self.data) as txn:
+            for key, seen in reads:
+                raw = txn.get(key.encode())
+                if (0 if raw is None else unpack(raw)[0]) != seen:
+                    stale.append(key)
+            for prefix, count, max_version in prefix_reads:
+                if summarize(txn, self.data, prefix) != (count, max_version):
+                    stale.append(prefix)
+        return stale
+
+    def apply(self, seq: int, writes: Writes) -> None:
+        def body(txn: lmdb.Transaction) -> None:
+            for key, value in writes:
+                if value is None:
+                    txn.delete(key.encode(), db=self.data)
+                else:
+                    txn.put(key.encode(), pack(seq, value), db=self.data)
+            txn.put(b"seq", str(seq).encode(), db=self.meta)
+
+        self._write(body)
+        self.seq = seq
+
+    def set_epoch(self, epoch: int) -> None:
+        self._write(lambda txn: txn.put(b"epoch", str(epoch).encode(), db=self.meta))
+        self.epoch = epoch
+
+    def snapshot(self, prefix: str = "", limit: int = 10_000_000) -> Items:
+        items: Items = []
+        with self.env.begin(db=self.data) as txn:
+            cursor = txn.cursor()
+            if cursor.set_range(prefix.encode()):
+                for raw_key, raw in cursor:
+                    if not raw_key.startswith(prefix.encode()) or len(items) >= limit:
+                        break
+                    version, payload = unpack(raw)
+                    items.append((raw_key.decode(), version, payload))
+        return items
+
+    def replace(self, epoch: int, seq: int, items: Items) -> None:
+        """Install a primary's snapshot in place of everything held (Clone pattern)."""
+
+        def body(txn: lmdb.Transaction) -> None:
+            txn.drop(self.data, delete=False)
+            for key, version, payload in items:
+                txn.put(key.encode(), pack(version, payload), db=self.data)
+            txn.put(b"seq", str(seq).encode(), db=self.meta)
+            txn.put(b"epoch", str(epoch).encode(), db=self.meta)
+
+        self._write(body)
+        self.seq, self.epoch = seq, epoch
+
+    def stats(self) -> dict[str, int]:
+        info, stat = self.env.info(), self.env.stat()
+        pages = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        with self.env.begin(db=self.data) as txn:
+            entries = txn.stat(self.data)["entries"]
+        return {
+            "map_size": info["map_size"],
+            "pages_in_use": pages,
+            "page_size": stat["psize"],
+            "entries": entries,
+            "map_growths": self.map_growths,
+        }
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def summarize(txn: lmdb.Transaction, db: object, prefix: str) -> tuple[int, int]:
+    """(count, max version) of the records under `prefix`: a range's fingerprint."""
+    count = max_version = 0
+    start = prefix.encode()
+    cursor = txn.cursor(db=db)
+    if cursor.set_range(start):
+        for raw_key, raw in cursor:
+            if not raw_key.startswith(start):
+                break
+            count += 1
+            max_version = max(max_version, unpack(raw)[0])
+    return count, max_version

@@ -1,0 +1,1 @@
+"""Code every zeroslee service shares: bus vocabulary, configuration, logging, runtime."""

@@ -1,0 +1,236 @@
+"""The bus vocabulary: every message any two zeroslee processes exchange over ZeroMQ.
+
+One tagged union of frozen msgspec Structs, one encoder and one decoder built once.
+Commands are imperative (`SendRequest`, `Commit`), facts past tense (`RequestReceived`).
+New fields get defaults so old peers keep decoding; tests/unit/test_bus.py freezes the
+wire format with golden bytes. Nothing here is pickled.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Message(msgspec.Struct, frozen=True, tag=True, tag_field="t"):
+    """Base of every bus message; the class name is the wire tag."""
+
+
+# --- liveness -------------------------------------------------------------------------
+
+
+class Ping(Message, frozen=True, tag=True):
+    req: int
+    sender: str
+
+
+class Pong(Message, frozen=True, tag=True):
+    req: int
+    sender: str
+    ready: bool
+
+
+class NodeHeartbeat(Message, frozen=True, tag=True):
+    """Published by each node's sip-ra while the node can take calls."""
+
+    node: str
+    ready: bool
+    incarnation: int
+    sip: str  # host:port the balancer forwards SIP to
+
+
+# --- the state store (clients: router, sip-ra, admin) --------------------------------
+
+
+class Commit(Message, frozen=True, tag=True):
+    """Apply `writes` if every key in `reads` still has the version read (0: absent).
+
+    `prefix_reads` guards decisions made on a range (e.g. "no one else is attached"):
+    (prefix, count, max_version) as read; any change there is a conflict.
+    """
+
+    req: int
+    reads: list[tuple[str, int]] = []
+    writes: list[tuple[str, bytes | None]] = []
+    prefix_reads: list[tuple[str, int, int]] = []
+    origin: str = ""
+
+
+class CommitResult(Message, frozen=True, tag=True):
+    req: int
+    ok: bool
+    seq: int = 0
+    conflicts: list[str] = []
+    error: str = ""
+
+
+class Query(Message, frozen=True, tag=True):
+    """Read every key under `prefix` from the store's replica (management)."""
+
+    req: int
+    prefix: str
+    limit: int = 10000
+
+
+class QueryResult(Message, frozen=True, tag=True):
+    req: int
+    items: list[tuple[str, int, bytes]] = []
+
+
+class StatsRequest(Message, frozen=True, tag=True):
+    req: int
+
+
+class StatsReply(Message, frozen=True, tag=True):
+    req: int
+    service: str
+    node: str
+    stats: dict[str, int | str | float] = {}
+
+
+# --- between stores --------------------------------------------------------------------
+
+
+class Hello(Message, frozen=True, tag=True):
+    req: int
+    node: str
+    incarnation: int
+
+
+class StoreStatus(Message, frozen=True, tag=True):
+    req: int
+    node: str
+    role: str  # "starting" | "syncing" | "primary" | "backup"
+    epoch: int
+    seq: int
+    incarnation: int
+    backups: list[str] = []  # a primary's current backups
+
+
+class Join(Message, frozen=True, tag=True):
+    """A backup asks the primary to stream it commits, starting with a snapshot."""
+
+    req: int
+    node: str
+    epoch: int
+
+
+class Snapshot(Message, frozen=True, tag=True):
+    req: int
+    epoch: int
+    seq: int
+    items: list[tuple[str, int, bytes]]
+    ok: bool = True
+
+
+class Replicate(Message, frozen=True, tag=True):
+    req: int
+    epoch: int
+    seq: int
+    writes: list[tuple[str, bytes | None]]
+
+
+class Replicated(Message, frozen=True, tag=True):
+    req: int
+    node: str
+    epoch: int
+    seq: int
+    ok: bool = True
+
+
+# --- sip-ra <-> router -----------------------------------------------------------------
+
+
+class RequestReceived(Message, frozen=True, tag=True):
+    """A SIP request that opens or continues an activity, as an event for the router.
+
+    `activity` is the dialog id for dialog activities, else the server transaction's id.
+    """
+
+    event_id: str
+    tx: str
+    activity: str
+    activity_type: str  # "sip-dialog" | "sip-transaction"
+    method: str
+    request_uri: str
+    call_id: str
+    from_uri: str
+    to_uri: str
+    cseq: int
+    content_type: str = ""
+    body: bytes = b""
+    has_sdp_offer: bool = False
+    created_dialog: bool = False
+
+
+class ResponseReceived(Message, frozen=True, tag=True):
+    dialog: str
+    method: str
+    status: int
+    call_id: str
+
+
+class SendResponse(Message, frozen=True, tag=True):
+    tx: str
+    status: int
+    reason: str = ""
+    content_type: str = ""
+    body: bytes = b""
+    headers: list[tuple[str, str]] = []
+
+
+class SendRequest(Message, frozen=True, tag=True):
+    dialog: str
+    method: str
+    content_type: str = ""
+    body: bytes = b""
+    origin: str = ""  # who asked (for the log line), e.g. the SBB id
+
+
+class DeliveryFailed(Message, frozen=True, tag=True):
+    """The router could not deliver the event for `tx`; sip-ra answers with `status`."""
+
+    tx: str
+    status: int
+    reason: str
+
+
+Any = (
+    Ping
+    | Pong
+    | NodeHeartbeat
+    | Commit
+    | CommitResult
+    | Query
+    | QueryResult
+    | StatsRequest
+    | StatsReply
+    | Hello
+    | StoreStatus
+    | Join
+    | Snapshot
+    | Replicate
+    | Replicated
+    | RequestReceived
+    | ResponseReceived
+    | SendResponse
+    | SendRequest
+    | DeliveryFailed
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Any)
+
+
+class BadMessage(Exception):
+    """A peer put bytes on the bus that are not one of our messages."""
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes) -> Message:
+    try:
+        return _decoder.decode(data)  # type: ignore[no-any-return]
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BadMessage(str(exc)) from exc

@@ -1,0 +1,104 @@
+"""Cluster configuration: one frozen Struct, loaded once from TOML, passed down explicitly.
+
+Every process of the cluster reads the same file, so every balancer computes the same
+node order and every store knows its peers.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_CONFIG = "config/cluster.toml"
+
+
+class SipTimers(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """RFC 3261 §17.1.1.1 timer values, in seconds; tests shorten them."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+
+
+class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    sip: str  # host:port of the node's sip-ra (UDP)
+    router: str  # ROUTER: events from sip-ra, commands back
+    store: str  # ROUTER: commits and queries from local clients
+    peer: str  # ROUTER: replication between stores
+    heartbeat: str  # PUB: node liveness, read by balancers
+    data_dir: str = ""
+
+    @property
+    def sip_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.sip)
+
+
+class BalancerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    sip: str = "127.0.0.1:5060"
+    control: str = "tcp://127.0.0.1:5090"  # ROUTER: stats and admin
+    dead_after: float = 0.4  # silence after which a node counts as down
+    alive_after: int = 2  # consecutive ready heartbeats to count as up (hysteresis)
+    spread: bool = False  # test mode: every new transaction to another node
+
+    @property
+    def sip_addr(self) -> tuple[str, int]:
+        return parse_hostport(self.sip)
+
+
+class StoreTuning(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    map_size: int = 256 * 1024 * 1024
+    sync: bool = False  # replication makes a commit safe; see statestore README
+    replicate_timeout: float = 0.5
+    peer_dead_after: float = 0.6
+
+
+class ServiceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    sbb: str  # "module:Class"
+    options: dict[str, str] = {}
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    nodes: list[NodeConfig]
+    services: list[ServiceConfig]
+    balancer: BalancerConfig = BalancerConfig()
+    sip: SipTimers = SipTimers()
+    store: StoreTuning = StoreTuning()
+    heartbeat_interval: float = 0.1
+    data_root: str = "var"
+    log_level: str = "info"
+
+    def node(self, node_id: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(f"node {node_id!r} is not in the configuration")
+
+    @property
+    def node_ids(self) -> list[str]:
+        return [n.id for n in self.nodes]
+
+    def data_dir(self, node_id: str) -> Path:
+        node = self.node(node_id)
+        return Path(node.data_dir or os.path.join(self.data_root, node_id))
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the cluster file named by `path`, $ZEROSLEE_CONFIG, or the default."""
+    chosen = Path(path or os.environ.get("ZEROSLEE_CONFIG") or DEFAULT_CONFIG)
+    with chosen.open("rb") as f:
+        raw = tomllib.load(f)
+    config = msgspec.convert(raw, Config)
+    if len(set(config.node_ids)) != len(config.nodes):
+        raise ValueError("node ids must be unique")
+    return config
+

@@ -1,0 +1,64 @@
+"""The clustered key space, shared by every process that reads or writes the store.
+
+One key per fact, so that unrelated writers never touch the same key: an attachment is
+its own key rather than an entry in a growing list, which keeps joins and leaves to one
+busy room from conflicting with each other.
+"""
+
+from __future__ import annotations
+
+SEP = "/"
+
+
+def sbb(sbb_id: str) -> str:
+    return f"sbb/{sbb_id}"
+
+
+def convergence(service: str, name: str) -> str:
+    return f"conv/{service}/{name}"
+
+
+def activity(activity_id: str) -> str:
+    return f"aci/{activity_id}"
+
+
+def attachment(activity_id: str, sbb_id: str) -> str:
+    return f"att/{activity_id}/{sbb_id}"
+
+
+def attachments_of(activity_id: str) -> str:
+    return f"att/{activity_id}/"
+
+
+def sbb_attachment(sbb_id: str, activity_id: str) -> str:
+    """Reverse index: which activities an SBB entity is attached to."""
+    return f"satt/{sbb_id}/{activity_id}"
+
+
+def sbb_attachments_of(sbb_id: str) -> str:
+    return f"satt/{sbb_id}/"
+
+
+def name(room: str) -> str:
+    return f"name/{room}"
+
+
+def activity_name(activity_id: str, room: str) -> str:
+    return f"aname/{activity_id}/{room}"
+
+
+def activity_names_of(activity_id: str) -> str:
+    return f"aname/{activity_id}/"
+
+
+def pending_event(activity_id: str, event_id: str) -> str:
+    return f"evt/{activity_id}/{event_id}"
+
+
+def dialog(dialog_id: str) -> str:
+    return f"dlg/{dialog_id}"
+
+
+def last(key: str) -> str:
+    """The final path segment of a key (the id it names)."""
+    return key.rsplit(SEP, 1)[-1]

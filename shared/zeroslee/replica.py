@@ -1,0 +1,102 @@
+"""Read access to a node's local replica: the statestore's LMDB environment.
+
+"Reads come from the local replica" (DESIGN §4): the router and sip-ra of a node open
+the store's environment read-only, as LMDB intends for several processes on one host,
+and never write to it. Every write goes to the statestore as a `Commit` over ZeroMQ,
+which checks the versions read here; so a read that raced a commit is caught there
+and the delivery retried, never silently applied.
+
+Record layout: value = 8-byte big-endian version (the commit sequence that wrote it)
+followed by the payload bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import lmdb
+
+VERSION = struct.Struct(">Q")
+DATA_DB = b"data"
+META_DB = b"meta"
+
+
+def pack(version: int, payload: bytes) -> bytes:
+    return VERSION.pack(version) + payload
+
+
+def unpack(raw: bytes) -> tuple[int, bytes]:
+    return VERSION.unpack_from(raw)[0], raw[VERSION.size :]
+
+
+def env_path(data_dir: Path) -> Path:
+    return data_dir / "store.lmdb"
+
+
+class ReplicaUnavailable(Exception):
+    """The local store has not created its environment yet."""
+
+
+class Replica:
+    """Read-only view; `read()` gives a consistent snapshot for one delivery."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = env_path(data_dir)
+        self._env: lmdb.Environment | None = None
+        self._db: object | None = None
+
+    def _open(self) -> lmdb.Environment:
+        if self._env is None:
+            if not (self.path / "data.mdb").exists():
+                raise ReplicaUnavailable(str(self.path))
+            env = lmdb.open(str(self.path), readonly=True, lock=True, max_dbs=4, create=False)
+            self._db = env.open_db(DATA_DB, create=False)
+            self._env = env
+        return self._env
+
+    def read(self) -> ReadView:
+        env = self._open()
+        try:
+            txn = env.begin(db=self._db)
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # the writer grew the map; adopt the new size
+            txn = env.begin(db=self._db)
+        return ReadView(txn)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+
+class ReadView:
+    """One LMDB read transaction; use as a context manager and keep it short."""
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self.txn = txn
+
+    def __enter__(self) -> ReadView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.txn.abort()
+
+    def get(self, key: str) -> tuple[int, bytes | None]:
+        raw = self.txn.get(key.encode())
+        if raw is None:
+            return 0, None
+        return unpack(raw)
+
+    def scan(self, prefix: str, limit: int = 1_000_000) -> list[tuple[str, int, bytes]]:
+        found: list[tuple[str, int, bytes]] = []
+        start = prefix.encode()
+        cursor = self.txn.cursor()
+        if not cursor.set_range(start):
+            return found
+        for raw_key, raw in cursor:
+            if not raw_key.startswith(start) or len(found) >= limit:
+                break
+            version, payload = unpack(raw)
+            found.append((raw_key.decode(), version, payload))
+        return found

@@ -1,0 +1,149 @@
+"""The process runtime shared by every service shell.
+
+Parses the common command line (`--node`, `--config`), configures logging, builds the
+ZeroMQ context with linger 0, and runs the service's main coroutine until SIGINT or
+SIGTERM, then closes every socket. A DEALER/ROUTER request helper gives req/rep with
+timeouts without the stuck-forever failure mode of REQ sockets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import zmq
+import zmq.asyncio
+
+from zeroslee import bus, log
+from zeroslee.config import Config, load
+
+
+class Process:
+    """What a service shell gets: its config, node, logger, zmq context, counters."""
+
+    def __init__(self, service: str, config: Config, node: str | None) -> None:
+        self.service = service
+        self.config = config
+        self.node = node
+        self.log = log.configure(service, node, config.log_level)
+        self.ctx = zmq.asyncio.Context()
+        self.ctx.setsockopt(zmq.LINGER, 0)
+        self.incarnation = time.time_ns()
+        self.counters: dict[str, int] = {}
+        self.stopping = asyncio.Event()
+        self.crashed = False
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def reject(self, what: str, error: object, **where: Any) -> None:
+        """Count and log one piece of bad input, then carry on."""
+        self.count(f"rejected.{what}")
+        self.log.warning("rejected", what=what, error=str(error)[:200], **where)
+
+    def socket(self, kind: int) -> zmq.asyncio.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        return sock
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+def parse_args(service: str, needs_node: bool) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=service)
+    if needs_node:
+        parser.add_argument("--node", required=True, help="node id from the cluster config")
+    parser.add_argument("--config", default=None, help="cluster TOML (default $ZEROSLEE_CONFIG)")
+    return parser.parse_args()
+
+
+def run(service: str, main: Callable[[Process], Awaitable[None]], needs_node: bool = True) -> None:
+    """Entry point of a service process: `python -m <service> --node node-1`."""
+    args = parse_args(service, needs_node)
+    config = load(args.config)
+    node = getattr(args, "node", None)
+    if node is not None:
+        config.node(node)  # fail fast on an unknown node id
+
+    async def runner() -> bool:
+        proc = Process(service, config, node)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, proc.stopping.set)
+        proc.log.info("started", pid=os.getpid())
+        task = asyncio.create_task(main(proc))
+        stop = asyncio.create_task(proc.stopping.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            proc.log.exception("crashed")
+            proc.crashed = True
+        finally:
+            stop.cancel()
+            proc.close()
+            proc.log.info("stopped", counters=proc.counters)
+        return proc.crashed
+
+    if asyncio.run(runner()):
+        raise SystemExit(70)  # EX_SOFTWARE: a bug; the cluster fails this node over
+
+
+class Requester:
+    """Request/reply over a DEALER socket: match replies by `req`, time out, never stick.
+
+    One reader task dispatches replies to waiting futures; replies to requests that
+    already timed out are dropped (and counted by the caller's `on_unmatched`).
+    """
+
+    def __init__(self, proc: Process, endpoint: str, identity: bytes | None = None) -> None:
+        self.proc = proc
+        self.endpoint = endpoint
+        self.sock = proc.socket(zmq.DEALER)
+        if identity is not None:
+            self.sock.setsockopt(zmq.ROUTING_ID, identity)
+        self.sock.connect(endpoint)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[bus.Message]] = {}
+        self.on_other: Callable[[bus.Message], None] | None = None
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    async def request(self, message: bus.Message, timeout: float) -> bus.Message:
+        req = getattr(message, "req")
+        fut: asyncio.Future[bus.Message] = asyncio.get_running_loop().create_future()
+        self._waiting[req] = fut
+        try:
+            await self.sock.send(bus.encode(message))
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._waiting.pop(req, None)
+
+    async def read_forever(self) -> None:
+        while True:
+            data = await self.sock.recv()
+            try:
+                message = bus.decode(data)
+            except bus.BadMessage as exc:
+                self.proc.reject("bus", exc, endpoint=self.endpoint)
+                continue
+            req = getattr(message, "req", None)
+            fut = self._waiting.get(req) if isinstance(req, int) else None
+            if fut is not None and not fut.done():
+                fut.set_result(message)
+            elif self.on_other is not None:
+                self.on_other(message)
+            else:
+                self.proc.count("bus.unmatched_reply")
