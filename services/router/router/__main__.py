@@ -111,6 +111,10 @@ class Router:
             except SleeError as exc:
                 self.proc.count("delivery.rolled_back")
                 return self.fail(event, 500, f"{type(exc).__name__}: {exc}", log)
+            if not tx.writes:  # read-only delivery: nothing to replicate
+                await self.after_commit(tx)
+                self.proc.count("delivery.ok")
+                return
             try:
                 result = await self.store.commit(
                     sorted(tx.reads.items()), sorted(tx.writes.items()),

@@ -1,0 +1,131 @@
+"""zeroslee-admin: look into a running cluster through the same config file as the services.
+
+Every subcommand asks over the bus (JSON-able replies): the statestores for clustered
+state, the routers and balancer for statistics. Tables by default, JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import msgspec
+import zmq
+
+from zeroslee import bus
+from zeroslee.config import Config, load
+
+TIMEOUT_MS = 2000
+
+
+def ask(endpoint: str, message: bus.Message) -> bus.Message | None:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(bus.encode(message))
+        if not sock.poll(TIMEOUT_MS):
+            return None
+        return bus.decode(sock.recv())
+    finally:
+        sock.close()
+
+
+def endpoint_of(config: Config, service: str, node: str | None) -> str:
+    if service == "balancer":
+        return config.balancer.control
+    assert node is not None
+    n = config.node(node)
+    return {"statestore": n.store, "router": n.router}[service]
+
+
+def request_stats(config: Config, service: str, node: str | None = None) -> dict[str, Any]:
+    reply = ask(endpoint_of(config, service, node), bus.StatsRequest(1))
+    return dict(reply.stats) if isinstance(reply, bus.StatsReply) else {}
+
+
+def query(config: Config, prefix: str) -> list[tuple[str, int, bytes]]:
+    """Read `prefix` from the first store that answers (every store holds a full mirror)."""
+    for node in config.nodes:
+        reply = ask(node.store, bus.Query(1, prefix))
+        if isinstance(reply, bus.QueryResult):
+            return reply.items
+    raise SystemExit("no statestore answered")
+
+
+def decode_record(raw: bytes) -> Any:
+    try:
+        return msgspec.msgpack.decode(raw)
+    except msgspec.DecodeError:
+        return raw.decode(errors="replace")
+
+
+def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
+    if what == "services":
+        return [{"name": s.name, "sbb": s.sbb} for s in config.services]
+    if what == "names":
+        return [{"name": k.split("/", 1)[1], "activity": raw.decode()} for k, _, raw in query(config, "name/")]
+    if what == "entities":
+        out = []
+        for key, version, raw in query(config, "sbb/"):
+            rec = decode_record(raw)
+            out.append({"id": key.split("/", 1)[1], "service": rec["service"], "convergence": rec["convergence"],
+                        "created_on": rec["created_on"], "version": version})
+        return out
+    if what == "activities":
+        atts: dict[str, list[str]] = {}
+        for key, _, _ in query(config, "att/"):
+            _, aci, sbb = key.split("/")
+            atts.setdefault(aci, []).append(sbb)
+        names: dict[str, list[str]] = {}
+        for key, _, _ in query(config, "aname/"):
+            _, aci, name = key.split("/", 2)
+            names.setdefault(aci, []).append(name)
+        out = []
+        for key, _, raw in query(config, "aci/"):
+            rec = decode_record(raw)
+            aci = key.split("/", 1)[1]
+            out.append({"id": aci, "type": rec["type"], "owner": rec["owner"], "attachments": atts.get(aci, []),
+                        "names": names.get(aci, []), "timers": []})
+        return out
+    if what == "stats":
+        out = [{"process": "balancer", **request_stats(config, "balancer")}]
+        for node in config.node_ids:
+            for service in ("router", "statestore"):
+                out.append({"process": f"{node}/{service}", **request_stats(config, service, node)})
+        return out
+    raise SystemExit(f"unknown subcommand {what}")
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zeroslee-admin")
+    parser.add_argument("--config", default=None)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("what", choices=["services", "activities", "entities", "names", "stats"])
+    args = parser.parse_args(argv)
+    rows = rows_for(load(args.config), args.what)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

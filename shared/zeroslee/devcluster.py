@@ -1,0 +1,173 @@
+"""A whole cluster on this machine, one OS process per service, for tests and the demo.
+
+Each process is started directly (no honcho) so a test can kill -9 and restart any one
+of them by its PID, as DESIGN §2 allows fixtures to do. Ports come from one base port so
+a test cluster never collides with `make cluster` on 5060.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from zeroslee import config as cfg
+from zeroslee.sipmsg import SipMessage, parse
+
+SERVICES = ("statestore", "router", "sip-ra")
+MODULES = {"statestore": "statestore", "router": "router", "sip-ra": "sip_ra", "balancer": "balancer"}
+
+
+def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread: bool = False) -> str:
+    """A cluster file on loopback: balancer at `base`, node i's ports at base+10*i+1..5."""
+    lines = [
+        f'data_root = "{data_root}"',
+        "heartbeat_interval = 0.1",
+        "[sip]",
+        f"t1 = {t1}",
+        f"t2 = {max(4 * t1, t1)}",
+        f"t4 = {10 * t1}",
+        "[balancer]",
+        f'sip = "127.0.0.1:{base}"',
+        f'control = "tcp://127.0.0.1:{base + 9}"',
+        f"spread = {'true' if spread else 'false'}",
+        "[store]",
+        "peer_dead_after = 0.6",
+    ]
+    for i in range(1, nodes + 1):
+        p = base + 10 * i
+        lines += [
+            "[[nodes]]",
+            f'id = "node-{i}"',
+            f'sip = "127.0.0.1:{p + 1}"',
+            f'router = "tcp://127.0.0.1:{p + 2}"',
+            f'store = "tcp://127.0.0.1:{p + 3}"',
+            f'peer = "tcp://127.0.0.1:{p + 4}"',
+            f'heartbeat = "tcp://127.0.0.1:{p + 5}"',
+        ]
+    lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
+    return "\n".join(lines) + "\n"
+
+
+class DevCluster:
+    def __init__(self, workdir: Path, base: int = 5500, nodes: int = 2, t1: float = 0.5, spread: bool = False) -> None:
+        self.workdir = workdir
+        self.logdir = workdir / "logs"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "cluster.toml"
+        self.config_path.write_text(cluster_toml(workdir / "data", base, nodes, t1, spread))
+        self.config = cfg.load(self.config_path)
+        self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
+
+    @property
+    def balancer_addr(self) -> tuple[str, int]:
+        return self.config.balancer.sip_addr
+
+    def node_addr(self, node: str) -> tuple[str, int]:
+        return self.config.node(node).sip_addr
+
+    def start(self, service: str, node: str | None = None) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", MODULES[service], "--config", str(self.config_path)]
+        if node is not None:
+            argv += ["--node", node]
+        log = (self.logdir / f"{node or 'front'}-{service}.log").open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        self.procs[(node or "", service)] = proc
+        return proc
+
+    def start_node(self, node: str) -> None:
+        for service in SERVICES:
+            self.start(service, node)
+
+    def start_all(self) -> None:
+        for node in self.config.node_ids:
+            self.start_node(node)
+        self.start("balancer")
+
+    def pid(self, service: str, node: str | None = None) -> int:
+        return self.procs[(node or "", service)].pid
+
+    def kill(self, service: str, node: str | None = None, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop((node or "", service))
+        proc.send_signal(sig)
+        proc.wait(timeout=10)
+
+    def kill_node(self, node: str) -> None:
+        for service in SERVICES:
+            self.kill(service, node)
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM every process we started, by PID; SIGKILL stragglers. Exit codes."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        for (node, service), proc in self.procs.items():
+            try:
+                codes[f"{node}/{service}"] = proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[f"{node}/{service}"] = proc.wait()
+        self.procs.clear()
+        return codes
+
+    def options(self, timeout: float = 0.5, port: int = 0) -> int:
+        """Send OPTIONS to the balancer; the status code (0: no answer)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", port))
+            host, lport = sock.getsockname()
+            req = SipMessage(method="OPTIONS", uri=f"sip:ping@{self.balancer_addr[0]}")
+            branch = f"z9hG4bKprobe{time.monotonic_ns()}"
+            req.headers = [
+                ("Via", f"SIP/2.0/UDP {host}:{lport};branch={branch};rport"),
+                ("Max-Forwards", "70"), ("From", "<sip:probe@localhost>;tag=probe"),
+                ("To", "<sip:ping@localhost>"), ("Call-ID", f"probe-{branch}"), ("CSeq", "1 OPTIONS"),
+            ]
+            sock.sendto(req.to_bytes(), self.balancer_addr)
+            sock.settimeout(timeout)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    data, _ = sock.recvfrom(65535)
+                except (TimeoutError, socket.timeout):
+                    return 0
+                msg = parse(data)
+                if msg.status >= 200:
+                    return msg.status
+        return 0
+
+    def wait_ready(self, timeout: float = 20.0, nodes: int | None = None) -> None:
+        """Until the balancer answers OPTIONS with 200 (and, if asked, `nodes` are live)."""
+        deadline = time.monotonic() + timeout
+        want = nodes if nodes is not None else len(self.config.nodes)
+        while time.monotonic() < deadline:
+            if self.options() == 200 and len(self.live_nodes()) >= want:
+                return
+            time.sleep(0.05)  # polling a condition, bounded by `timeout`
+        raise TimeoutError(f"cluster not ready within {timeout}s; logs in {self.logdir}")
+
+    def live_nodes(self) -> list[str]:
+        stats = self.stats("balancer")
+        return json.loads(str(stats.get("live", "[]")))
+
+    def stats(self, service: str, node: str | None = None) -> dict[str, int | str | float]:
+        from zeroslee.admin import request_stats
+
+        return request_stats(self.config, service, node)
+
+    def log_records(self, service: str, node: str | None = None) -> Iterator[dict[str, object]]:
+        path = self.logdir / f"{node or 'front'}-{service}.log"
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue

@@ -1,0 +1,177 @@
+"""A small scripted SIP user agent over UDP, for the demo and the integration tests.
+
+It plays a chat participant against the cluster the way a phone would: INVITE with
+retransmissions, ACK through the route set, in-dialog INFO and BYE, and it answers
+requests the cluster sends it (INFO relays) with 200. Blocking, one call at a time.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+
+from zeroslee.sipmsg import SipMessage, parse, parse_name_addr, parse_uri, parse_via
+
+Addr = tuple[str, int]
+
+
+class UaError(Exception):
+    pass
+
+
+@dataclass
+class Call:
+    call_id: str
+    local_tag: str
+    local_uri: str
+    remote_uri: str
+    remote_tag: str = ""
+    remote_target: str = ""
+    route_set: list[str] = field(default_factory=list)
+    cseq: int = 1
+
+
+class UserAgent:
+    def __init__(self, name: str, port: int, proxy: Addr, t1: float = 0.5, host: str = "127.0.0.1") -> None:
+        self.name = name
+        self.proxy = proxy
+        self.t1 = t1
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, port))
+        self.addr: Addr = self.sock.getsockname()
+        self.call: Call | None = None
+        self.received: list[SipMessage] = []  # requests the cluster sent us, in order
+        self.responses: list[SipMessage] = []
+
+    def close(self) -> None:
+        self.sock.close()
+
+    @property
+    def contact(self) -> str:
+        return f"<sip:{self.name}@{self.addr[0]}:{self.addr[1]}>"
+
+    def _request(self, method: str, uri: str, call: Call, headers: list[tuple[str, str]], body: bytes) -> SipMessage:
+        msg = SipMessage(method=method, uri=uri)
+        branch = "z9hG4bK" + secrets.token_hex(8)
+        msg.headers = [
+            ("Via", f"SIP/2.0/UDP {self.addr[0]}:{self.addr[1]};branch={branch};rport"),
+            ("Max-Forwards", "70"),
+            ("From", f"{call.local_uri};tag={call.local_tag}"),
+            ("To", call.remote_uri + (f";tag={call.remote_tag}" if call.remote_tag else "")),
+            ("Call-ID", call.call_id),
+            ("CSeq", f"{call.cseq} {method}"),
+        ]
+        msg.headers += [("Route", r) for r in call.route_set]
+        msg.headers += [("Contact", self.contact)] + headers
+        msg.body = body
+        return msg
+
+    def _next_hop(self, call: Call) -> Addr:
+        return self.proxy  # everything goes through the balancer, as a phone's outbound proxy
+
+    def transact(self, msg: SipMessage, timeout: float = 10.0) -> SipMessage:
+        """Send, retransmitting on Timer E/A, until a final response for this request."""
+        data = msg.to_bytes()
+        branch = parse_via(msg.get_all("Via")[0]).branch
+        deadline = time.monotonic() + timeout
+        interval = self.t1
+        self.sock.sendto(data, self._next_hop(self.call) if self.call else self.proxy)
+        resend_at = time.monotonic() + interval
+        provisional = False
+        while time.monotonic() < deadline:
+            wait = max(0.001, min(resend_at, deadline) - time.monotonic())
+            incoming = self._recv(wait)
+            if incoming is None:
+                if time.monotonic() >= resend_at and not provisional:
+                    self.sock.sendto(data, self.proxy)
+                    interval = min(interval * 2, 4.0)
+                    resend_at = time.monotonic() + interval
+                continue
+            if incoming.is_request:
+                continue
+            if parse_via(incoming.get_all("Via")[0]).branch != branch or incoming.cseq[1] != msg.method:
+                continue
+            if incoming.status < 200:
+                provisional = msg.method == "INVITE"
+                continue
+            return incoming
+        raise UaError(f"{self.name}: no final response to {msg.method} within {timeout}s")
+
+    def _recv(self, timeout: float) -> SipMessage | None:
+        self.sock.settimeout(timeout)
+        try:
+            data, addr = self.sock.recvfrom(65535)
+        except (TimeoutError, socket.timeout):
+            return None
+        msg = parse(data)
+        if msg.is_request:
+            self._answer(msg, addr)
+        else:
+            self.responses.append(msg)
+        return msg
+
+    def _answer(self, request: SipMessage, addr: Addr) -> None:
+        if request.method == "ACK":
+            return
+        self.received.append(request)
+        response = SipMessage(status=200, reason="OK")
+        response.headers = [(k, v) for k, v in request.headers if k in ("Via", "From", "To", "Call-ID", "CSeq")]
+        self.sock.sendto(response.to_bytes(), addr)
+
+    def invite(self, room: str, call_id: str | None = None, domain: str = "chat.example") -> SipMessage:
+        call = Call(
+            call_id=call_id or f"{secrets.token_hex(8)}@{self.name}",
+            local_tag=secrets.token_hex(4),
+            local_uri=f"<sip:{self.name}@{domain}>",
+            remote_uri=f"<sip:{room}@{domain}>",
+        )
+        self.call = call
+        uri = f"sip:{room}@{domain}"
+        invite = self._request("INVITE", uri, call, [], b"")
+        response = self.transact(invite)
+        if response.status >= 300:
+            raise UaError(f"{self.name}: INVITE answered {response.status}")
+        call.remote_tag = parse_name_addr(response.get("To") or "").tag
+        call.remote_target = parse_name_addr(response.get_all("Contact")[0]).uri
+        call.route_set = list(reversed(response.get_all("Record-Route")))  # §12.1.2
+        ack = self._request("ACK", call.remote_target, call, [], b"")
+        self.sock.sendto(ack.to_bytes(), self.proxy)
+        return response
+
+    def request(self, method: str, body: bytes = b"", content_type: str = "text/plain") -> SipMessage:
+        call = self.call
+        if call is None:
+            raise UaError("no call")
+        call.cseq += 1
+        headers = [("Content-Type", content_type)] if body else []
+        return self.transact(self._request(method, call.remote_target, call, headers, body))
+
+    def wait_request(self, method: str, timeout: float = 10.0) -> SipMessage:
+        """Wait until the cluster has sent us a `method` request (answered 200)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for msg in self.received:
+                if msg.method == method:
+                    self.received.remove(msg)
+                    return msg
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise UaError(f"{self.name}: no {method} within {timeout}s")
+            self._recv(left)
+
+
+def via_hosts(msg: SipMessage) -> list[Addr]:
+    """The sent-by addresses of a message's Via headers, top first."""
+    out = []
+    for value in msg.get_all("Via"):
+        sent_by = value.split(" ", 1)[1].split(";", 1)[0]
+        host, _, port = sent_by.partition(":")
+        out.append((host, int(port or 5060)))
+    return out
+
+
+def uri_addr(uri: str) -> Addr:
+    parsed = parse_uri(uri)
+    return parsed.host, parsed.port or 5060
