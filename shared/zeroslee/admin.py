@@ -39,7 +39,7 @@ def endpoint_of(config: Config, service: str, node: str | None) -> str:
         return config.balancer.control
     assert node is not None
     n = config.node(node)
-    return {"statestore": n.store, "router": n.router}[service]
+    return {"statestore": n.store, "router": n.router, "sip-ra": n.control}[service]
 
 
 def request_stats(config: Config, service: str, node: str | None = None) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
     if what == "stats":
         out = [{"process": "balancer", **request_stats(config, "balancer")}]
         for node in config.node_ids:
-            for service in ("router", "statestore"):
+            for service in ("sip-ra", "router", "statestore"):
                 out.append({"process": f"{node}/{service}", **request_stats(config, service, node)})
         return out
     raise SystemExit(f"unknown subcommand {what}")

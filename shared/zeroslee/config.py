@@ -30,6 +30,7 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: str  # ROUTER: commits and queries from local clients
     peer: str  # ROUTER: replication between stores
     heartbeat: str  # PUB: node liveness, read by balancers
+    control: str = ""  # ROUTER: sip-ra statistics (management)
     data_dir: str = ""
 
     @property

@@ -50,6 +50,7 @@ def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread
             f'store = "tcp://127.0.0.1:{p + 3}"',
             f'peer = "tcp://127.0.0.1:{p + 4}"',
             f'heartbeat = "tcp://127.0.0.1:{p + 5}"',
+            f'control = "tcp://127.0.0.1:{p + 6}"',
         ]
     lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
     return "\n".join(lines) + "\n"

@@ -378,3 +378,28 @@ def target_of(uri: str) -> tuple[str, int]:
     """Where to send a request for `uri` (no DNS: zeroslee runs on addresses)."""
     parsed = parse_uri(uri)
     return parsed.host.strip("[]"), parsed.port or 5060
+
+
+def error_response(data: bytes, exc: ParseError) -> SipMessage | None:
+    """The response a rejected request deserves, if its head still yields the headers a
+    response needs (§8.2.6: Via, From, To, Call-ID, CSeq); else None (drop and count)."""
+    if exc.status == 0:
+        return None
+    try:
+        lines = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape").split("\r\n")
+        if lines[0].startswith("SIP/"):
+            return None
+        method = lines[0].split(" ", 1)[0]
+        headers = parse_headers(lines[1:])
+    except ParseError:
+        return None
+    names = {k for k, _ in headers}
+    if not {"Via", "From", "To", "Call-ID", "CSeq"} <= names:
+        return None
+    reasons = {400: "Bad Request", 505: "Version Not Supported", 513: "Message Too Large"}
+    response = SipMessage(status=exc.status, reason=reasons.get(exc.status, "Bad Request"))
+    response.headers = [(k, v) for k, v in headers if k in ("Via", "From", "To", "Call-ID", "CSeq")]
+    if method != "ACK":
+        response.headers.append(("Warning", f'399 zeroslee "{exc.reason}"'))
+        return response
+    return None

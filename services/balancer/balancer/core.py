@@ -21,7 +21,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from zeroslee import hashing
-from zeroslee.sipmsg import ParseError, SipMessage, parse, parse_name_addr, parse_uri, parse_via
+from zeroslee.sipmsg import ParseError, SipMessage, error_response, parse, parse_name_addr, parse_uri, parse_via
 
 Addr = tuple[str, int]
 BRANCH_PREFIX = "z9hG4bKzsb"
@@ -93,12 +93,21 @@ class Balancer:
             msg = parse(data)
         except ParseError as exc:
             self.count("rejected.sip")
+            response = error_response(data, exc)
+            if response is not None:
+                self.outbox.append((response.to_bytes(), addr))
             return f"rejected: {exc.reason}"
-        if not msg.is_request:
-            return self._relay_response(msg)
-        if self.node_at(addr) is not None:
-            return self._from_node(msg)
-        return self._from_outside(msg, addr, now)
+        try:
+            if not msg.is_request:
+                return self._relay_response(msg)
+            if self.node_at(addr) is not None:
+                return self._from_node(msg)
+            return self._from_outside(msg, addr, now)
+        except ParseError as exc:  # a header we needed turned out malformed
+            self.count("rejected.sip")
+            if msg.is_request and msg.method != "ACK" and exc.status:
+                self._reply(msg, addr, exc.status, "Bad Request", [("Warning", f'399 zeroslee "{exc.reason}"')])
+            return f"rejected: {exc.reason}"
 
     # --- requests from UAs -----------------------------------------------------------
 

@@ -92,7 +92,7 @@ class Router:
             del self.queues[activity]
 
     async def deliver(self, activity: str, event: msgspec.Struct, pending_id: str | None) -> None:
-        log = structlog.get_logger().bind(activity=activity, event=type(event).__name__)
+        log = structlog.get_logger().bind(activity=activity, event_type=type(event).__name__)
         if isinstance(event, SipRequest):
             log = log.bind(call_id=event.call_id, method=event.method)
         started = time.monotonic()

@@ -188,8 +188,26 @@ class SipRa(asyncio.DatagramProtocol):
             await self.heartbeat.send(bus.encode(beat))
             await asyncio.sleep(interval)
 
-    def stats(self) -> dict[str, int]:
-        out = dict(self.proc.counters)
+    async def control(self) -> None:
+        if not self.node.control:
+            return
+        sock = self.proc.socket(zmq.ROUTER)
+        sock.bind(self.node.control)
+        while True:
+            ident, data = await sock.recv_multipart()
+            try:
+                message = bus.decode(data)
+            except bus.BadMessage as exc:
+                self.proc.reject("bus", exc, socket="control")
+                continue
+            if isinstance(message, bus.StatsRequest):
+                reply = bus.StatsReply(message.req, "sip-ra", self.node.id, self.stats())
+                await sock.send_multipart([ident, bus.encode(reply)])
+            else:
+                self.proc.reject("unexpected", type(message).__name__, socket="control")
+
+    def stats(self) -> dict[str, int | str | float]:
+        out: dict[str, int | str | float] = dict(self.proc.counters)
         out.update(self.core.counters)
         out.update(transactions=len(self.core.transactions), dialogs_cached=len(self.core.dialogs))
         return out
@@ -206,6 +224,7 @@ async def main(proc: Process) -> None:
             group.create_task(ra.serve_router())
             group.create_task(ra.run_timers())
             group.create_task(ra.beat())
+            group.create_task(ra.control())
     finally:
         transport.close()
 

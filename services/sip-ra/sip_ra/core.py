@@ -31,8 +31,7 @@ from sip_ra.dialog import (
     Dialog, build_request, build_response, dialog_id, new_tag, top_branch, uas_dialog,
 )
 from zeroslee.sipmsg import (
-    ParseError, SipMessage, parse, parse_headers, parse_name_addr, parse_start_line,
-    parse_uri, parse_via, target_of,
+    ParseError, SipMessage, error_response, parse, parse_name_addr, parse_uri, parse_via, target_of,
 )
 from zeroslee import bus
 from zeroslee.config import SipTimers
@@ -101,25 +100,19 @@ class RaCore:
             self.count("sip.rejected")
             self._answer_unparsable(data, addr, exc)
             return Outcome(summary=f"rejected: {exc.reason}")
-        if msg.is_request:
-            return self._on_request(msg, addr, now)
-        return self._on_response(msg, now)
+        try:
+            if msg.is_request:
+                return self._on_request(msg, addr, now)
+            return self._on_response(msg, now)
+        except ParseError as exc:  # a header we needed turned out malformed
+            self.count("sip.rejected")
+            self._answer_unparsable(data, addr, exc)
+            return Outcome(summary=f"rejected: {exc.reason}")
 
     def _answer_unparsable(self, data: bytes, addr: Addr, exc: ParseError) -> None:
-        """Answer a bad request when its head still yields the headers a response needs."""
-        if exc.status == 0:
-            return
-        try:
-            head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "surrogateescape").split("\r\n")
-            msg = parse_start_line(head[0]) if not head[0].startswith("SIP/") else None
-            if msg is None:
-                return
-            msg.headers = parse_headers(head[1:])
-        except ParseError:
-            return
-        if all(msg.get(h) for h in ("Via", "From", "To", "Call-ID", "CSeq")):
-            response = build_response(msg, exc.status, "", headers=[("Warning", f'399 zeroslee "{exc.reason}"')])
-            self.outbox.append((response.to_bytes(), self._response_peer(msg, addr)))
+        response = error_response(data, exc)
+        if response is not None:
+            self.outbox.append((response.to_bytes(), addr))
 
     def _response_peer(self, request: SipMessage, addr: Addr) -> Addr:
         """§18.2.2 with RFC 3581: answer to the source unless Via names a port and no rport."""
