@@ -66,6 +66,15 @@ class DevCluster:
         self.config = cfg.load(self.config_path)
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
 
+    @classmethod
+    def running(cls, config_path: Path, logdir: Path) -> DevCluster:
+        """A handle on a cluster someone else started (e.g. `make cluster`): probes only."""
+        handle = cls.__new__(cls)
+        handle.workdir, handle.logdir, handle.config_path = config_path.parent, logdir, config_path
+        handle.config = cfg.load(config_path)
+        handle.procs = {}
+        return handle
+
     @property
     def balancer_addr(self) -> tuple[str, int]:
         return self.config.balancer.sip_addr
@@ -154,6 +163,15 @@ class DevCluster:
                 return
             time.sleep(0.05)  # polling a condition, bounded by `timeout`
         raise TimeoutError(f"cluster not ready within {timeout}s; logs in {self.logdir}")
+
+    def wait_live(self, expected: list[str], timeout: float = 20.0) -> None:
+        """Until the balancer's live set is exactly `expected` (it saw a death or a return)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.live_nodes() == sorted(expected):
+                return
+            time.sleep(0.05)  # polling a condition, bounded by `timeout`
+        raise TimeoutError(f"live nodes never became {expected}: {self.live_nodes()}")
 
     def live_nodes(self) -> list[str]:
         stats = self.stats("balancer")
