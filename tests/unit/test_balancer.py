@@ -1,0 +1,126 @@
+"""The balancer's routing decisions and rewrites, on a core with `now` set by hand."""
+
+from __future__ import annotations
+
+from balancer.core import Balancer, Liveness
+from zeroslee import hashing
+from zeroslee.sipmsg import SipMessage, parse
+
+FRONT = ("127.0.0.1", 5060)
+NODES = {"node-1": ("127.0.0.1", 5071), "node-2": ("127.0.0.1", 5072)}
+UA = ("127.0.0.1", 6000)
+
+
+def balancer(live: list[str] = ["node-1", "node-2"], now: float = 0.0) -> Balancer:
+    b = Balancer(FRONT, Liveness(dead_after=0.4, alive_after=2))
+    for node, addr in NODES.items():
+        for _ in range(2):
+            b.liveness.heartbeat(node, node in live, addr, now)
+    return b
+
+
+def request(method: str = "INVITE", call_id: str = "c1", to_tag: str = "", route: str = "", branch: str = "z9hG4bKua1") -> bytes:
+    lines = [
+        f"{method} sip:room@example.com SIP/2.0",
+        f"Via: SIP/2.0/UDP 10.0.0.9:6000;branch={branch};rport",
+        "Max-Forwards: 70",
+        "From: <sip:ua@example.com>;tag=ua",
+        "To: <sip:room@example.com>" + (f";tag={to_tag}" if to_tag else ""),
+        f"Call-ID: {call_id}",
+        f"CSeq: 1 {method}",
+    ]
+    if route:
+        lines.append(f"Route: {route}")
+    return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def sent(b: Balancer) -> list[tuple[SipMessage, tuple[str, int]]]:
+    return [(parse(data), addr) for data, addr in b.datagrams_to_send()]
+
+
+def test_new_call_goes_to_the_rendezvous_choice_with_our_via_and_record_route() -> None:
+    b = balancer()
+    node = b.receive_datagram(request(call_id="abc"), UA, 0.0)
+    assert node == hashing.choose("abc", ["node-1", "node-2"])
+    out = sent(b)
+    trying = [m for m, addr in out if not m.is_request]
+    forwarded = [(m, addr) for m, addr in out if m.is_request]
+    assert [m.status for m in trying] == [100]
+    [(msg, addr)] = forwarded
+    assert addr == NODES[node]
+    assert msg.get_all("Via")[0].startswith("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKzsb")
+    assert "received=127.0.0.1" in msg.get_all("Via")[1] and "rport=6000" in msg.get_all("Via")[1]
+    assert msg.get_all("Record-Route") == [f"<sip:127.0.0.1:5060;lr;zsnode={node}>"]
+    assert msg.get("Max-Forwards") == "69"
+
+
+def test_in_dialog_request_follows_the_node_hint_and_loses_our_route() -> None:
+    b = balancer()
+    other = "node-1" if hashing.choose("abc", ["node-1", "node-2"]) == "node-2" else "node-2"
+    b.receive_datagram(request("BYE", "abc", "t1", f"<sip:127.0.0.1:5060;lr;zsnode={other}>"), UA, 0.0)
+    [(msg, addr)] = sent(b)
+    assert addr == NODES[other] and msg.get("Route") is None
+
+
+def test_hint_to_a_dead_node_falls_back_to_hashing_over_the_survivors() -> None:
+    b = balancer(live=["node-2"])
+    b.receive_datagram(request("BYE", "abc", "t1", "<sip:127.0.0.1:5060;lr;zsnode=node-1>"), UA, 0.0)
+    [(_, addr)] = sent(b)
+    assert addr == NODES["node-2"]
+
+
+def test_retransmission_reaches_the_node_the_first_copy_reached_despite_a_new_node() -> None:
+    b = balancer(live=["node-1"])
+    b.receive_datagram(request("OPTIONS", "abc"), UA, 0.0)
+    first = sent(b)[0][1]
+    for _ in range(2):
+        b.liveness.heartbeat("node-2", True, NODES["node-2"], 0.1)
+    b.receive_datagram(request("OPTIONS", "abc"), UA, 0.2)
+    assert sent(b)[0][1] == first
+
+
+def test_no_live_node_means_503_and_ack_is_dropped() -> None:
+    b = balancer(live=[])
+    b.receive_datagram(request("OPTIONS"), UA, 0.0)
+    [(msg, addr)] = sent(b)
+    assert msg.status == 503 and addr == UA
+    b.receive_datagram(request("ACK", to_tag="x"), UA, 0.0)
+    assert sent(b) == []
+
+
+def test_liveness_needs_two_ready_beats_and_ends_after_silence() -> None:
+    live = Liveness(dead_after=0.4, alive_after=2)
+    live.heartbeat("n", True, ("127.0.0.1", 1), 0.0)
+    assert live.live(0.0) == []
+    live.heartbeat("n", True, ("127.0.0.1", 1), 0.1)
+    assert live.live(0.1) == ["n"]
+    assert live.live(0.6) == []
+    live.heartbeat("n", False, ("127.0.0.1", 1), 0.7)
+    assert live.live(0.7) == []
+
+
+def test_response_loses_our_via_and_goes_to_the_received_rport_of_the_next() -> None:
+    b = balancer()
+    b.receive_datagram(request(call_id="abc"), UA, 0.0)
+    forwarded = [m for m, _ in sent(b) if m.is_request][0]
+    response = SipMessage(status=200, reason="OK", headers=[(k, v) for k, v in forwarded.headers if k in ("Via", "From", "To", "Call-ID", "CSeq")])
+    b.receive_datagram(response.to_bytes(), NODES["node-1"], 0.1)
+    [(msg, addr)] = sent(b)
+    assert addr == UA and len(msg.get_all("Via")) == 1
+
+
+def test_request_from_a_node_goes_out_to_the_request_uri_via_us() -> None:
+    b = balancer()
+    data = request("INFO", "abc", "t", "<sip:127.0.0.1:5060;lr;zsnode=node-1>").replace(b"sip:room@example.com SIP", b"sip:ua@127.0.0.1:6000 SIP")
+    b.receive_datagram(data, NODES["node-2"], 0.0)
+    [(msg, addr)] = sent(b)
+    assert addr == ("127.0.0.1", 6000)
+    assert msg.get("Route") is None and len(msg.get_all("Via")) == 2
+
+
+def test_unparsable_request_with_enough_headers_gets_400() -> None:
+    b = balancer()
+    summary = b.receive_datagram(request("OPTIONS").replace(b"CSeq: 1 OPTIONS", b"CSeq: 1 BYE"), UA, 0.0)
+    assert summary.startswith("rejected")
+    [(msg, addr)] = sent(b)
+    assert msg.status == 400 and addr == UA

@@ -1,0 +1,131 @@
+"""The router core: one delivery as one transaction, on an in-memory view."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from router.chat import ChatSbb, MessageEvent
+from router.container import Container, Service, Transaction
+from router.sbb import FacilityError, HandlerFailed, Sbb, SipRequest, on
+from zeroslee import bus, keys
+
+
+class DictView:
+    """A replica snapshot: key -> (version, value)."""
+
+    def __init__(self, data: dict[str, tuple[int, bytes]] | None = None) -> None:
+        self.data = data or {}
+
+    def get(self, key: str) -> tuple[int, bytes | None]:
+        version, value = self.data.get(key, (0, None))
+        return version, value
+
+    def scan(self, prefix: str, limit: int = 1_000_000) -> list[tuple[str, int, bytes]]:
+        return [(k, v, b) for k, (v, b) in sorted(self.data.items()) if k.startswith(prefix)][:limit]
+
+    def apply(self, tx: Transaction, seq: int) -> None:
+        for key, value in tx.writes.items():
+            if value is None:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = (seq, value)
+
+
+def sip(method: str, activity: str, body: bytes = b"", room: str = "room-7", created: bool = False) -> SipRequest:
+    return SipRequest(
+        event_id="e", tx=f"tx-{method}-{activity}", activity=activity, activity_type="sip-dialog",
+        method=method, request_uri=f"sip:{room}@example.com", call_id=f"call-{activity}",
+        from_uri="sip:a@b", to_uri=f"sip:{room}@b", cseq=1, content_type="text/plain" if body else "",
+        body=body, created_dialog=created,
+    )
+
+
+class Run:
+    def __init__(self) -> None:
+        self.view = DictView()
+        self.container = Container("node-1", [Service("chat", ChatSbb)])
+        self.seq = 0
+
+    def deliver(self, event: msgspec.Struct, activity: str) -> Transaction:
+        tx = Transaction(self.view, "node-1")
+        self.container.deliver(tx, event, activity)
+        self.seq += 1
+        self.view.apply(tx, self.seq)
+        return tx
+
+
+def test_initial_invite_creates_root_entity_room_and_name() -> None:
+    run = Run()
+    tx = run.deliver(sip("INVITE", "d1", created=True), "d1")
+    [room] = [v.decode() for k, (_, v) in run.view.data.items() if k == keys.name("room-7")]
+    assert len(run.view.scan(keys.attachments_of(room))) == 1
+    assert len(run.view.scan("sbb/")) == 1
+    assert tx.messages == [bus.SendResponse("tx-INVITE-d1", 200)]
+
+
+def test_second_participant_reuses_the_named_room() -> None:
+    run = Run()
+    run.deliver(sip("INVITE", "d1", created=True), "d1")
+    run.deliver(sip("INVITE", "d2", created=True), "d2")
+    assert len(run.view.scan("name/")) == 1
+    room = run.view.get(keys.name("room-7"))[1].decode()  # type: ignore[union-attr]
+    assert len(run.view.scan(keys.attachments_of(room))) == 2
+
+
+def test_info_fires_message_event_only_as_a_post_commit_effect() -> None:
+    run = Run()
+    run.deliver(sip("INVITE", "d1", created=True), "d1")
+    run.deliver(sip("INVITE", "d2", created=True), "d2")
+    tx = run.deliver(sip("INFO", "d2", body=b"hello"), "d2")
+    [pending] = tx.fired
+    room = run.view.get(keys.name("room-7"))[1].decode()  # type: ignore[union-attr]
+    assert pending.activity == room
+    assert keys.pending_event(room, pending.id) in tx.writes  # journaled in the same commit
+    relay = run.deliver(MessageEvent(b"hello", "text/plain", sender=_sbb_of(run, "d2")), room)
+    assert relay.messages == [bus.SendRequest("d1", "INFO", "text/plain", b"hello", _sbb_of(run, "d1"))]
+
+
+def _sbb_of(run: Run, dialog: str) -> str:
+    return run.view.get(keys.convergence("chat", dialog))[1].decode()  # type: ignore[union-attr]
+
+
+def test_last_bye_unbinds_the_room_and_ends_everything() -> None:
+    run = Run()
+    run.deliver(sip("INVITE", "d1", created=True), "d1")
+    run.deliver(sip("INVITE", "d2", created=True), "d2")
+    run.deliver(sip("BYE", "d1"), "d1")
+    assert run.view.scan("name/") != []
+    tx = run.deliver(sip("BYE", "d2"), "d2")
+    assert run.view.data == {}
+    assert bus.SendResponse("tx-BYE-d2", 200) in tx.messages
+
+
+def test_attachment_count_guards_its_range_against_concurrent_joins() -> None:
+    run = Run()
+    run.deliver(sip("INVITE", "d1", created=True), "d1")
+    tx = run.deliver(sip("BYE", "d1"), "d1")
+    assert any(p.startswith("att/") for p in tx.prefix_reads)
+
+
+def test_lookup_of_stale_name_reports_it_and_raises() -> None:
+    run = Run()
+    run.view.data[keys.name("ghost")] = (1, b"n-gone")
+
+    class Looker(Sbb):
+        @on(SipRequest, method="OPTIONS", initial_by=lambda e: e.activity)
+        def look(self, event: SipRequest, ctx) -> None:  # type: ignore[no-untyped-def]
+            ctx.lookup("ghost")
+
+    container = Container("node-1", [Service("look", Looker)])
+    tx = Transaction(run.view, "node-1")
+    with pytest.raises(HandlerFailed) as failure:
+        container.deliver(tx, sip("OPTIONS", "t1"), "t1")
+    assert isinstance(failure.value.error, FacilityError)
+    assert container.stale_names == ["ghost"]
+
+
+def test_unhandled_options_is_200_and_unhandled_register_is_405() -> None:
+    run = Run()
+    assert run.deliver(sip("OPTIONS", "t1"), "t1").messages == [bus.SendResponse("tx-OPTIONS-t1", 200)]
+    assert run.deliver(sip("REGISTER", "t2"), "t2").messages == [bus.SendResponse("tx-REGISTER-t2", 405)]

@@ -1,0 +1,70 @@
+"""The statestore role machine: who is primary, decided from peer reports only."""
+
+from __future__ import annotations
+
+from statestore.membership import Action, Input, Membership, Role
+
+ORDER = ["node-1", "node-2"]
+
+
+def store(me: str, started_at: float = 0.0) -> Membership:
+    return Membership(me=me, order=ORDER, started_at=started_at, dead_after=0.6)
+
+
+def test_simultaneous_start_elects_the_first_node_and_the_other_joins_it() -> None:
+    one, two = store("node-1"), store("node-2")
+    one.observe("node-2", "starting", 0, 0, now=0.1)
+    two.observe("node-1", "starting", 0, 0, now=0.1)
+    assert one.decide(my_seq=0, now=0.1) == (Action.PROMOTE, None)
+    assert one.role is Role.PRIMARY and one.epoch == 1
+    assert two.decide(my_seq=0, now=0.1) == (Action.NONE, None)
+    two.observe("node-1", "primary", 1, 0, now=0.2)
+    assert two.decide(my_seq=0, now=0.2) == (Action.JOIN, "node-1")
+    assert two.role is Role.SYNCING
+
+
+def test_a_store_with_more_history_wins_the_election() -> None:
+    one = store("node-1")
+    one.observe("node-2", "starting", 3, 42, now=0.1)
+    assert one.decide(my_seq=7, now=0.1) == (Action.NONE, None)
+
+
+def test_a_lone_store_waits_for_silent_peers_before_promoting() -> None:
+    one = store("node-1")
+    assert one.decide(my_seq=0, now=0.3) == (Action.NONE, None)
+    assert one.decide(my_seq=0, now=0.7) == (Action.PROMOTE, None)
+
+
+def test_a_restarted_store_joins_the_running_primary_rather_than_taking_over() -> None:
+    one = store("node-1", started_at=100.0)
+    one.observe("node-2", "primary", 5, 900, now=100.1)
+    assert one.decide(my_seq=0, now=100.1) == (Action.JOIN, "node-2")
+
+
+def test_a_backup_whose_primary_falls_silent_promotes_itself_with_a_new_epoch() -> None:
+    two = store("node-2")
+    two.observe("node-1", "primary", 1, 10, now=0.1, backups=("node-2",))
+    two.decide(my_seq=10, now=0.1)
+    two.fire(Input.SNAPSHOT_INSTALLED)
+    assert two.role is Role.BACKUP
+    assert two.decide(my_seq=10, now=0.5) == (Action.NONE, None)
+    assert two.decide(my_seq=10, now=0.8) == (Action.PROMOTE, None)
+    assert two.epoch == 2 and two.role is Role.PRIMARY
+
+
+def test_a_backup_dropped_by_its_primary_resyncs() -> None:
+    two = store("node-2")
+    two.observe("node-1", "primary", 1, 10, now=0.1, backups=("node-2",))
+    two.decide(my_seq=10, now=0.1)
+    two.fire(Input.SNAPSHOT_INSTALLED)
+    two.observe("node-1", "primary", 1, 11, now=0.2, backups=())
+    assert two.decide(my_seq=10, now=0.2) == (Action.JOIN, "node-1")
+
+
+def test_of_two_primaries_the_older_epoch_steps_down() -> None:
+    one = store("node-1")
+    one.role, one.epoch, one.primary = Role.PRIMARY, 1, "node-1"
+    one.observe("node-2", "primary", 2, 50, now=1.0)
+    one.decide(my_seq=40, now=1.0)
+    assert one.role is Role.STARTING
+    assert one.decide(my_seq=40, now=1.0) == (Action.JOIN, "node-2")

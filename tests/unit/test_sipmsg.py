@@ -1,0 +1,95 @@
+"""SIP framing and header rules (RFC 3261 §7, §18.3, §20)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zeroslee.sipmsg import ParseError, canonical, SipMessage, parse, parse_name_addr, parse_uri, parse_via
+
+BASE = (
+    "OPTIONS sip:room@example.com SIP/2.0\r\n"
+    "v: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc\r\n"
+    "f: <sip:a@example.com>;tag=1\r\n"
+    "t: <sip:room@example.com>\r\n"
+    "i: abc@host\r\n"
+    "CSeq: 1 OPTIONS\r\n"
+)
+
+
+def test_compact_forms_map_to_full_names() -> None:
+    msg = parse((BASE + "l: 0\r\n\r\n").encode())
+    assert msg.call_id == "abc@host"
+    assert parse_via(msg.get_all("Via")[0]).branch == "z9hG4bKabc"
+    assert parse_name_addr(msg.get("From") or "").tag == "1"
+
+
+def test_folded_header_is_unfolded() -> None:
+    msg = parse((BASE + "Subject: one\r\n  two\r\nContent-Length: 0\r\n\r\n").encode())
+    assert msg.get("Subject") == "one two"
+
+
+def test_comma_separated_values_split_outside_quotes_and_brackets() -> None:
+    msg = parse((BASE + 'Contact: "a, b" <sip:x@y;p=1,2>, <sip:z@w>\r\nContent-Length: 0\r\n\r\n').encode())
+    assert msg.get_all("Contact") == ['"a, b" <sip:x@y;p=1,2>', "<sip:z@w>"]
+
+
+def test_missing_content_length_on_udp_takes_the_rest_of_the_datagram() -> None:
+    assert parse((BASE + "\r\nbody bytes").encode()).body == b"body bytes"
+
+
+def test_trailing_octets_after_content_length_are_ignored() -> None:
+    assert parse((BASE + "Content-Length: 4\r\n\r\nbodyEXTRA").encode()).body == b"body"
+
+
+@pytest.mark.parametrize("value", ["-1", "9999", "abc"])
+def test_bad_content_length_is_400(value: str) -> None:
+    with pytest.raises(ParseError) as err:
+        parse((BASE + f"Content-Length: {value}\r\n\r\nbody").encode())
+    assert err.value.status == 400
+
+
+def test_unknown_version_is_505() -> None:
+    with pytest.raises(ParseError) as err:
+        parse((BASE.replace("SIP/2.0\r\n", "SIP/7.0\r\n", 1) + "\r\n").encode())
+    assert err.value.status == 505
+
+
+def test_non_utf8_octets_survive_a_round_trip() -> None:
+    raw = (BASE + "Subject: caf").encode() + b"\xe9\xff\r\nContent-Length: 0\r\n\r\n"
+    again = parse(parse(raw).to_bytes())
+    assert again.to_bytes() == parse(raw).to_bytes()
+    assert b"\xe9\xff" in again.to_bytes()
+
+
+def test_sip_uri_parts() -> None:
+    uri = parse_uri("sip:room-7@Example.COM:5070;transport=udp;lr")
+    assert (uri.user, uri.host, uri.port, uri.params) == ("room-7", "example.com", 5070, {"transport": "udp", "lr": ""})
+    with pytest.raises(ParseError) as err:
+        parse_uri("tel:+123")
+    assert err.value.status == 416
+
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.", min_size=1, max_size=12)
+
+
+@given(TOKEN, TOKEN, st.binary(max_size=200), st.lists(st.tuples(TOKEN, TOKEN), max_size=5))
+def test_serialize_then_parse_is_identity(user: str, call_id: str, body: bytes, extra: list[tuple[str, str]]) -> None:
+    msg = SipMessage(method="INFO", uri=f"sip:{user}@example.com")
+    msg.headers = [
+        ("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKx"), ("From", "<sip:a@b>;tag=1"),
+        ("To", f"<sip:{user}@b>"), ("Call-ID", call_id), ("CSeq", "2 INFO"),
+    ] + [(canonical(f"X-{k}"), v) for k, v in extra]
+    msg.body = body
+    again = parse(msg.to_bytes())
+    assert (again.method, again.uri, again.body) == (msg.method, msg.uri, msg.body)
+    assert again.headers[: len(msg.headers)] == msg.headers
+
+
+@given(st.binary(max_size=600))
+def test_random_bytes_raise_only_parse_error(data: bytes) -> None:
+    try:
+        parse(data)
+    except ParseError:
+        pass
