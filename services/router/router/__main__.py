@@ -126,13 +126,13 @@ class Router:
                 self.proc.count("delivery.conflict")
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))  # back off, then re-read
                 continue
-            await self.after_commit(tx)
             self.proc.count("delivery.ok")
             log.info(
                 "delivered", seq=result.seq, attempts=attempt, to=outcome.delivered_to,
                 created=outcome.created, loaded_remote=outcome.loaded_remote,
                 fired=len(tx.fired), ms=round((time.monotonic() - started) * 1000, 2),
             )
+            await self.after_commit(tx)
             return
         self.fail(event, 500, "too many conflicts", log)
 
