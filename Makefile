@@ -3,13 +3,18 @@ SHELL := /bin/bash
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup test demo cluster clean
+.PHONY: setup test lint demo cluster clean
 
 setup:
 	@scripts/setup.sh
 
-test: setup
+test: setup lint
 	$(VENV)/bin/python -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict shared/zeroslee services/router/router services/statestore/statestore services/sip-ra/sip_ra services/balancer/balancer
 
 demo: setup
 	$(VENV)/bin/python tools/demo.py

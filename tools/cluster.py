@@ -30,11 +30,15 @@ def main() -> int:
     for node in config.node_ids:
         honchos[node] = subprocess.Popen(
             ["honcho", "start", "-f", str(ROOT / "Procfile"), "statestore", "router", "sip-ra"],
-            cwd=ROOT, env={**env, "ZEROSLEE_NODE": node}, start_new_session=True,
+            cwd=ROOT,
+            env={**env, "ZEROSLEE_NODE": node},
+            start_new_session=True,
         )
     honchos["balancer"] = subprocess.Popen(
         ["honcho", "start", "-f", str(ROOT / "Procfile"), "balancer"],
-        cwd=ROOT, env=env, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
     )
     stopping = False
 

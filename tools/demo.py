@@ -58,29 +58,47 @@ def main() -> int:
         say("UA-1", f"<- {ua1.invite('room-7', call_id_on('node-1', nodes, 'ua1')).status} OK, ACK")
         for d in deliveries(cluster, "node-1", seen):
             names[d["created"][0]] = "Sbb-1"
-            say("node-1 router", f"{d['method']} -> created {name(d['created'][0])} ({d['created'][0]}), commit seq {d['seq']}")
+            say(
+                "node-1 router",
+                f"{d['method']} -> created {name(d['created'][0])} ({d['created'][0]}), commit seq {d['seq']}",
+            )
         [room] = [r for r in admin.rows_for(cluster.config, "activities") if "room-7" in r["names"]]
         names[room["id"]] = "ACI-1"
-        say("cluster state", f"ACI-1 = null activity {room['id']} named 'room-7', owner {room['owner']}, attached: {[name(a) for a in room['attachments']]}")
+        say(
+            "cluster state",
+            f"ACI-1 = null activity {room['id']} named 'room-7', owner {room['owner']}, "
+            f"attached: {[name(a) for a in room['attachments']]}",
+        )
 
         print("\n2. UA-2 joins room-7; its Call-ID hashes to node-2")
         say("UA-2", f"<- {ua2.invite('room-7', call_id_on('node-2', nodes, 'ua2')).status} OK, ACK")
         for d in deliveries(cluster, "node-2", seen):
             names[d["created"][0]] = "Sbb-2"
-            say("node-2 router", f"{d['method']} -> created {name(d['created'][0])} ({d['created'][0]}), looked up ACI-1 and attached")
+            say(
+                "node-2 router",
+                f"{d['method']} -> created {name(d['created'][0])} ({d['created'][0]}), looked up ACI-1 and attached",
+            )
 
-        print("\n3. UA-2 sends INFO \"hello\" on its dialog (node-2)")
+        print('\n3. UA-2 sends INFO "hello" on its dialog (node-2)')
         say("UA-2", f"INFO 'hello' <- {ua2.request('INFO', b'hello').status} OK")
         relayed = ua1.wait_request("INFO")
         for d in deliveries(cluster, "node-2", seen):
             if d.get("event_type") == "SipRequest":
-                say("node-2 router", f"INFO -> {name(d['to'][0])} looked up 'room-7' = ACI-1 and fired a MessageEvent on it")
+                say(
+                    "node-2 router",
+                    f"INFO -> {name(d['to'][0])} looked up 'room-7' = ACI-1 and fired a MessageEvent on it",
+                )
             else:
                 remote = ", ".join(f"{name(s)} (loaded from clustered state)" for s in d["loaded_remote"])
-                say("node-2 router", f"MessageEvent on {name(d['activity'])} delivered to {[name(s) for s in d['to']]}; {remote}")
+                say(
+                    "node-2 router",
+                    f"MessageEvent on {name(d['activity'])} delivered to {[name(s) for s in d['to']]}; {remote}",
+                )
         print("\n4. Sbb-1 (running on node-2) sends the text on UA-1's dialog through node-2's sip-ra")
         hops = " <- ".join(
-            "balancer" if h == cluster.balancer_addr else ("node-2 sip-ra" if h == cluster.node_addr("node-2") else f"{h[0]}:{h[1]}")
+            "balancer"
+            if h == cluster.balancer_addr
+            else ("node-2 sip-ra" if h == cluster.node_addr("node-2") else f"{h[0]}:{h[1]}")
             for h in via_hosts(relayed)
         )
         say("UA-1", f"received INFO {relayed.body.decode()!r}, CSeq {relayed.get('CSeq')}, Via: {hops}")

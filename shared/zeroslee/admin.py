@@ -21,7 +21,7 @@ TIMEOUT_MS = 2000
 
 
 def ask(endpoint: str, message: bus.Message) -> bus.Message | None:
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(endpoint)
@@ -72,8 +72,15 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
         out = []
         for key, version, raw in query(config, "sbb/"):
             rec = decode_record(raw)
-            out.append({"id": key.split("/", 1)[1], "service": rec["service"], "convergence": rec["convergence"],
-                        "created_on": rec["created_on"], "version": version})
+            out.append(
+                {
+                    "id": key.split("/", 1)[1],
+                    "service": rec["service"],
+                    "convergence": rec["convergence"],
+                    "created_on": rec["created_on"],
+                    "version": version,
+                }
+            )
         return out
     if what == "activities":
         atts: dict[str, list[str]] = {}
@@ -88,8 +95,16 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
         for key, _, raw in query(config, "aci/"):
             rec = decode_record(raw)
             aci = key.split("/", 1)[1]
-            out.append({"id": aci, "type": rec["type"], "owner": rec["owner"], "attachments": atts.get(aci, []),
-                        "names": names.get(aci, []), "timers": []})
+            out.append(
+                {
+                    "id": aci,
+                    "type": rec["type"],
+                    "owner": rec["owner"],
+                    "attachments": atts.get(aci, []),
+                    "names": names.get(aci, []),
+                    "timers": [],
+                }
+            )
         return out
     if what == "stats":
         out = [{"process": "balancer", **request_stats(config, "balancer")}]

@@ -102,4 +102,3 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
     if len(set(config.node_ids)) != len(config.nodes):
         raise ValueError("node ids must be unique")
     return config
-

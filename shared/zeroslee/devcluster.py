@@ -138,8 +138,11 @@ class DevCluster:
             branch = f"z9hG4bKprobe{time.monotonic_ns()}"
             req.headers = [
                 ("Via", f"SIP/2.0/UDP {host}:{lport};branch={branch};rport"),
-                ("Max-Forwards", "70"), ("From", "<sip:probe@localhost>;tag=probe"),
-                ("To", "<sip:ping@localhost>"), ("Call-ID", f"probe-{branch}"), ("CSeq", "1 OPTIONS"),
+                ("Max-Forwards", "70"),
+                ("From", "<sip:probe@localhost>;tag=probe"),
+                ("To", "<sip:ping@localhost>"),
+                ("Call-ID", f"probe-{branch}"),
+                ("CSeq", "1 OPTIONS"),
             ]
             sock.sendto(req.to_bytes(), self.balancer_addr)
             sock.settimeout(timeout)
@@ -147,7 +150,7 @@ class DevCluster:
             while time.monotonic() < deadline:
                 try:
                     data, _ = sock.recvfrom(65535)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     return 0
                 msg = parse(data)
                 if msg.status >= 200:
@@ -175,7 +178,7 @@ class DevCluster:
 
     def live_nodes(self) -> list[str]:
         stats = self.stats("balancer")
-        return json.loads(str(stats.get("live", "[]")))
+        return [str(n) for n in json.loads(str(stats.get("live", "[]")))]
 
     def stats(self, service: str, node: str | None = None) -> dict[str, int | str | float]:
         from zeroslee.admin import request_stats

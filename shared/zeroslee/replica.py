@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -44,7 +45,7 @@ class Replica:
     def __init__(self, data_dir: Path) -> None:
         self.path = env_path(data_dir)
         self._env: lmdb.Environment | None = None
-        self._db: object | None = None
+        self._db: Any = None
 
     def _open(self) -> lmdb.Environment:
         if self._env is None:
@@ -86,7 +87,7 @@ class ReadView:
         raw = self.txn.get(key.encode())
         if raw is None:
             return 0, None
-        return unpack(raw)
+        return unpack(bytes(raw))
 
     def scan(self, prefix: str, limit: int = 1_000_000) -> list[tuple[str, int, bytes]]:
         found: list[tuple[str, int, bytes]] = []
@@ -95,8 +96,9 @@ class ReadView:
         if not cursor.set_range(start):
             return found
         for raw_key, raw in cursor:
-            if not raw_key.startswith(start) or len(found) >= limit:
+            key = bytes(raw_key)
+            if not key.startswith(start) or len(found) >= limit:
                 break
-            version, payload = unpack(raw)
-            found.append((raw_key.decode(), version, payload))
+            version, payload = unpack(bytes(raw))
+            found.append((key.decode(), version, payload))
         return found

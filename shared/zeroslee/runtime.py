@@ -14,10 +14,9 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import structlog
 import zmq
 import zmq.asyncio
 
@@ -65,7 +64,7 @@ def parse_args(service: str, needs_node: bool) -> argparse.Namespace:
     return parser.parse_args()
 
 
-def run(service: str, main: Callable[[Process], Awaitable[None]], needs_node: bool = True) -> None:
+def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], needs_node: bool = True) -> None:
     """Entry point of a service process: `python -m <service> --node node-1`."""
     args = parse_args(service, needs_node)
     config = load(args.config)
@@ -122,7 +121,7 @@ class Requester:
         return next(self._ids)
 
     async def request(self, message: bus.Message, timeout: float) -> bus.Message:
-        req = getattr(message, "req")
+        req: int = getattr(message, "req")  # noqa: B009 (every request type has one)
         fut: asyncio.Future[bus.Message] = asyncio.get_running_loop().create_future()
         self._waiting[req] = fut
         try:

@@ -19,23 +19,70 @@ MAX_MESSAGE = 65_535  # a UDP datagram cannot be larger
 MAX_HEADERS = 256
 
 COMPACT = {
-    "i": "Call-ID", "m": "Contact", "e": "Content-Encoding", "l": "Content-Length",
-    "c": "Content-Type", "f": "From", "s": "Subject", "k": "Supported", "t": "To",
-    "v": "Via", "r": "Refer-To", "o": "Event", "u": "Allow-Events", "x": "Session-Expires",
+    "i": "Call-ID",
+    "m": "Contact",
+    "e": "Content-Encoding",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "f": "From",
+    "s": "Subject",
+    "k": "Supported",
+    "t": "To",
+    "v": "Via",
+    "r": "Refer-To",
+    "o": "Event",
+    "u": "Allow-Events",
+    "x": "Session-Expires",
 }
 CANONICAL = {
     name.lower(): name
     for name in (
-        "Via", "From", "To", "Call-ID", "CSeq", "Contact", "Max-Forwards", "Route",
-        "Record-Route", "Content-Length", "Content-Type", "Content-Encoding", "Allow",
-        "Supported", "Require", "Proxy-Require", "Unsupported", "Expires", "User-Agent",
-        "Server", "Accept", "Subject", "WWW-Authenticate", "Authorization", "Date",
-        "Event", "Refer-To", "Allow-Events", "Session-Expires", "Warning", "Retry-After",
+        "Via",
+        "From",
+        "To",
+        "Call-ID",
+        "CSeq",
+        "Contact",
+        "Max-Forwards",
+        "Route",
+        "Record-Route",
+        "Content-Length",
+        "Content-Type",
+        "Content-Encoding",
+        "Allow",
+        "Supported",
+        "Require",
+        "Proxy-Require",
+        "Unsupported",
+        "Expires",
+        "User-Agent",
+        "Server",
+        "Accept",
+        "Subject",
+        "WWW-Authenticate",
+        "Authorization",
+        "Date",
+        "Event",
+        "Refer-To",
+        "Allow-Events",
+        "Session-Expires",
+        "Warning",
+        "Retry-After",
     )
 }
 # Headers whose values may be comma-joined lists (RFC 3261 §7.3.1); others never split.
-MULTI_VALUE = {"Via", "Contact", "Route", "Record-Route", "Allow", "Supported", "Require",
-               "Proxy-Require", "Unsupported", "Accept"}
+MULTI_VALUE = {
+    "Via",
+    "Contact",
+    "Route",
+    "Record-Route",
+    "Allow",
+    "Supported",
+    "Require",
+    "Proxy-Require",
+    "Unsupported",
+    "Accept",
+}
 SINGLE_VALUE = {"From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length", "Content-Type"}
 
 TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")

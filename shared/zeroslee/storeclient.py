@@ -6,8 +6,6 @@ over DEALER/ROUTER and are acknowledged only once replicated (DESIGN §4).
 
 from __future__ import annotations
 
-import asyncio
-
 from zeroslee import bus
 from zeroslee.replica import Replica
 from zeroslee.runtime import Process, Requester
@@ -36,7 +34,7 @@ class StoreClient:
         message = bus.Commit(self.link.next_id(), reads, writes, prefix_reads or [], self.proc.service)
         try:
             result = await self.link.request(message, self.timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise CommitFailed("statestore did not answer") from exc
         assert isinstance(result, bus.CommitResult)
         if not result.ok and not result.conflicts:
@@ -46,7 +44,7 @@ class StoreClient:
     async def is_ready(self) -> bool:
         try:
             pong = await self.link.request(bus.Ping(self.link.next_id(), self.proc.service), 0.5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return isinstance(pong, bus.Pong) and pong.ready
 

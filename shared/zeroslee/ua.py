@@ -103,7 +103,7 @@ class UserAgent:
         self.sock.settimeout(timeout)
         try:
             data, addr = self.sock.recvfrom(65535)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
         msg = parse(data)
         if msg.is_request:

@@ -31,16 +31,20 @@ def chat(cluster: DevCluster, room: str, base_port: int) -> None:
         ua2.close()
 
 
-@pytest.mark.parametrize("service", ["router", "sip-ra"])
-def test_scenario_completes_after_one_service_of_node2_is_restarted(cluster: DevCluster, service: str) -> None:
+@pytest.mark.parametrize("node", ["node-1", "node-2"])
+@pytest.mark.parametrize("service", ["router", "sip-ra", "statestore"])
+def test_scenario_completes_after_one_service_is_restarted(cluster: DevCluster, service: str, node: str) -> None:
+    """node-1's store starts as primary: restarting it moves the primary to node-2."""
     chat(cluster, "before", 6401)
-    old = cluster.pid(service, "node-2")
-    cluster.kill(service, "node-2")
-    cluster.wait_live(["node-1"])  # the balancer takes node-2 out (no or not-ready heartbeat)
-    cluster.start(service, "node-2")
-    assert cluster.pid(service, "node-2") != old
+    other = "node-2" if node == "node-1" else "node-1"
+    old = cluster.pid(service, node)
+    cluster.kill(service, node)
+    cluster.wait_live([other])  # the balancer takes the node out (no or not-ready heartbeat)
+    cluster.start(service, node)
+    assert cluster.pid(service, node) != old
     cluster.wait_live(["node-1", "node-2"])
     chat(cluster, "after", 6403)
+    assert admin.rows_for(cluster.config, "names") == []
 
 
 GARBAGE_SIP = [

@@ -20,7 +20,9 @@ def sipp(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     """Start SIPp in `cwd`; its screen and error traces land there as files."""
     return subprocess.Popen(
         [need_sipp(), *args, "-nostdin", "-trace_stat", "-trace_err", "-trace_screen"],
-        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -28,7 +30,9 @@ def traces(cwd: Path) -> str:
     return "\n".join(p.read_text(errors="replace")[-1500:] for p in cwd.glob("*_errors.log"))
 
 
-def wait_attached(cluster: DevCluster, room: str, count: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+def wait_attached(
+    cluster: DevCluster, room: str, count: int, proc: subprocess.Popen[bytes], timeout: float = 15
+) -> None:
     """Until `room` has `count` participants (state read from the cluster, not a sleep)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -47,14 +51,44 @@ def test_seed_scenario_with_two_sipp_participants(cluster: DevCluster, tmp_path:
     nodes = cluster.config.node_ids
     target = f"{host}:{port}"
     receiver = sipp(
-        ["-sf", str(SCENARIOS / "chat_uac.xml"), "-s", "sipp-room", "-cid_str", call_id_on("node-1", nodes, "r"),
-         "-p", "6301", "-m", "1", "-timeout", "40", "-timeout_error", target], tmp_path,
+        [
+            "-sf",
+            str(SCENARIOS / "chat_uac.xml"),
+            "-s",
+            "sipp-room",
+            "-cid_str",
+            call_id_on("node-1", nodes, "r"),
+            "-p",
+            "6301",
+            "-m",
+            "1",
+            "-timeout",
+            "40",
+            "-timeout_error",
+            target,
+        ],
+        tmp_path,
     )
     try:
         wait_attached(cluster, "sipp-room", 1, receiver)
         sender = sipp(
-            ["-sf", str(SCENARIOS / "chat_sender.xml"), "-s", "sipp-room", "-cid_str", call_id_on("node-2", nodes, "s"),
-             "-p", "6302", "-m", "1", "-timeout", "30", "-timeout_error", target], tmp_path,
+            [
+                "-sf",
+                str(SCENARIOS / "chat_sender.xml"),
+                "-s",
+                "sipp-room",
+                "-cid_str",
+                call_id_on("node-2", nodes, "s"),
+                "-p",
+                "6302",
+                "-m",
+                "1",
+                "-timeout",
+                "30",
+                "-timeout_error",
+                target,
+            ],
+            tmp_path,
         )
         assert sender.wait(timeout=40) == 0, traces(tmp_path)
         assert receiver.wait(timeout=40) == 0, traces(tmp_path)
@@ -69,19 +103,45 @@ def test_seed_scenario_with_two_sipp_participants(cluster: DevCluster, tmp_path:
 def test_make_cluster_takes_200_sipp_uac_calls_without_failure(tmp_path: Path) -> None:
     """`make cluster`'s launcher (honcho per node) on the default ports, SIPp's own uac."""
     env = {**os.environ, "ZEROSLEE_CONFIG": str(tmp_path / "cluster.toml")}
-    config_text = (REPO / "config" / "cluster.toml").read_text().replace('data_root = "var"', f'data_root = "{tmp_path}/var"')
+    config_text = (
+        (REPO / "config" / "cluster.toml").read_text().replace('data_root = "var"', f'data_root = "{tmp_path}/var"')
+    )
     (tmp_path / "cluster.toml").write_text(config_text)
     with (tmp_path / "cluster.log").open("wb") as log:
         launcher = subprocess.Popen(
-            [sys.executable, str(REPO / "tools" / "cluster.py")], cwd=REPO, env=env,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, str(REPO / "tools" / "cluster.py")],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         DevCluster.running(tmp_path / "cluster.toml", tmp_path).wait_ready(timeout=30)
         run = subprocess.run(
-            [need_sipp(), "-sn", "uac", "127.0.0.1:5060", "-p", "6310", "-m", "200", "-r", "50",
-             "-l", "100", "-timeout", "60", "-timeout_error", "-nostdin", "-trace_stat", "-trace_err"],
-            cwd=tmp_path, capture_output=True, timeout=120,
+            [
+                need_sipp(),
+                "-sn",
+                "uac",
+                "127.0.0.1:5060",
+                "-p",
+                "6310",
+                "-m",
+                "200",
+                "-r",
+                "50",
+                "-l",
+                "100",
+                "-timeout",
+                "60",
+                "-timeout_error",
+                "-nostdin",
+                "-trace_stat",
+                "-trace_err",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=120,
         )
         stats = next(tmp_path.glob("uac_*_.csv")).read_text().splitlines()
         row = dict(zip(stats[0].split(";"), stats[-1].split(";")))

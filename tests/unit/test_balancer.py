@@ -11,7 +11,7 @@ NODES = {"node-1": ("127.0.0.1", 5071), "node-2": ("127.0.0.1", 5072)}
 UA = ("127.0.0.1", 6000)
 
 
-def balancer(live: list[str] = ["node-1", "node-2"], now: float = 0.0) -> Balancer:
+def balancer(live: tuple[str, ...] = ("node-1", "node-2"), now: float = 0.0) -> Balancer:
     b = Balancer(FRONT, Liveness(dead_after=0.4, alive_after=2))
     for node, addr in NODES.items():
         for _ in range(2):
@@ -19,7 +19,9 @@ def balancer(live: list[str] = ["node-1", "node-2"], now: float = 0.0) -> Balanc
     return b
 
 
-def request(method: str = "INVITE", call_id: str = "c1", to_tag: str = "", route: str = "", branch: str = "z9hG4bKua1") -> bytes:
+def request(
+    method: str = "INVITE", call_id: str = "c1", to_tag: str = "", route: str = "", branch: str = "z9hG4bKua1"
+) -> bytes:
     lines = [
         f"{method} sip:room@example.com SIP/2.0",
         f"Via: SIP/2.0/UDP 10.0.0.9:6000;branch={branch};rport",
@@ -63,14 +65,14 @@ def test_in_dialog_request_follows_the_node_hint_and_loses_our_route() -> None:
 
 
 def test_hint_to_a_dead_node_falls_back_to_hashing_over_the_survivors() -> None:
-    b = balancer(live=["node-2"])
+    b = balancer(live=("node-2",))
     b.receive_datagram(request("BYE", "abc", "t1", "<sip:127.0.0.1:5060;lr;zsnode=node-1>"), UA, 0.0)
     [(_, addr)] = sent(b)
     assert addr == NODES["node-2"]
 
 
 def test_retransmission_reaches_the_node_the_first_copy_reached_despite_a_new_node() -> None:
-    b = balancer(live=["node-1"])
+    b = balancer(live=("node-1",))
     b.receive_datagram(request("OPTIONS", "abc"), UA, 0.0)
     first = sent(b)[0][1]
     for _ in range(2):
@@ -80,7 +82,7 @@ def test_retransmission_reaches_the_node_the_first_copy_reached_despite_a_new_no
 
 
 def test_no_live_node_means_503_and_ack_is_dropped() -> None:
-    b = balancer(live=[])
+    b = balancer(live=())
     b.receive_datagram(request("OPTIONS"), UA, 0.0)
     [(msg, addr)] = sent(b)
     assert msg.status == 503 and addr == UA
@@ -103,7 +105,11 @@ def test_response_loses_our_via_and_goes_to_the_received_rport_of_the_next() -> 
     b = balancer()
     b.receive_datagram(request(call_id="abc"), UA, 0.0)
     forwarded = [m for m, _ in sent(b) if m.is_request][0]
-    response = SipMessage(status=200, reason="OK", headers=[(k, v) for k, v in forwarded.headers if k in ("Via", "From", "To", "Call-ID", "CSeq")])
+    response = SipMessage(
+        status=200,
+        reason="OK",
+        headers=[(k, v) for k, v in forwarded.headers if k in ("Via", "From", "To", "Call-ID", "CSeq")],
+    )
     b.receive_datagram(response.to_bytes(), NODES["node-1"], 0.1)
     [(msg, addr)] = sent(b)
     assert addr == UA and len(msg.get_all("Via")) == 1
@@ -111,7 +117,9 @@ def test_response_loses_our_via_and_goes_to_the_received_rport_of_the_next() -> 
 
 def test_request_from_a_node_goes_out_to_the_request_uri_via_us() -> None:
     b = balancer()
-    data = request("INFO", "abc", "t", "<sip:127.0.0.1:5060;lr;zsnode=node-1>").replace(b"sip:room@example.com SIP", b"sip:ua@127.0.0.1:6000 SIP")
+    data = request("INFO", "abc", "t", "<sip:127.0.0.1:5060;lr;zsnode=node-1>").replace(
+        b"sip:room@example.com SIP", b"sip:ua@127.0.0.1:6000 SIP"
+    )
     b.receive_datagram(data, NODES["node-2"], 0.0)
     [(msg, addr)] = sent(b)
     assert addr == ("127.0.0.1", 6000)

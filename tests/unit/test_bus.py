@@ -18,7 +18,7 @@ def test_golden_bytes_of_a_heartbeat() -> None:
     assert bus.encode(message).hex() == GOLDEN_HEARTBEAT
 
 
-@pytest.mark.parametrize("junk", [b"", b"\xc1", b"\x93\x01\x02", b'\x81\xa1t\xa4Nope', b"\x81\xa1t\xa6Commit"])
+@pytest.mark.parametrize("junk", [b"", b"\xc1", b"\x93\x01\x02", b"\x81\xa1t\xa4Nope", b"\x81\xa1t\xa6Commit"])
 def test_junk_raises_bad_message_only(junk: bytes) -> None:
     with pytest.raises(bus.BadMessage):
         bus.decode(junk)

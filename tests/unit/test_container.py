@@ -34,10 +34,19 @@ class DictView:
 
 def sip(method: str, activity: str, body: bytes = b"", room: str = "room-7", created: bool = False) -> SipRequest:
     return SipRequest(
-        event_id="e", tx=f"tx-{method}-{activity}", activity=activity, activity_type="sip-dialog",
-        method=method, request_uri=f"sip:{room}@example.com", call_id=f"call-{activity}",
-        from_uri="sip:a@b", to_uri=f"sip:{room}@b", cseq=1, content_type="text/plain" if body else "",
-        body=body, created_dialog=created,
+        event_id="e",
+        tx=f"tx-{method}-{activity}",
+        activity=activity,
+        activity_type="sip-dialog",
+        method=method,
+        request_uri=f"sip:{room}@example.com",
+        call_id=f"call-{activity}",
+        from_uri="sip:a@b",
+        to_uri=f"sip:{room}@b",
+        cseq=1,
+        content_type="text/plain" if body else "",
+        body=body,
+        created_dialog=created,
     )
 
 

@@ -9,9 +9,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CORES = [
-    "services/sip-ra/sip_ra/core.py", "services/sip-ra/sip_ra/transaction.py", "services/sip-ra/sip_ra/dialog.py",
-    "services/balancer/balancer/core.py", "services/router/router/container.py", "services/router/router/sbb.py",
-    "services/statestore/statestore/membership.py", "shared/zeroslee/sipmsg.py", "shared/zeroslee/hashing.py",
+    "services/sip-ra/sip_ra/core.py",
+    "services/sip-ra/sip_ra/transaction.py",
+    "services/sip-ra/sip_ra/dialog.py",
+    "services/balancer/balancer/core.py",
+    "services/router/router/container.py",
+    "services/router/router/sbb.py",
+    "services/statestore/statestore/membership.py",
+    "shared/zeroslee/sipmsg.py",
+    "shared/zeroslee/hashing.py",
 ]
 FORBIDDEN = {"asyncio", "zmq", "lmdb", "logging", "structlog", "time", "socket"}
 

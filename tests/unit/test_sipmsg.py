@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zeroslee.sipmsg import ParseError, canonical, SipMessage, parse, parse_name_addr, parse_uri, parse_via
+from zeroslee.sipmsg import ParseError, SipMessage, canonical, parse, parse_name_addr, parse_uri, parse_via
 
 BASE = (
     "OPTIONS sip:room@example.com SIP/2.0\r\n"
@@ -78,8 +78,11 @@ TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.", min_size=1, m
 def test_serialize_then_parse_is_identity(user: str, call_id: str, body: bytes, extra: list[tuple[str, str]]) -> None:
     msg = SipMessage(method="INFO", uri=f"sip:{user}@example.com")
     msg.headers = [
-        ("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKx"), ("From", "<sip:a@b>;tag=1"),
-        ("To", f"<sip:{user}@b>"), ("Call-ID", call_id), ("CSeq", "2 INFO"),
+        ("Via", "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKx"),
+        ("From", "<sip:a@b>;tag=1"),
+        ("To", f"<sip:{user}@b>"),
+        ("Call-ID", call_id),
+        ("CSeq", "2 INFO"),
     ] + [(canonical(f"X-{k}"), v) for k, v in extra]
     msg.body = body
     again = parse(msg.to_bytes())

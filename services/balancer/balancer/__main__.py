@@ -46,7 +46,7 @@ class Front(asyncio.DatagramProtocol):
         while True:
             try:
                 data = await asyncio.wait_for(sub.recv(), self.proc.config.heartbeat_interval)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.report_changes()
                 continue
             try:

@@ -55,9 +55,7 @@ class Liveness:
         state.ready = state.streak >= self.alive_after or (state.ready and ready)
 
     def live(self, now: float) -> list[str]:
-        return sorted(
-            n for n, s in self.nodes.items() if s.ready and now - s.last_seen <= self.dead_after
-        )
+        return sorted(n for n, s in self.nodes.items() if s.ready and now - s.last_seen <= self.dead_after)
 
 
 @dataclass
@@ -179,9 +177,7 @@ class Balancer:
         if "rport" in params:
             params["rport"] = str(addr[1])
         sent_by = via.host + (f":{via.port}" if via.port else "")
-        top = f"SIP/2.0/{via.transport} {sent_by}" + "".join(
-            f";{k}={v}" if v else f";{k}" for k, v in params.items()
-        )
+        top = f"SIP/2.0/{via.transport} {sent_by}" + "".join(f";{k}={v}" if v else f";{k}" for k, v in params.items())
         msg.remove("Via")
         msg.headers = [("Via", top)] + [("Via", v) for v in vias[1:]] + msg.headers
 
@@ -236,8 +232,13 @@ class Balancer:
         return "response"
 
     def _reply(
-        self, msg: SipMessage, addr: Addr, status: int, reason: str,
-        headers: list[tuple[str, str]] | None = None, strip_top_via: bool = False,
+        self,
+        msg: SipMessage,
+        addr: Addr,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]] | None = None,
+        strip_top_via: bool = False,
     ) -> None:
         vias = msg.get_all("Via")
         if strip_top_via:

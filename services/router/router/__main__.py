@@ -11,7 +11,7 @@ import msgspec
 import structlog
 import zmq
 
-from router.container import Container, PendingEvent, Service, Transaction, decode_event
+from router.container import Container, Service, Transaction, decode_event
 from router.sbb import Sbb, SipRequest, SleeError
 from zeroslee import bus, keys
 from zeroslee.replica import ReplicaUnavailable
@@ -107,34 +107,40 @@ class Router:
                         tx.delete(keys.pending_event(activity, pending_id))
                     outcome = self.container.deliver(tx, event, activity)
             except ReplicaUnavailable:
-                return self.fail(event, 503, "local replica not ready", log)
+                return await self.fail(event, 503, "local replica not ready", log)
             except SleeError as exc:
                 self.proc.count("delivery.rolled_back")
-                return self.fail(event, 500, f"{type(exc).__name__}: {exc}", log)
+                return await self.fail(event, 500, f"{type(exc).__name__}: {exc}", log)
             if not tx.writes:  # read-only delivery: nothing to replicate
                 await self.after_commit(tx)
                 self.proc.count("delivery.ok")
                 return
             try:
                 result = await self.store.commit(
-                    sorted(tx.reads.items()), sorted(tx.writes.items()),
+                    sorted(tx.reads.items()),
+                    sorted(tx.writes.items()),
                     [(p, c, v) for p, (c, v) in sorted(tx.prefix_reads.items())],
                 )
             except CommitFailed as exc:
-                return self.fail(event, 503, str(exc), log)
+                return await self.fail(event, 503, str(exc), log)
             if not result.ok:
                 self.proc.count("delivery.conflict")
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))  # back off, then re-read
                 continue
             self.proc.count("delivery.ok")
             log.info(
-                "delivered", seq=result.seq, attempts=attempt, to=outcome.delivered_to,
-                created=outcome.created, loaded_remote=outcome.loaded_remote,
-                fired=len(tx.fired), ms=round((time.monotonic() - started) * 1000, 2),
+                "delivered",
+                seq=result.seq,
+                attempts=attempt,
+                to=outcome.delivered_to,
+                created=outcome.created,
+                loaded_remote=outcome.loaded_remote,
+                fired=len(tx.fired),
+                ms=round((time.monotonic() - started) * 1000, 2),
             )
             await self.after_commit(tx)
             return
-        self.fail(event, 500, "too many conflicts", log)
+        await self.fail(event, 500, "too many conflicts", log)
 
     async def after_commit(self, tx: Transaction) -> None:
         """Effects leave only now that the commit is replicated (DESIGN §4)."""
@@ -143,17 +149,14 @@ class Router:
         for pending in tx.fired:
             self.enqueue(pending.activity, decode_event(pending), pending.id)
 
-    def fail(self, event: msgspec.Struct, status: int, reason: str, log: structlog.typing.FilteringBoundLogger) -> None:
+    async def fail(
+        self, event: msgspec.Struct, status: int, reason: str, log: structlog.typing.FilteringBoundLogger
+    ) -> None:
         self.proc.count("delivery.failed")
         log.warning("delivery failed", status=status, reason=reason)
         if isinstance(event, SipRequest):
             message = bus.DeliveryFailed(event.tx, status, reason)
-            self.spawn(self.sock.send_multipart([self.sip_ra, bus.encode(message)]))
-
-    def spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+            await self.sock.send_multipart([self.sip_ra, bus.encode(message)])
 
 
 async def main(proc: Process) -> None:

@@ -25,7 +25,13 @@ from typing import Protocol
 import msgspec
 
 from router.sbb import (
-    ActivityEnding, FacilityError, HandlerFailed, NameAlreadyBound, NameNotBound, Sbb, SipRequest,
+    ActivityEnding,
+    FacilityError,
+    HandlerFailed,
+    NameAlreadyBound,
+    NameNotBound,
+    Sbb,
+    SipRequest,
 )
 from zeroslee import bus, keys
 
@@ -194,8 +200,9 @@ class Context:
         self.tx.fired.append(pending)
 
     # SIP facility (the SIP RA's SBB interface)
-    def respond(self, event: SipRequest, status: int, reason: str = "", body: bytes = b"",
-                content_type: str = "") -> None:
+    def respond(
+        self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
+    ) -> None:
         self.container.responded.add(event.tx)
         self.tx.messages.append(bus.SendResponse(event.tx, status, reason, content_type, body))
         if event.method == "BYE" and 200 <= status < 300:
@@ -354,8 +361,10 @@ class Container:
             if raw is None:
                 continue
             record = msgspec.msgpack.decode(raw, type=ActivityRecord)
-            if record.type == "null" and not tx.scan(keys.attachments_of(activity)) and not tx.scan(
-                keys.activity_names_of(activity)
+            if (
+                record.type == "null"
+                and not tx.scan(keys.attachments_of(activity))
+                and not tx.scan(keys.activity_names_of(activity))
             ):
                 self.end_activity(tx, activity)
         for key, value in list(tx.writes.items()):

@@ -96,8 +96,9 @@ class SbbContext(Protocol):
     def detach(self, activity: str) -> None: ...
     def attachment_count(self, activity: str) -> int: ...
     def fire(self, activity: str, event: msgspec.Struct) -> None: ...
-    def respond(self, event: SipRequest, status: int, reason: str = "", body: bytes = b"",
-                content_type: str = "") -> None: ...
+    def respond(
+        self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
+    ) -> None: ...
     def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None: ...
 
 
@@ -111,8 +112,7 @@ class Sbb:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.handlers = [
-            h for value in vars(cls).values()
-            if (h := getattr(value, "__zeroslee_handler__", None)) is not None
+            h for value in vars(cls).values() if (h := getattr(value, "__zeroslee_handler__", None)) is not None
         ]
 
     def __init__(self, state: msgspec.Struct) -> None:
@@ -131,8 +131,6 @@ class Sbb:
     @classmethod
     def handler_for(cls, event: object) -> Handler | None:
         for h in cls.handlers:
-            if isinstance(event, h.event_type) and (
-                h.method is None or getattr(event, "method", None) == h.method
-            ):
+            if isinstance(event, h.event_type) and (h.method is None or getattr(event, "method", None) == h.method):
                 return h
         return None

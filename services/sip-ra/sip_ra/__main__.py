@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import msgspec
 import zmq
@@ -60,8 +62,8 @@ class SipRa(asyncio.DatagramProtocol):
             self.transport.sendto(data, peer)
         self.wake.set()
 
-    def spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -78,10 +80,11 @@ class SipRa(asyncio.DatagramProtocol):
         event = outcome.event
         if outcome.new_dialog is not None:
             d = outcome.new_dialog
+            assert isinstance(event, bus.RequestReceived)
             try:
                 await self.store.commit([(keys.dialog(d.id), 0)], [(keys.dialog(d.id), d.encode())])
             except CommitFailed as exc:
-                self.answer(getattr(event, "tx"), 503, "Service Unavailable", str(exc))
+                self.answer(event.tx, 503, "Service Unavailable", str(exc))
                 return
         if isinstance(event, bus.RequestReceived):
             loop = asyncio.get_running_loop()
@@ -102,7 +105,10 @@ class SipRa(asyncio.DatagramProtocol):
         self.flush()
         if status >= 200:
             self.proc.log.info(
-                "transaction", method=request.method, status=status, call_id=request.call_id,
+                "transaction",
+                method=request.method,
+                status=status,
+                call_id=request.call_id,
                 **({"why": why} if why else {}),
             )
 
@@ -120,7 +126,11 @@ class SipRa(asyncio.DatagramProtocol):
             match message:
                 case bus.SendResponse(tx=tx, status=status, reason=reason):
                     self.answer(
-                        tx, status, reason, headers=list(message.headers), body=message.body,
+                        tx,
+                        status,
+                        reason,
+                        headers=list(message.headers),
+                        body=message.body,
                         content_type=message.content_type,
                     )
                 case bus.DeliveryFailed(tx=tx, status=status, reason=reason):
@@ -169,11 +179,12 @@ class SipRa(asyncio.DatagramProtocol):
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             for outcome in self.core.on_timer(time.monotonic()):
-                self.proc.log.info("transaction", method=outcome.method, status=outcome.status,
-                                   call_id=outcome.call_id, why="timeout")
+                self.proc.log.info(
+                    "transaction", method=outcome.method, status=outcome.status, call_id=outcome.call_id, why="timeout"
+                )
             self.flush()
 
     async def beat(self) -> None:

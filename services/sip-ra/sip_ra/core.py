@@ -28,13 +28,26 @@ import msgspec
 
 from sip_ra import transaction as txn
 from sip_ra.dialog import (
-    Dialog, build_request, build_response, dialog_id, new_tag, top_branch, uas_dialog,
-)
-from zeroslee.sipmsg import (
-    ParseError, SipMessage, error_response, parse, parse_name_addr, parse_uri, parse_via, target_of,
+    Dialog,
+    build_request,
+    build_response,
+    dialog_id,
+    new_tag,
+    top_branch,
+    uas_dialog,
 )
 from zeroslee import bus
 from zeroslee.config import SipTimers
+from zeroslee.sipmsg import (
+    ParseError,
+    SipMessage,
+    error_response,
+    parse,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+    target_of,
+)
 
 Addr = tuple[str, int]
 ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS"
@@ -263,8 +276,14 @@ class RaCore:
     # --- commands from the router -------------------------------------------------
 
     def respond(
-        self, key: str, status: int, reason: str, now: float,
-        headers: list[tuple[str, str]] | None = None, body: bytes = b"", content_type: str = "",
+        self,
+        key: str,
+        status: int,
+        reason: str,
+        now: float,
+        headers: list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        content_type: str = "",
     ) -> bool:
         pending = self.pending.get(key)
         if pending is None:
@@ -281,8 +300,7 @@ class RaCore:
             extra.append(("Allow", ALLOW))
         response = build_response(request, status, reason, to_tag, extra, body, content_type)
         tx.last_response = response.to_bytes()
-        kind = txn.Input.SEND_1XX if status < 200 else (
-            txn.Input.SEND_2XX if status < 300 else txn.Input.SEND_FINAL)
+        kind = txn.Input.SEND_1XX if status < 200 else (txn.Input.SEND_2XX if status < 300 else txn.Input.SEND_FINAL)
         self._step(tx, kind, now)
         if status >= 200:
             del self.pending[key]
@@ -294,9 +312,7 @@ class RaCore:
             self.forget_dialog(dialog.id)
         return True
 
-    def send_in_dialog(
-        self, dialog: Dialog, method: str, body: bytes, content_type: str, now: float
-    ) -> SipMessage:
+    def send_in_dialog(self, dialog: Dialog, method: str, body: bytes, content_type: str, now: float) -> SipMessage:
         """Send `method` on `dialog`, whose `local_cseq` the shell has already committed."""
         headers = [("Content-Type", content_type)] if body else []
         msg = build_request(dialog, method, dialog.local_cseq, self.sip_host, headers, body)

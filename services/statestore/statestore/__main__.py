@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import zmq
 
@@ -44,9 +46,7 @@ class Statestore:
         self.peer_in = proc.socket(zmq.ROUTER)
         self.peer_in.bind(self.node.peer)
         self.peers = {
-            n.id: Requester(proc, n.peer, identity=proc.node.encode())
-            for n in cfg.nodes
-            if n.id != proc.node
+            n.id: Requester(proc, n.peer, identity=proc.node.encode()) for n in cfg.nodes if n.id != proc.node
         }
         self.backups: set[str] = set()
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
@@ -69,8 +69,8 @@ class Statestore:
                 continue
             self.spawn(self.answer_client(ident, message))
 
-    def spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -102,7 +102,7 @@ class Statestore:
         forwarded = bus.Commit(link.next_id(), message.reads, message.writes, message.prefix_reads)
         try:
             result = await link.request(forwarded, self.proc.config.store.replicate_timeout * 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.count("commit.forward_timeout")
             return bus.CommitResult(message.req, ok=False, error="primary did not answer")
         assert isinstance(result, bus.CommitResult)
@@ -150,7 +150,7 @@ class Statestore:
             try:
                 ack = await link.request(bus.Replicate(link.next_id(), epoch, seq, writes), timeout)
                 ok = isinstance(ack, bus.Replicated) and ack.ok
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 ok = False
             if not ok:
                 self.backups.discard(node)
@@ -189,9 +189,7 @@ class Statestore:
     def status(self, req: int) -> bus.StoreStatus:
         m = self.members
         backups = sorted(self.backups) if m.role is Role.PRIMARY else []
-        return bus.StoreStatus(
-            req, m.me, m.role.value, m.epoch, self.storage.seq, self.proc.incarnation, backups
-        )
+        return bus.StoreStatus(req, m.me, m.role.value, m.epoch, self.storage.seq, self.proc.incarnation, backups)
 
     async def apply_as_backup(self, msg: bus.Replicate) -> bus.Replicated:
         m = self.members
@@ -200,7 +198,7 @@ class Statestore:
             # connections): hold it until the snapshot is installed, then check the fit.
             try:
                 await asyncio.wait_for(self.synced.wait(), self.proc.config.store.replicate_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         node = m.me
         fits = m.role is Role.BACKUP and msg.epoch == m.epoch and msg.seq == self.storage.seq + 1
@@ -224,12 +222,10 @@ class Statestore:
         hello = bus.Hello(link.next_id(), self.members.me, self.proc.incarnation)
         try:
             reply = await link.request(hello, self.proc.config.heartbeat_interval * 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         if isinstance(reply, bus.StoreStatus):
-            self.members.observe(
-                node, reply.role, reply.epoch, reply.seq, time.monotonic(), tuple(reply.backups)
-            )
+            self.members.observe(node, reply.role, reply.epoch, reply.seq, time.monotonic(), tuple(reply.backups))
 
     async def step(self) -> None:
         before = self.members.role
@@ -242,15 +238,18 @@ class Statestore:
             await self.join(target)
         if self.members.role is not before:
             self.proc.log.info(
-                "role", role=self.members.role.value, epoch=self.members.epoch,
-                seq=self.storage.seq, primary=self.members.primary,
+                "role",
+                role=self.members.role.value,
+                epoch=self.members.epoch,
+                seq=self.storage.seq,
+                primary=self.members.primary,
             )
 
     async def join(self, primary: str) -> None:
         link = self.peers[primary]
         try:
             snap = await link.request(bus.Join(link.next_id(), self.members.me, self.members.epoch), 5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             snap = None
         if not isinstance(snap, bus.Snapshot) or not snap.ok:
             self.members.fire(Input.RESYNC_NEEDED)

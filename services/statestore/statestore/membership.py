@@ -80,9 +80,7 @@ class Membership:
     primary: str | None = None
     peers: dict[str, PeerView] = field(default_factory=dict)
 
-    def observe(
-        self, node: str, role: str, epoch: int, seq: int, now: float, backups: tuple[str, ...] = ()
-    ) -> None:
+    def observe(self, node: str, role: str, epoch: int, seq: int, now: float, backups: tuple[str, ...] = ()) -> None:
         self.peers[node] = PeerView(Role(role), epoch, seq, now, backups)
 
     def is_alive(self, node: str, now: float) -> bool:
@@ -134,9 +132,7 @@ class Membership:
 
     def _outranks(self, other: str) -> bool:
         theirs = self.peers[other].epoch
-        return theirs > self.epoch or (
-            theirs == self.epoch and self.order.index(other) < self.order.index(self.me)
-        )
+        return theirs > self.epoch or (theirs == self.epoch and self.order.index(other) < self.order.index(self.me))
 
     def _seq_of(self, node: str, my_seq: int) -> int:
         return my_seq if node == self.me else self.peers[node].seq

@@ -8,6 +8,7 @@ full; `reader_check` clears stale reader slots left by crashed readers on start.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -21,9 +22,7 @@ class Storage:
     def __init__(self, data_dir: Path, map_size: int, sync: bool) -> None:
         path = env_path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=4, sync=sync, metasync=sync, readahead=False
-        )
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=4, sync=sync, metasync=sync, readahead=False)
         self.env.reader_check()
         self.data = self.env.open_db(DATA_DB)
         self.meta = self.env.open_db(META_DB)
@@ -52,9 +51,7 @@ class Storage:
             raw = txn.get(key.encode())
         return 0 if raw is None else unpack(raw)[0]
 
-    def conflicts(
-        self, reads: list[tuple[str, int]], prefix_reads: list[tuple[str, int, int]]
-    ) -> list[str]:
+    def conflicts(self, reads: list[tuple[str, int]], prefix_reads: list[tuple[str, int, int]]) -> list[str]:
         """Keys whose version moved since the client read them (optimistic concurrency)."""
         stale: list[str] = []
         with self.env.begin(db=self.data) as txn:
@@ -125,15 +122,15 @@ class Storage:
         self.env.close()
 
 
-def summarize(txn: lmdb.Transaction, db: object, prefix: str) -> tuple[int, int]:
+def summarize(txn: lmdb.Transaction, db: Any, prefix: str) -> tuple[int, int]:
     """(count, max version) of the records under `prefix`: a range's fingerprint."""
     count = max_version = 0
     start = prefix.encode()
     cursor = txn.cursor(db=db)
     if cursor.set_range(start):
         for raw_key, raw in cursor:
-            if not raw_key.startswith(start):
+            if not bytes(raw_key).startswith(start):
                 break
             count += 1
-            max_version = max(max_version, unpack(raw)[0])
+            max_version = max(max_version, unpack(bytes(raw))[0])
     return count, max_version
