@@ -51,7 +51,7 @@ class Replica:
         if self._env is None:
             if not (self.path / "data.mdb").exists():
                 raise ReplicaUnavailable(str(self.path))
-            env = lmdb.open(str(self.path), readonly=True, lock=True, max_dbs=4, create=False)
+            env = lmdb.open(str(self.path), readonly=True, lock=True, max_dbs=4, create=False, max_readers=1024)
             self._db = env.open_db(DATA_DB, create=False)
             self._env = env
         return self._env

@@ -110,11 +110,48 @@ def test_last_bye_unbinds_the_room_and_ends_everything() -> None:
     assert bus.SendResponse("tx-BYE-d2", 200) in tx.messages
 
 
-def test_attachment_count_guards_its_range_against_concurrent_joins() -> None:
+def test_last_bye_guards_the_empty_range_against_a_concurrent_join() -> None:
     run = Run()
     run.deliver(sip("INVITE", "d1", created=True), "d1")
     tx = run.deliver(sip("BYE", "d1"), "d1")
     assert any(p.startswith("att/") for p in tx.prefix_reads)
+
+
+def stale_reads(view: DictView, tx: Transaction) -> list[str]:
+    """What the primary's version check would reject (the store's rule, on a dict)."""
+    stale = [k for k, v in tx.reads.items() if view.get(k)[0] != v]
+    for prefix, (count, top) in tx.prefix_reads.items():
+        found = view.scan(prefix)
+        if (len(found), max((v for _, v, _ in found), default=0)) != (count, top):
+            stale.append(prefix)
+    return stale
+
+
+def test_two_last_participants_leaving_at_once_still_end_the_room() -> None:
+    """Both BYEs run on the same snapshot; each sees the other. Under last-write-wins
+    both would commit and the room's name would stay bound forever."""
+    run = Run()
+    run.deliver(sip("INVITE", "d1", created=True), "d1")
+    run.deliver(sip("INVITE", "d2", created=True), "d2")
+    first, second = Transaction(run.view, "node-1"), Transaction(run.view, "node-2")
+    run.container.deliver(first, sip("BYE", "d1"), "d1")
+    run.container.deliver(second, sip("BYE", "d2"), "d2")
+    assert keys.name("room-7") not in first.writes and keys.name("room-7") not in second.writes
+    run.view.apply(first, 10)  # the primary takes the first commit...
+    assert stale_reads(run.view, second)  # ...and rejects the second, which re-runs
+    run.deliver(sip("BYE", "d2"), "d2")
+    assert run.view.data == {}
+
+
+def test_join_and_leave_of_others_do_not_conflict_in_a_busy_room() -> None:
+    run = Run()
+    for d in ("d1", "d2", "d3"):
+        run.deliver(sip("INVITE", d, created=True), d)
+    leave, join = Transaction(run.view, "node-1"), Transaction(run.view, "node-2")
+    run.container.deliver(leave, sip("BYE", "d3"), "d3")
+    run.container.deliver(join, sip("INVITE", "d4", created=True), "d4")
+    run.view.apply(join, 10)
+    assert stale_reads(run.view, leave) == []
 
 
 def test_lookup_of_stale_name_reports_it_and_raises() -> None:

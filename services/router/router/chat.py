@@ -77,6 +77,6 @@ class ChatSbb(Sbb):
         room = ctx.lookup(self.state.room)
         if room is not None:
             ctx.detach(room)
-            if ctx.attachment_count(room) == 0:
+            if not ctx.has_attachments(room):
                 ctx.unbind(self.state.room)
         ctx.respond(event, 200)

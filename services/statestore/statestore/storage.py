@@ -22,7 +22,9 @@ class Storage:
     def __init__(self, data_dir: Path, map_size: int, sync: bool) -> None:
         path = env_path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=4, sync=sync, metasync=sync, readahead=False)
+        self.env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=4, sync=sync, metasync=sync, readahead=False, max_readers=1024
+        )
         self.env.reader_check()
         self.data = self.env.open_db(DATA_DB)
         self.meta = self.env.open_db(META_DB)
