@@ -82,12 +82,14 @@ def test_invite_server_without_ack_ends_on_timer_h() -> None:
     assert fired[-1] == (32.0, t.Input.TIMER_H) and tx.is_terminated
 
 
-TABLES = [t.INVITE_SERVER, t.NON_INVITE_SERVER, t.NON_INVITE_CLIENT]
+TABLES = [t.INVITE_CLIENT, t.INVITE_SERVER, t.NON_INVITE_SERVER, t.NON_INVITE_CLIENT]
 
 
 @given(st.sampled_from(TABLES), st.lists(st.sampled_from(list(t.Input)), max_size=30))
 def test_any_input_sequence_only_follows_the_table(table: dict, inputs: list[t.Input]) -> None:
-    start = t.State.TRYING if table is not t.INVITE_SERVER else t.State.PROCEEDING
+    start = {id(t.INVITE_CLIENT): t.State.CALLING, id(t.INVITE_SERVER): t.State.PROCEEDING}.get(
+        id(table), t.State.TRYING
+    )
     tx = t.Transaction("k", table, start, TIMERS, PEER)
     now = 0.0
     for event in inputs:
@@ -100,3 +102,33 @@ def test_any_input_sequence_only_follows_the_table(table: dict, inputs: list[t.I
         now += 0.1
     if tx.is_terminated:
         assert tx.deadline() is None
+
+
+def test_timer_a_doubles_without_cap_until_timer_b_at_64_t1() -> None:
+    tx = t.client("k", b"INVITE", TIMERS, PEER, now=0.0, is_invite=True)
+    fired = fire_all(tx, until=100.0)
+    assert [at for at, n in fired if n is t.Input.TIMER_A] == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
+    assert fired[-1] == (32.0, t.Input.TIMER_B) and tx.is_terminated
+
+
+def test_invite_client_provisional_stops_retransmission_and_non_2xx_is_acked_until_timer_d() -> None:
+    tx = t.client("k", b"INVITE", TIMERS, PEER, now=0.0, is_invite=True)
+    assert tx.step(t.Input.RECV_1XX, 0.1) == (t.Act.TO_TU,)
+    assert tx.deadline() is None
+    assert tx.step(t.Input.RECV_FINAL, 5.0) == (t.Act.TO_TU, t.Act.SEND_ACK, t.Act.START)
+    assert tx.step(t.Input.RECV_FINAL, 6.0) == (t.Act.SEND_ACK,)  # retransmitted final: ACK again
+    assert fire_all(tx, until=100.0) == [(37.0, t.Input.TIMER_D)]
+
+
+def test_invite_client_2xx_goes_to_accepted_and_retransmissions_reach_the_tu_until_timer_m() -> None:
+    tx = t.client("k", b"INVITE", TIMERS, PEER, now=0.0, is_invite=True)
+    tx.step(t.Input.RECV_2XX, 0.2)
+    assert tx.state is t.State.ACCEPTED
+    assert tx.step(t.Input.RECV_2XX, 0.7) == (t.Act.TO_TU,)
+    assert fire_all(tx, until=100.0) == [(32.2, t.Input.TIMER_M)]
+
+
+def test_transport_error_ends_a_client_transaction_with_a_timeout_to_the_tu() -> None:
+    tx = t.client("k", b"INFO", TIMERS, PEER, now=0.0)
+    assert tx.step(t.Input.TRANSPORT_ERROR, 0.1) == (t.Act.TIMEOUT,)
+    assert tx.is_terminated

@@ -29,6 +29,7 @@ import msgspec
 from sip_ra import transaction as txn
 from sip_ra.dialog import (
     Dialog,
+    ack_for_non_2xx,
     build_request,
     build_response,
     dialog_id,
@@ -51,6 +52,7 @@ from zeroslee.sipmsg import (
 
 Addr = tuple[str, int]
 ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS"
+TRYING_AFTER = 0.2  # §17.2.1: send 100 if the TU has not answered an INVITE within 200 ms
 
 
 @dataclass
@@ -95,6 +97,8 @@ class RaCore:
     unacked: dict[str, Unacked] = field(default_factory=dict)
     outbox: list[tuple[bytes, Addr]] = field(default_factory=list)
     wakeups: list[tuple[float, str]] = field(default_factory=list)  # lazy heap
+    reinvite_out: set[str] = field(default_factory=set)  # dialogs with our INVITE pending
+    reinvite_in: dict[str, str] = field(default_factory=dict)  # dialog -> pending server tx
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str) -> None:
@@ -181,11 +185,21 @@ class RaCore:
                 self.respond(key, 500, "CSeq Out Of Order", now)
                 return Outcome(summary="500 cseq out of order")
             dialog = self._remember(_with(dialog, remote_cseq=msg.cseq[0]))
+            if msg.method == "INVITE":
+                glare = self._check_reinvite(dialog.id)
+                if glare is not None:
+                    self.transactions[key] = tx
+                    self.pending[key] = Pending(msg, tx, None)
+                    self.respond(key, glare[0], glare[1], now, headers=glare[2])
+                    return Outcome(summary=f"re-INVITE {glare[0]}")
+                self.reinvite_in[dialog.id] = key
         elif msg.method == "INVITE":
             new_dialog = uas_dialog(msg, self.node, f"<sip:{self.sip_host}>")
             dialog = self._remember(new_dialog)
         self.transactions[key] = tx
         self.pending[key] = Pending(msg, tx, dialog)
+        if msg.method == "INVITE":
+            heapq.heappush(self.wakeups, (now + TRYING_AFTER, "100:" + key))
         content_type = msg.get("Content-Type") or ""
         event = bus.RequestReceived(
             event_id=secrets.token_hex(8),
@@ -204,6 +218,15 @@ class RaCore:
             created_dialog=new_dialog is not None,
         )
         return Outcome(event=event, new_dialog=new_dialog, summary=msg.method)
+
+    def _check_reinvite(self, ident: str) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """§14.2: 491 if our own re-INVITE is pending; 500 if theirs still is."""
+        if ident in self.reinvite_out:
+            return 491, "", []
+        pending = self.reinvite_in.get(ident)
+        if pending is not None and pending in self.pending:
+            return 500, "", [("Retry-After", "1")]
+        return None
 
     def _check(self, msg: SipMessage) -> tuple[int, str, list[tuple[str, str]]] | None:
         """Checks a UAS makes before the request reaches any service (§8.2)."""
@@ -247,13 +270,36 @@ class RaCore:
         if tx is None:
             self.count("sip.response_unmatched")
             return Outcome(summary="stray response")
-        kind = txn.Input.RECV_1XX if msg.status < 200 else txn.Input.RECV_FINAL
+        is_invite = msg.cseq[1] == "INVITE"
+        if msg.status < 200:
+            kind = txn.Input.RECV_1XX
+        elif msg.status < 300 and is_invite:
+            kind = txn.Input.RECV_2XX
+        else:
+            kind = txn.Input.RECV_FINAL
         actions = self._step(tx, kind, now)
+        dialog, method, _ = self.client_meta.get(key, ("", msg.cseq[1], ""))
+        if txn.Act.SEND_ACK in actions:
+            self.outbox.append((ack_for_non_2xx(tx.request, msg).to_bytes(), tx.peer))
+        if kind is txn.Input.RECV_2XX:
+            self._ack_2xx(dialog, msg)  # every 2xx, retransmissions too (§13.2.2.4)
         if txn.Act.TO_TU not in actions or msg.status < 200:
             return Outcome(summary=f"{msg.status} absorbed")
-        dialog, method, _ = self.client_meta.get(key, ("", msg.cseq[1], ""))
+        if is_invite and dialog in self.dialogs:
+            self.reinvite_out.discard(dialog)
         event = bus.ResponseReceived(dialog, method, msg.status, msg.call_id)
         return Outcome(event=event, summary=f"{msg.status} {method}")
+
+    def _ack_2xx(self, ident: str, response: SipMessage) -> None:
+        """The UAC core ACKs a 2xx end to end, on the dialog's route (§13.2.2.4)."""
+        dialog = self.dialogs.get(ident)
+        if dialog is None:
+            return
+        ack = build_request(dialog, "ACK", response.cseq[0], self.sip_host, [], b"")
+        self.outbox.append((ack.to_bytes(), self._next_hop(dialog)))
+
+    def _next_hop(self, dialog: Dialog) -> Addr:
+        return target_of(parse_name_addr(dialog.route_set[0]).uri if dialog.route_set else dialog.remote_target)
 
     # --- dialogs -------------------------------------------------------------------
 
@@ -272,6 +318,8 @@ class RaCore:
     def forget_dialog(self, ident: str) -> None:
         self.dialogs.pop(ident, None)
         self.unacked.pop(ident, None)
+        self.reinvite_out.discard(ident)
+        self.reinvite_in.pop(ident, None)
 
     # --- commands from the router -------------------------------------------------
 
@@ -316,13 +364,15 @@ class RaCore:
         """Send `method` on `dialog`, whose `local_cseq` the shell has already committed."""
         headers = [("Content-Type", content_type)] if body else []
         msg = build_request(dialog, method, dialog.local_cseq, self.sip_host, headers, body)
-        peer = target_of(parse_name_addr(dialog.route_set[0]).uri if dialog.route_set else dialog.remote_target)
+        peer = self._next_hop(dialog)
         data = msg.to_bytes()
         key = f"{top_branch(msg)}|{method}"
-        self.transactions[key] = txn.client(key, data, self.timers, peer, now)
+        self.transactions[key] = txn.client(key, data, self.timers, peer, now, is_invite=method == "INVITE")
         self._arm(self.transactions[key])
         self.client_meta[key] = (dialog.id, method, dialog.call_id)
         self.dialogs[dialog.id] = dialog
+        if method == "INVITE":
+            self.reinvite_out.add(dialog.id)
         self.outbox.append((data, peer))
         return msg
 
@@ -336,6 +386,8 @@ class RaCore:
         return self.wakeups[0][0] if self.wakeups else None
 
     def _is_stale(self, at: float, key: str) -> bool:
+        if key.startswith("100:"):
+            return key[4:] not in self.pending
         if key.startswith("ack:"):
             unacked = self.unacked.get(key[4:])
             return unacked is None or unacked.next_at != at
@@ -355,12 +407,18 @@ class RaCore:
             if key.startswith("ack:"):
                 self._retransmit_2xx(key[4:], now)
                 continue
+            if key.startswith("100:"):
+                pending = self.pending.get(key[4:])
+                if pending is not None and not pending.tx.last_response:
+                    self.respond(key[4:], 100, "", now)
+                continue
             tx = self.transactions.get(key)
             if tx is None:
                 continue
             for fired in tx.due(now):
                 if txn.Act.TIMEOUT in self._step(tx, fired, now) and key in self.client_meta:
                     dialog, method, call_id = self.client_meta[key]
+                    self.reinvite_out.discard(dialog)
                     timeouts.append(bus.ResponseReceived(dialog, method, 408, call_id))
             if tx.is_terminated:
                 del self.transactions[key]

@@ -12,7 +12,7 @@ import secrets
 
 import msgspec
 
-from zeroslee.sipmsg import SipMessage, parse_name_addr, parse_via
+from zeroslee.sipmsg import SipMessage, parse, parse_name_addr, parse_via
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
@@ -158,3 +158,15 @@ REASONS = {
     505: "Version Not Supported",
     513: "Message Too Large",
 }
+
+
+def ack_for_non_2xx(invite: bytes, response: SipMessage) -> SipMessage:
+    """The client transaction's ACK for a 300-699 (§17.1.1.3): same branch, R-URI and
+    Route as the INVITE, the response's To (with its tag)."""
+    request = parse(invite)
+    ack = SipMessage(method="ACK", uri=request.uri)
+    ack.headers = [("Via", request.get_all("Via")[0]), ("Max-Forwards", "70")]
+    ack.headers += [(k, v) for k, v in request.headers if k in ("From", "Call-ID", "Route")]
+    ack.headers.append(("To", response.get("To") or ""))
+    ack.headers.append(("CSeq", f"{request.cseq[0]} ACK"))
+    return ack

@@ -5,9 +5,9 @@ the RFC figure. Anything not in a table is ignored and counted by the caller: a 
 retransmission can never move a transaction backwards. Timers are absolute deadlines
 computed from `now` passed in; the RA shell asks `deadline()` and calls `on_timer(now)`.
 
-Implemented here: INVITE server (Figure 7 + RFC 6026 Figure 5), non-INVITE server
-(Figure 8), non-INVITE client (Figure 6). The INVITE client machine is not needed yet:
-zeroslee's services only send in-dialog non-INVITE requests (issue #3 adds it).
+The four machines: INVITE client (Figure 5 + RFC 6026 Figure 4), non-INVITE client
+(Figure 6), INVITE server (Figure 7 + RFC 6026 Figure 5), non-INVITE server (Figure 8).
+Unreliable transport (UDP) values throughout: Timer D = 32 s, I = T4, J = K = 64*T1 / T4.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from zeroslee.config import SipTimers
 
 
 class State(enum.StrEnum):
+    CALLING = "CALLING"
     TRYING = "TRYING"
     PROCEEDING = "PROCEEDING"
     COMPLETED = "COMPLETED"
@@ -43,12 +44,19 @@ class Input(enum.StrEnum):
     TIMER_J = "timer_j"
     TIMER_K = "timer_k"
     TIMER_L = "timer_l"
+    TIMER_A = "timer_a"
+    TIMER_B = "timer_b"
+    TIMER_D = "timer_d"
+    TIMER_M = "timer_m"
+    RECV_2XX = "recv_2xx"
+    TRANSPORT_ERROR = "transport_error"
 
 
 class Act(enum.StrEnum):
     SEND_LAST = "send_last"  # (re)send the last response
     RESEND_REQUEST = "resend_request"
     TO_TU = "to_tu"  # hand the response (client) up
+    SEND_ACK = "send_ack"  # ACK a non-2xx final response (§17.1.1.3), from the transaction
     TIMEOUT = "timeout"  # tell the TU: no final response came
     START = "start"  # start the timers named by the state's entry
 
@@ -56,6 +64,25 @@ class Act(enum.StrEnum):
 T = State
 I = Input
 A = Act
+
+# RFC 3261 Figure 5 with RFC 6026 Figure 4: INVITE client transaction. A 2xx moves it to
+# Accepted, where 2xx retransmissions still reach the TU (which ACKs each) until Timer M.
+INVITE_CLIENT: dict[tuple[State, Input], tuple[State, tuple[Act, ...]]] = {
+    (T.CALLING, I.TIMER_A): (T.CALLING, (A.RESEND_REQUEST,)),
+    (T.CALLING, I.TIMER_B): (T.TERMINATED, (A.TIMEOUT,)),
+    (T.CALLING, I.TRANSPORT_ERROR): (T.TERMINATED, (A.TIMEOUT,)),
+    (T.CALLING, I.RECV_1XX): (T.PROCEEDING, (A.TO_TU,)),
+    (T.CALLING, I.RECV_2XX): (T.ACCEPTED, (A.TO_TU, A.START)),
+    (T.CALLING, I.RECV_FINAL): (T.COMPLETED, (A.TO_TU, A.SEND_ACK, A.START)),
+    (T.PROCEEDING, I.RECV_1XX): (T.PROCEEDING, (A.TO_TU,)),
+    (T.PROCEEDING, I.RECV_2XX): (T.ACCEPTED, (A.TO_TU, A.START)),
+    (T.PROCEEDING, I.RECV_FINAL): (T.COMPLETED, (A.TO_TU, A.SEND_ACK, A.START)),
+    (T.ACCEPTED, I.RECV_2XX): (T.ACCEPTED, (A.TO_TU,)),
+    (T.ACCEPTED, I.TIMER_M): (T.TERMINATED, ()),
+    (T.COMPLETED, I.RECV_FINAL): (T.COMPLETED, (A.SEND_ACK,)),
+    (T.COMPLETED, I.TRANSPORT_ERROR): (T.TERMINATED, (A.TIMEOUT,)),
+    (T.COMPLETED, I.TIMER_D): (T.TERMINATED, ()),
+}
 
 # RFC 3261 Figure 7 with RFC 6026 Figure 5: INVITE server transaction.
 INVITE_SERVER: dict[tuple[State, Input], tuple[State, tuple[Act, ...]]] = {
@@ -70,6 +97,9 @@ INVITE_SERVER: dict[tuple[State, Input], tuple[State, tuple[Act, ...]]] = {
     (T.COMPLETED, I.TIMER_G): (T.COMPLETED, (A.SEND_LAST,)),
     (T.COMPLETED, I.ACK): (T.CONFIRMED, (A.START,)),
     (T.COMPLETED, I.TIMER_H): (T.TERMINATED, (A.TIMEOUT,)),
+    (T.COMPLETED, I.TRANSPORT_ERROR): (T.TERMINATED, (A.TIMEOUT,)),
+    (T.PROCEEDING, I.TRANSPORT_ERROR): (T.TERMINATED, (A.TIMEOUT,)),
+    (T.ACCEPTED, I.TRANSPORT_ERROR): (T.TERMINATED, (A.TIMEOUT,)),
     (T.CONFIRMED, I.REQUEST): (T.CONFIRMED, ()),
     (T.CONFIRMED, I.ACK): (T.CONFIRMED, ()),
     (T.CONFIRMED, I.TIMER_I): (T.TERMINATED, ()),
@@ -87,6 +117,9 @@ NON_INVITE_SERVER: dict[tuple[State, Input], tuple[State, tuple[Act, ...]]] = {
     (T.PROCEEDING, I.SEND_FINAL): (T.COMPLETED, (A.SEND_LAST, A.START)),
     (T.COMPLETED, I.REQUEST): (T.COMPLETED, (A.SEND_LAST,)),
     (T.COMPLETED, I.TIMER_J): (T.TERMINATED, ()),
+    (T.TRYING, I.TRANSPORT_ERROR): (T.TERMINATED, (A.TIMEOUT,)),
+    (T.PROCEEDING, I.TRANSPORT_ERROR): (T.TERMINATED, (A.TIMEOUT,)),
+    (T.COMPLETED, I.TRANSPORT_ERROR): (T.TERMINATED, ()),
 }
 
 # RFC 3261 Figure 6: non-INVITE client transaction.
@@ -102,6 +135,8 @@ NON_INVITE_CLIENT: dict[tuple[State, Input], tuple[State, tuple[Act, ...]]] = {
     (T.COMPLETED, I.RECV_1XX): (T.COMPLETED, ()),
     (T.COMPLETED, I.RECV_FINAL): (T.COMPLETED, ()),
     (T.COMPLETED, I.TIMER_K): (T.TERMINATED, ()),
+    (T.TRYING, I.TRANSPORT_ERROR): (T.TERMINATED, (A.TIMEOUT,)),
+    (T.PROCEEDING, I.TRANSPORT_ERROR): (T.TERMINATED, (A.TIMEOUT,)),
 }
 
 
@@ -130,7 +165,9 @@ class Transaction:
         self.state, actions = entry
         if A.START in actions:
             self._enter(now)
-        if event is I.TIMER_E or event is I.TIMER_G:
+        elif self.table is INVITE_CLIENT and self.state is State.PROCEEDING:
+            self.timers.clear()  # Figure 5: no retransmission and no Timer B once a 1xx came
+        if event in (I.TIMER_A, I.TIMER_E, I.TIMER_G) and self.state is not State.TERMINATED:
             self._backoff(event, now)
         if self.state is State.TERMINATED:
             self.timers.clear()
@@ -140,7 +177,12 @@ class Transaction:
         """Arm the timers a state starts with (RFC 3261 §17.1.2.2, §17.2.1, §17.2.2)."""
         t = self.timers_cfg
         self.timers.clear()
-        if self.table is INVITE_SERVER:
+        if self.table is INVITE_CLIENT:
+            if self.state is State.ACCEPTED:
+                self.timers[I.TIMER_M] = now + 64 * t.t1
+            elif self.state is State.COMPLETED:
+                self.timers[I.TIMER_D] = now + max(32.0, 64 * t.t1)
+        elif self.table is INVITE_SERVER:
             if self.state is State.ACCEPTED:
                 self.timers[I.TIMER_L] = now + 64 * t.t1
             elif self.state is State.COMPLETED:
@@ -158,6 +200,8 @@ class Transaction:
         t = self.timers_cfg
         if event is I.TIMER_E and self.state is State.PROCEEDING:
             self.interval = t.t2
+        elif event is I.TIMER_A:
+            self.interval = 2 * self.interval  # Timer A doubles without the T2 cap (§17.1.1.2)
         else:
             self.interval = min(2 * self.interval, t.t2)
         self.timers[event] = now + self.interval
@@ -178,9 +222,17 @@ def server(key: str, is_invite: bool, timers: SipTimers, peer: tuple[str, int]) 
     return Transaction(key, NON_INVITE_SERVER, State.TRYING, timers, peer)
 
 
-def client(key: str, request: bytes, timers: SipTimers, peer: tuple[str, int], now: float) -> Transaction:
-    tx = Transaction(key, NON_INVITE_CLIENT, State.TRYING, timers, peer, request=request)
+def client(
+    key: str, request: bytes, timers: SipTimers, peer: tuple[str, int], now: float, is_invite: bool = False
+) -> Transaction:
+    """A client transaction whose request has just been sent (Timers A/B or E/F start)."""
+    if is_invite:
+        tx = Transaction(key, INVITE_CLIENT, State.CALLING, timers, peer, request=request)
+        tx.timers[I.TIMER_A] = now + timers.t1
+        tx.timers[I.TIMER_B] = now + 64 * timers.t1
+    else:
+        tx = Transaction(key, NON_INVITE_CLIENT, State.TRYING, timers, peer, request=request)
+        tx.timers[I.TIMER_E] = now + timers.t1
+        tx.timers[I.TIMER_F] = now + 64 * timers.t1
     tx.interval = timers.t1
-    tx.timers[I.TIMER_E] = now + timers.t1
-    tx.timers[I.TIMER_F] = now + 64 * timers.t1
     return tx

@@ -1,0 +1,106 @@
+"""The SIP RA core: datagrams in, datagrams and events out, `now` set by hand."""
+
+from __future__ import annotations
+
+import msgspec
+
+from sip_ra.core import RaCore
+from sip_ra.dialog import Dialog
+from zeroslee.config import SipTimers
+from zeroslee.sipmsg import SipMessage, parse
+
+UA = ("127.0.0.1", 6000)
+FRONT = "<sip:127.0.0.1:5060;lr;zsnode=node-1>"
+
+
+def core(stored: dict[str, Dialog] | None = None) -> RaCore:
+    known = stored or {}
+    return RaCore("node-1", "127.0.0.1:5071", SipTimers(), known.get)
+
+
+def invite(call_id: str = "c1", branch: str = "z9hG4bK1", to_tag: str = "", cseq: int = 1) -> bytes:
+    return (
+        f"INVITE sip:room@127.0.0.1:5071 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:6000;branch={branch};rport\r\n"
+        f"Record-Route: {FRONT}\r\n"
+        f"From: <sip:ua@x>;tag=ua\r\nTo: <sip:room@x>{';tag=' + to_tag if to_tag else ''}\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:ua@127.0.0.1:6000>\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def out(ra: RaCore) -> list[SipMessage]:
+    return [parse(d) for d, _ in ra.datagrams_to_send()]
+
+
+def answered_invite(ra: RaCore) -> tuple[str, Dialog]:
+    outcome = ra.receive_datagram(invite(), UA, 0.0)
+    assert outcome.event is not None and outcome.new_dialog is not None
+    ra.respond(outcome.event.tx, 200, "", 0.05)  # type: ignore[union-attr]
+    return outcome.event.tx, outcome.new_dialog  # type: ignore[union-attr]
+
+
+def test_new_invite_creates_a_dialog_from_its_record_route_and_contact() -> None:
+    ra = core()
+    outcome = ra.receive_datagram(invite(), UA, 0.0)
+    dialog = outcome.new_dialog
+    assert dialog is not None and outcome.event is not None
+    assert dialog.route_set == [FRONT] and dialog.remote_target == "sip:ua@127.0.0.1:6000"
+    assert outcome.event.activity == dialog.id and outcome.event.created_dialog
+
+
+def test_100_trying_only_when_the_tu_is_slower_than_200_ms() -> None:
+    ra = core()
+    ra.receive_datagram(invite(), UA, 0.0)
+    assert ra.deadline() == 0.2
+    ra.on_timer(0.2)
+    assert [m.status for m in out(ra)] == [100]
+    fast = core()
+    tx, _ = answered_invite(fast)
+    fast.on_timer(0.2)
+    assert [m.status for m in out(fast)] == [200]
+
+
+def test_2xx_is_retransmitted_until_the_ack_then_stops() -> None:
+    ra = core()
+    _, dialog = answered_invite(ra)
+    out(ra)
+    ra.on_timer(0.55)
+    assert [m.status for m in out(ra)] == [200]
+    ack = invite(to_tag=dialog.local_tag).replace(b"INVITE sip", b"ACK sip").replace(b"1 INVITE", b"1 ACK")
+    ra.receive_datagram(ack, UA, 0.6)
+    ra.on_timer(10.0)
+    assert out(ra) == []
+
+
+def test_retransmitted_invite_is_absorbed_after_the_2xx() -> None:
+    ra = core()
+    answered_invite(ra)
+    out(ra)
+    outcome = ra.receive_datagram(invite(), UA, 0.3)
+    assert outcome.event is None and out(ra) == []
+
+
+def test_request_on_an_unknown_dialog_is_481() -> None:
+    ra = core()
+    ra.receive_datagram(invite(to_tag="nope").replace(b"INVITE", b"INFO"), UA, 0.0)
+    assert [m.status for m in out(ra)] == [481]
+
+
+def test_re_invite_while_ours_is_pending_is_491() -> None:
+    ra = core()
+    _, dialog = answered_invite(ra)
+    out(ra)
+    ra.send_in_dialog(msgspec.structs.replace(dialog, local_cseq=1), "INVITE", b"", "", 1.0)
+    [sent] = out(ra)
+    assert sent.method == "INVITE" and sent.get("Route") == FRONT
+    ra.receive_datagram(invite(to_tag=dialog.local_tag, branch="z9hG4bK2", cseq=2), UA, 1.1)
+    assert [m.status for m in out(ra)] == [491]
+
+
+def test_cancel_of_a_pending_invite_gets_200_and_the_invite_487() -> None:
+    ra = core()
+    ra.receive_datagram(invite(), UA, 0.0)
+    cancel = invite().replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
+    ra.receive_datagram(cancel, UA, 0.1)
+    assert sorted((m.status, m.cseq[1]) for m in out(ra)) == [(200, "CANCEL"), (487, "INVITE")]
