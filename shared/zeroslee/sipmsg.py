@@ -290,6 +290,16 @@ def check_request(msg: SipMessage) -> None:
         raise ParseError("Max-Forwards is not a number")
     for name in ("From", "To"):
         parse_name_addr(msg.get(name) or "")
+    for value in msg.get_all("Via"):
+        parse_via(value)
+    for value in msg.get_all("Contact"):
+        if value != "*":
+            parse_name_addr(value)
+    if msg.uri.lower().startswith(("sip:", "sips:")) and "?" in msg.uri.rpartition("@")[2]:
+        raise ParseError("header fields escaped into the Request-URI (§19.1.1)")
+    date = msg.get("Date")
+    if date is not None and not date.rstrip().endswith("GMT"):
+        raise ParseError("Date is not in GMT (§20.17)")
 
 
 def check_response(msg: SipMessage) -> None:
@@ -326,40 +336,73 @@ class NameAddr:
         return self.params.get("tag", "")
 
 
-def parse_params(text: str) -> dict[str, str]:
+def parse_params(text: str, strict: bool = True) -> dict[str, str]:
+    """`;name=value;flag` parameters. RFC 3261 §25.1: a parameter has a token name, so an
+    empty one (`;;`) is malformed; `strict=False` tolerates it where we only read."""
     params: dict[str, str] = {}
-    for part in text.split(";"):
-        part = part.strip()
-        if part:
-            key, _, value = part.partition("=")
-            params[key.strip().lower()] = value.strip()
+    parts = text.split(";")
+    if parts and parts[0].strip() == "":
+        parts = parts[1:]
+    for part in parts:
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if not key or not TOKEN.match(key):
+            if strict:
+                raise ParseError("empty or malformed parameter")
+            continue
+        params[key.lower()] = value.strip()
     return params
 
 
+def _quoted_end(value: str, start: int) -> int:
+    """Index just past the quoted-string opening at `start` (§25.1: `\\` escapes one octet)."""
+    i = start + 1
+    while i < len(value):
+        if value[i] == "\\":
+            i += 2
+            continue
+        if value[i] == '"':
+            return i + 1
+        i += 1
+    raise ParseError("unterminated quoted string")
+
+
 def parse_name_addr(value: str) -> NameAddr:
-    """From/To/Contact/Route values: `"Display" <uri>;params` or a bare `uri;params`."""
+    """From/To/Contact/Route values: `"Display" <uri>;params` or a bare `uri;params`.
+
+    §20.10: an addr-spec holding a comma, question mark or semicolon must be in <>, so a
+    bare URI is read up to its first `;` and may not carry `?headers`.
+    """
     value = value.strip()
-    if "<" in value:
-        lt = value.index("<")
-        gt = value.find(">", lt)
+    display = ""
+    rest = value
+    if value.startswith('"'):
+        end = _quoted_end(value, 0)
+        display, rest = value[1 : end - 1], value[end:].lstrip()
+        if not rest.startswith("<"):
+            raise ParseError("a quoted display name must be followed by <uri>")
+    if "<" in rest:
+        lt = rest.index("<")
+        gt = rest.find(">", lt)
         if gt < 0:
             raise ParseError("unterminated <uri>")
-        display = value[:lt].strip()
-        if display.count('"') % 2:
-            raise ParseError("unterminated quoted display name")
-        if display and not display.startswith('"') and not all(TOKEN.match(w) for w in display.split()):
+        words = rest[:lt].split()
+        if words and not all(TOKEN.match(w) for w in words):
             raise ParseError("display name is neither tokens nor quoted")
-        uri = value[lt + 1 : gt].strip()
-        params = parse_params(value[gt + 1 :])
+        display = display or " ".join(words)
+        uri = rest[lt + 1 : gt]
+        if uri != uri.strip() or " " in uri:
+            raise ParseError("whitespace inside <uri>")
+        params = parse_params(rest[gt + 1 :])
     else:
-        display = ""
-        uri, _, rest = value.partition(";")
-        if " " in uri.strip():
-            raise ParseError("spaces inside an addr-spec")
-        params = parse_params(rest)
+        uri, _, tail = rest.partition(";")
+        uri = uri.strip()
+        if " " in uri or "?" in uri or "," in uri:
+            raise ParseError("addr-spec with spaces, headers or commas must be in <>")
+        params = parse_params(tail)
     if ":" not in uri:
         raise ParseError("address has no URI scheme")
-    return NameAddr(display.strip('"'), uri.strip(), params)
+    return NameAddr(display, uri, params)
 
 
 @dataclass(frozen=True)
@@ -374,14 +417,16 @@ class Via:
         return self.params.get("branch", "")
 
 
+VIA = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+([^;\s]+)\s*(;.*)?$", re.S)
+
+
 def parse_via(value: str) -> Via:
-    proto, _, rest = value.strip().partition(" ")
-    parts = [p.strip() for p in proto.split("/")]
-    if len(parts) != 3 or parts[0] != "SIP":
+    """One Via value; LWS around the slashes is legal (§25.1, RFC 4475 §3.1.1.1)."""
+    m = VIA.match(value.strip())
+    if not m:
         raise ParseError("malformed Via")
-    sent_by, _, params = rest.strip().partition(";")
-    host, port = split_hostport(sent_by.strip())
-    return Via(parts[2].upper(), host, port, parse_params(params))
+    host, port = split_hostport(m.group(2))
+    return Via(m.group(1).upper(), host, port, parse_params(m.group(3) or ""))
 
 
 def split_hostport(text: str) -> tuple[str, int | None]:
@@ -445,7 +490,9 @@ def error_response(data: bytes, exc: ParseError) -> SipMessage | None:
         return None
     reasons = {400: "Bad Request", 505: "Version Not Supported", 513: "Message Too Large"}
     response = SipMessage(status=exc.status, reason=reasons.get(exc.status, "Bad Request"))
-    response.headers = [(k, v) for k, v in headers if k in ("Via", "From", "To", "Call-ID", "CSeq")]
+    response.headers = [(k, v) for k, v in headers if k == "Via"]
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        response.headers.append((name, next(v for k, v in headers if k == name)))
     if method != "ACK":
         response.headers.append(("Warning", f'399 zeroslee "{exc.reason}"'))
         return response

@@ -52,6 +52,11 @@ from zeroslee.sipmsg import (
 
 Addr = tuple[str, int]
 ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS"
+# Methods we recognise (RFC 3261 and its common extensions): others get 501 (§8.2.1);
+# recognised ones no service handles get 405 from the router.
+KNOWN_METHODS = frozenset(
+    "INVITE ACK BYE CANCEL INFO OPTIONS REGISTER MESSAGE SUBSCRIBE NOTIFY REFER PRACK UPDATE PUBLISH".split()
+)
 TRYING_AFTER = 0.2  # §17.2.1: send 100 if the TU has not answered an INVITE within 200 ms
 
 
@@ -229,16 +234,23 @@ class RaCore:
         return None
 
     def _check(self, msg: SipMessage) -> tuple[int, str, list[tuple[str, str]]] | None:
-        """Checks a UAS makes before the request reaches any service (§8.2)."""
+        """What a UAS rejects before any service sees the request (§8.2.1-§8.2.3)."""
         try:
             parse_uri(msg.uri)
         except ParseError as exc:
-            return exc.status, exc.reason if exc.status != 416 else "", []
-        if msg.get("Max-Forwards") == "0" and msg.method not in ("OPTIONS",):
-            pass  # an endpoint processes Max-Forwards 0 as usual (RFC 4475 §3.3.11)
+            return exc.status, "" if exc.status == 416 else exc.reason, []
+        if msg.method not in KNOWN_METHODS:
+            return 501, "", [("Allow", ALLOW)]
         required = msg.get_all("Require")
         if required and msg.method not in ("ACK", "CANCEL"):
             return 420, "", [("Unsupported", ", ".join(required))]
+        if msg.method == "INVITE" and msg.body:
+            content_type = (msg.get("Content-Type") or "").split(";")[0].strip().lower()
+            if content_type != "application/sdp":
+                return 415, "", [("Accept", "application/sdp")]
+            accept = [a.split(";")[0].strip().lower() for a in msg.get_all("Accept")]
+            if accept and not {"application/sdp", "application/*", "*/*"} & set(accept):
+                return 406, "", [("Warning", '399 zeroslee "cannot answer in the formats in Accept"')]
         return None
 
     def _on_ack(self, msg: SipMessage, existing: txn.Transaction | None, now: float) -> Outcome:
@@ -344,7 +356,7 @@ class RaCore:
             to_tag = new_tag()
         if request.method == "INVITE" and 200 <= status < 300 and dialog is not None:
             extra.append(("Contact", dialog.local_contact))
-        if status == 405 or request.method == "OPTIONS":
+        if (status == 405 or request.method == "OPTIONS") and not any(k == "Allow" for k, _ in extra):
             extra.append(("Allow", ALLOW))
         response = build_response(request, status, reason, to_tag, extra, body, content_type)
         tx.last_response = response.to_bytes()
