@@ -160,6 +160,7 @@ class RequestReceived(Message, frozen=True, tag=True):
     body: bytes = b""
     has_sdp_offer: bool = False
     created_dialog: bool = False
+    ra_keys: list[str] = []  # the RA's keys to delete when this activity ends
 
 
 class ResponseReceived(Message, frozen=True, tag=True):

@@ -62,3 +62,13 @@ def dialog(dialog_id: str) -> str:
 def last(key: str) -> str:
     """The final path segment of a key (the id it names)."""
     return key.rsplit(SEP, 1)[-1]
+
+
+def last_response(dialog_id: str) -> str:
+    """The final response last sent on a dialog (`records.ServerResponse`)."""
+    return f"last/{dialog_id}"
+
+
+def invite_index(digest: str) -> str:
+    """Finds the dialog an initial INVITE created, from its Call-ID and From tag."""
+    return f"uas/{digest}"

@@ -6,16 +6,19 @@ import msgspec
 
 from sip_ra.core import RaCore
 from sip_ra.dialog import Dialog
+from zeroslee import keys
 from zeroslee.config import SipTimers
+from zeroslee.records import ServerResponse
 from zeroslee.sipmsg import SipMessage, parse
 
 UA = ("127.0.0.1", 6000)
 FRONT = "<sip:127.0.0.1:5060;lr;zsnode=node-1>"
 
 
-def core(stored: dict[str, Dialog] | None = None) -> RaCore:
-    known = stored or {}
-    return RaCore("node-1", "127.0.0.1:5071", SipTimers(), known.get)
+def core(stored: dict[str, bytes] | None = None, node: str = "node-1") -> RaCore:
+    """An RA core reading the clustered store from `stored` (key -> record bytes)."""
+    known = stored if stored is not None else {}
+    return RaCore(node, "127.0.0.1:5071", SipTimers(), known.get)
 
 
 def invite(call_id: str = "c1", branch: str = "z9hG4bK1", to_tag: str = "", cseq: int = 1) -> bytes:
@@ -104,3 +107,37 @@ def test_cancel_of_a_pending_invite_gets_200_and_the_invite_487() -> None:
     cancel = invite().replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
     ra.receive_datagram(cancel, UA, 0.1)
     assert sorted((m.status, m.cseq[1]) for m in out(ra)) == [(200, "CANCEL"), (487, "INVITE")]
+
+
+def replicated(dialog: Dialog, outcome_event: object, record: ServerResponse) -> dict[str, bytes]:
+    """What node-1's commits put in the store for this dialog (dialog, index, response)."""
+    ra_keys = outcome_event.ra_keys
+    return {keys.dialog(dialog.id): dialog.encode(), keys.last_response(dialog.id): record.encode()} | {
+        k: dialog.id.encode() for k in ra_keys
+    }
+
+
+def test_invite_retransmission_on_a_new_node_replays_the_answer_instead_of_a_second_dialog() -> None:
+    first = core()
+    outcome = first.receive_datagram(invite(), UA, 0.0)
+    assert outcome.new_dialog is not None
+    store = replicated(outcome.new_dialog, outcome.event, ServerResponse(1, "INVITE", 200))
+    survivor = core(store, node="node-2")
+    again = survivor.receive_datagram(invite(), UA, 0.6)
+    assert again.event is None and again.new_dialog is None
+    [ok] = out(survivor)
+    assert ok.status == 200 and f"tag={outcome.new_dialog.local_tag}" in (ok.get("To") or "")
+    assert survivor.counters["takeover.replayed"] == 1
+
+
+def test_in_dialog_retransmission_on_a_new_node_is_answered_from_the_record_not_delivered() -> None:
+    first = core()
+    outcome = first.receive_datagram(invite(), UA, 0.0)
+    dialog = outcome.new_dialog
+    assert dialog is not None
+    info = invite(to_tag=dialog.local_tag, branch="z9hG4bK9", cseq=2).replace(b"INVITE", b"INFO")
+    survivor = core(replicated(dialog, outcome.event, ServerResponse(2, "INFO", 200)), node="node-2")
+    assert survivor.receive_datagram(info, UA, 1.0).event is None
+    assert [m.status for m in out(survivor)] == [200]
+    fresh = info.replace(b"2 INFO", b"3 INFO").replace(b"z9hG4bK9", b"z9hG4bK10")
+    assert survivor.receive_datagram(fresh, UA, 1.1).event is not None  # a new request is delivered

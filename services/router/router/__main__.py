@@ -19,6 +19,7 @@ from zeroslee.runtime import Process, run
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 MAX_ATTEMPTS = 12
+STORE_ATTEMPTS = 3
 
 
 def load_services(proc: Process) -> list[Service]:
@@ -122,7 +123,12 @@ class Router:
                     [(p, c, v) for p, (c, v) in sorted(tx.prefix_reads.items())],
                 )
             except CommitFailed as exc:
-                return await self.fail(event, 503, str(exc), log)
+                # The store refused or timed out (e.g. its primary just died): the commit's
+                # fate is unknown, so re-run the delivery on fresh data, a bounded number of times.
+                self.proc.count("delivery.store_unavailable")
+                if attempt >= STORE_ATTEMPTS:
+                    return await self.fail(event, 503, str(exc), log)
+                continue
             if not result.ok:
                 self.proc.count("delivery.conflict")
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))  # back off, then re-read

@@ -34,6 +34,7 @@ from router.sbb import (
     SipRequest,
 )
 from zeroslee import bus, keys
+from zeroslee.records import ServerResponse
 
 
 class SbbRecord(msgspec.Struct):
@@ -49,6 +50,7 @@ class ActivityRecord(msgspec.Struct):
     type: str  # "null" | "sip-dialog"
     owner: str
     ending: bool = False
+    ra_keys: list[str] = []  # the resource adaptor's data, removed when the activity ends
 
 
 class PendingEvent(msgspec.Struct):
@@ -221,6 +223,11 @@ class Context:
     ) -> None:
         self.container.responded.add(event.tx)
         self.tx.messages.append(bus.SendResponse(event.tx, status, reason, content_type, body))
+        if event.activity_type == "sip-dialog" and status >= 200:
+            # Replicated with this delivery, so a node taking the dialog over answers a
+            # retransmission of this request from it instead of handling it twice.
+            record = ServerResponse(event.cseq, event.method, status, reason, content_type, body)
+            self.tx.put(keys.last_response(event.activity), record.encode())
         if event.method == "BYE" and 200 <= status < 300:
             self.container.end_activity(self.tx, event.activity)
 
@@ -287,7 +294,8 @@ class Container:
     def _ensure_sip_activity(self, tx: Transaction, event: SipRequest) -> None:
         if event.activity_type == "sip-dialog" and event.created_dialog:
             if tx.get(keys.activity(event.activity)) is None:
-                tx.put(keys.activity(event.activity), encode(ActivityRecord(event.activity, "sip-dialog", self.node)))
+                record = ActivityRecord(event.activity, "sip-dialog", self.node, ra_keys=list(event.ra_keys))
+                tx.put(keys.activity(event.activity), encode(record))
 
     def _initial_selection(self, tx: Transaction, event: msgspec.Struct, activity: str) -> list[str]:
         created: list[str] = []
@@ -351,8 +359,13 @@ class Container:
         for key in tx.scan(f"evt/{activity}/"):
             tx.delete(key)
         raw = tx.get(keys.activity(activity))
-        if raw is not None and msgspec.msgpack.decode(raw, type=ActivityRecord).type == "sip-dialog":
-            tx.delete(keys.dialog(activity))
+        if raw is not None:
+            record = msgspec.msgpack.decode(raw, type=ActivityRecord)
+            for key in record.ra_keys:
+                tx.delete(key)
+            if record.type == "sip-dialog":
+                tx.delete(keys.dialog(activity))
+                tx.delete(keys.last_response(activity))
         tx.delete(keys.activity(activity))
 
     def _default_response(self, tx: Transaction, event: msgspec.Struct, delivered: list[str]) -> None:

@@ -27,7 +27,7 @@ class SipRa(asyncio.DatagramProtocol):
         self.proc = proc
         self.node = proc.config.node(proc.node)
         self.store = StoreClient(proc)
-        self.core = RaCore(proc.node, self.node.sip, proc.config.sip, self.load_dialog)
+        self.core = RaCore(proc.node, self.node.sip, proc.config.sip, self.read)
         self.router = proc.socket(zmq.DEALER)
         self.router.setsockopt(zmq.ROUTING_ID, f"sip-ra:{proc.node}".encode())
         self.router.connect(self.node.router)
@@ -67,13 +67,12 @@ class SipRa(asyncio.DatagramProtocol):
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def load_dialog(self, ident: str) -> Dialog | None:
+    def read(self, key: str) -> bytes | None:
         try:
             with self.store.replica.read() as view:
-                _, raw = view.get(keys.dialog(ident))
+                return view.get(key)[1]
         except ReplicaUnavailable:
             return None
-        return Dialog.decode(raw) if raw is not None else None
 
     async def forward(self, outcome: Outcome) -> None:
         """Replicate a new dialog, then hand the event to the router (DESIGN §3.1)."""
@@ -81,8 +80,9 @@ class SipRa(asyncio.DatagramProtocol):
         if outcome.new_dialog is not None:
             d = outcome.new_dialog
             assert isinstance(event, bus.RequestReceived)
+            index = [(k, d.id.encode()) for k in event.ra_keys]
             try:
-                await self.store.commit([(keys.dialog(d.id), 0)], [(keys.dialog(d.id), d.encode())])
+                await self.store.commit([(keys.dialog(d.id), 0)], [(keys.dialog(d.id), d.encode()), *index])
             except CommitFailed as exc:
                 self.answer(event.tx, 503, "Service Unavailable", str(exc))
                 return

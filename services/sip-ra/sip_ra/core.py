@@ -13,8 +13,14 @@ through the transaction layer:
 The router answers with `respond()` and asks for in-dialog requests with
 `send_in_dialog()`. Timers: `deadline()` says when to call `on_timer(now)` next.
 
-Dialogs not in memory are asked of `load_dialog` (the shell reads the local replica):
-that is how a node sends and receives on dialogs another node created.
+Dialogs not in memory are read from the clustered store through `read` (the shell reads
+the local replica): that is how a node sends and receives on dialogs another node created.
+
+Takeover (RFC 3261 §17.2.3 meets failover). A node sees retransmissions of transactions
+another node started. An initial INVITE is looked up by Call-ID and From tag
+(`keys.invite_index`) so it never creates a second dialog; a request whose CSeq and
+method match the response recorded for its dialog (`keys.last_response`) is answered from
+that record, not handled twice.
 """
 
 from __future__ import annotations
@@ -33,12 +39,14 @@ from sip_ra.dialog import (
     build_request,
     build_response,
     dialog_id,
+    invite_digest,
     new_tag,
     top_branch,
     uas_dialog,
 )
-from zeroslee import bus
+from zeroslee import bus, keys
 from zeroslee.config import SipTimers
+from zeroslee.records import ServerResponse
 from zeroslee.sipmsg import (
     ParseError,
     SipMessage,
@@ -94,7 +102,7 @@ class RaCore:
     node: str
     sip_host: str  # host:port as we appear in Via and Contact
     timers: SipTimers
-    load_dialog: Callable[[str], Dialog | None]
+    read: Callable[[str], bytes | None]  # a key of the clustered store, from the local replica
     transactions: dict[str, txn.Transaction] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
     client_meta: dict[str, tuple[str, str, str]] = field(default_factory=dict)
@@ -170,37 +178,38 @@ class RaCore:
             return self._on_cancel(msg, tx, now)
         problem = self._check(msg)
         if problem is not None:
-            self.transactions[key] = tx
-            self.pending[key] = Pending(msg, tx, None)
-            self.respond(key, problem[0], problem[1], now, headers=problem[2])
-            return Outcome(summary=f"answered {problem[0]}")
+            return self._answer_now(msg, tx, None, problem, now)
         to_tag = parse_name_addr(msg.get("To") or "").tag
+        from_tag = parse_name_addr(msg.get("From") or "").tag
         dialog: Dialog | None = None
         new_dialog: Dialog | None = None
         if to_tag:
             dialog = self.find_dialog(dialog_id(msg.call_id, to_tag))
-            if dialog is None or dialog.remote_tag != parse_name_addr(msg.get("From") or "").tag:
-                self.transactions[key] = tx
-                self.pending[key] = Pending(msg, tx, None)
-                self.respond(key, 481, "", now)
-                return Outcome(summary="481 no such dialog")
+            if dialog is None or dialog.remote_tag != from_tag:
+                return self._answer_now(msg, tx, None, (481, "", []), now)
+            recorded = self._recorded(dialog, msg)
+            if recorded is not None:
+                return self._replay(msg, tx, dialog, recorded, now)
             if msg.cseq[0] <= dialog.remote_cseq:
-                self.transactions[key] = tx
-                self.pending[key] = Pending(msg, tx, None)
-                self.respond(key, 500, "CSeq Out Of Order", now)
-                return Outcome(summary="500 cseq out of order")
+                return self._answer_now(msg, tx, None, (500, "CSeq Out Of Order", []), now)
             dialog = self._remember(_with(dialog, remote_cseq=msg.cseq[0]))
+            self.unacked.pop(dialog.id, None)  # any request on the dialog proves our 2xx arrived
             if msg.method == "INVITE":
                 glare = self._check_reinvite(dialog.id)
                 if glare is not None:
-                    self.transactions[key] = tx
-                    self.pending[key] = Pending(msg, tx, None)
-                    self.respond(key, glare[0], glare[1], now, headers=glare[2])
-                    return Outcome(summary=f"re-INVITE {glare[0]}")
+                    return self._answer_now(msg, tx, None, glare, now)
                 self.reinvite_in[dialog.id] = key
         elif msg.method == "INVITE":
-            new_dialog = uas_dialog(msg, self.node, f"<sip:{self.sip_host}>")
-            dialog = self._remember(new_dialog)
+            known = self.read(keys.invite_index(invite_digest(msg.call_id, from_tag)))
+            dialog = self.find_dialog(known.decode()) if known is not None else None
+            if dialog is not None:
+                self.count("takeover.invite_seen_elsewhere")
+                recorded = self._recorded(dialog, msg)
+                if recorded is not None:
+                    return self._replay(msg, tx, dialog, recorded, now)
+            else:
+                new_dialog = uas_dialog(msg, self.node, f"<sip:{self.sip_host}>")
+                dialog = self._remember(new_dialog)
         self.transactions[key] = tx
         self.pending[key] = Pending(msg, tx, dialog)
         if msg.method == "INVITE":
@@ -220,9 +229,34 @@ class RaCore:
             content_type=content_type,
             body=msg.body,
             has_sdp_offer=content_type.lower().startswith("application/sdp") and bool(msg.body),
-            created_dialog=new_dialog is not None,
+            created_dialog=msg.method == "INVITE" and not to_tag,
+            ra_keys=[keys.invite_index(invite_digest(msg.call_id, from_tag))] if new_dialog else [],
         )
         return Outcome(event=event, new_dialog=new_dialog, summary=msg.method)
+
+    def _answer_now(
+        self,
+        msg: SipMessage,
+        tx: txn.Transaction,
+        dialog: Dialog | None,
+        answer: tuple[int, str, list[tuple[str, str]]],
+        now: float,
+    ) -> Outcome:
+        """Answer at the transaction layer, without the router (errors, replays)."""
+        self.transactions[tx.key] = tx
+        self.pending[tx.key] = Pending(msg, tx, dialog)
+        self.respond(tx.key, answer[0], answer[1], now, headers=answer[2])
+        return Outcome(summary=f"answered {answer[0]}")
+
+    def _replay(
+        self, msg: SipMessage, tx: txn.Transaction, dialog: Dialog, record: ServerResponse, now: float
+    ) -> Outcome:
+        """A retransmission of a request another node already answered: same answer."""
+        self.count("takeover.replayed")
+        self.transactions[tx.key] = tx
+        self.pending[tx.key] = Pending(msg, tx, dialog)
+        self.respond(tx.key, record.status, record.reason, now, body=record.body, content_type=record.content_type)
+        return Outcome(summary=f"replayed {record.status}")
 
     def _check_reinvite(self, ident: str) -> tuple[int, str, list[tuple[str, str]]] | None:
         """§14.2: 491 if our own re-INVITE is pending; 500 if theirs still is."""
@@ -318,10 +352,18 @@ class RaCore:
     def find_dialog(self, ident: str) -> Dialog | None:
         found = self.dialogs.get(ident)
         if found is None:
-            found = self.load_dialog(ident)
-            if found is not None:
-                self.dialogs[ident] = found
+            raw = self.read(keys.dialog(ident))
+            if raw is not None:
+                found = self.dialogs[ident] = Dialog.decode(raw)
         return found
+
+    def _recorded(self, dialog: Dialog, msg: SipMessage) -> ServerResponse | None:
+        """The response already sent to this very request (by any node), if any."""
+        raw = self.read(keys.last_response(dialog.id))
+        record = ServerResponse.decode(raw) if raw is not None else None
+        if record is not None and (record.cseq, record.method) == (msg.cseq[0], msg.method):
+            return record
+        return None
 
     def _remember(self, dialog: Dialog) -> Dialog:
         self.dialogs[dialog.id] = dialog

@@ -47,6 +47,12 @@ def dialog_id(call_id: str, local_tag: str) -> str:
     return "d" + digest.hexdigest()
 
 
+def invite_digest(call_id: str, from_tag: str) -> str:
+    """Identifies the initial INVITE behind a dialog, so a retransmission of it reaching
+    another node finds the dialog instead of creating a second one."""
+    return hashlib.blake2b(f"{call_id}\x00{from_tag}".encode(), digest_size=12).hexdigest()
+
+
 def new_tag() -> str:
     return secrets.token_hex(6)
 

@@ -18,6 +18,8 @@ from statestore.storage import Storage
 from zeroslee import bus
 from zeroslee.runtime import Process, Requester, run
 
+FAILOVER_WAIT = 2.0  # how long a commit waits for an election before it is refused
+
 
 @dataclass
 class Pending:
@@ -52,12 +54,16 @@ class Statestore:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
         self.synced = asyncio.Event()
+        self.settled = asyncio.Event()  # set while PRIMARY or BACKUP
+        self.was_member = False  # has held a full mirror in this incarnation
 
     # --- serving -------------------------------------------------------------------
 
     @property
     def is_ready(self) -> bool:
-        return self.members.role in (Role.PRIMARY, Role.BACKUP)
+        """Serving, or holding a full mirror while the cluster elects a new primary (a
+        failover takes well under a second; commits wait for it, see `commit`)."""
+        return self.members.role in (Role.PRIMARY, Role.BACKUP) or self.was_member
 
     async def serve_clients(self) -> None:
         while True:
@@ -91,6 +97,11 @@ class Statestore:
         await self.clients.send_multipart([ident, bus.encode(reply)])
 
     async def commit(self, message: bus.Commit) -> bus.CommitResult:
+        if self.members.role not in (Role.PRIMARY, Role.BACKUP):
+            try:  # an election is under way: wait for it rather than fail the delivery
+                await asyncio.wait_for(self.settled.wait(), FAILOVER_WAIT)
+            except TimeoutError:
+                pass
         role = self.members.role
         if role is Role.PRIMARY:
             return await self.enqueue(message)  # type: ignore[return-value]
@@ -236,6 +247,11 @@ class Statestore:
         elif action is Action.JOIN and target is not None:
             self.synced.clear()
             await self.join(target)
+        if self.members.role in (Role.PRIMARY, Role.BACKUP):
+            self.settled.set()
+            self.was_member = True
+        else:
+            self.settled.clear()
         if self.members.role is not before:
             self.proc.log.info(
                 "role",
