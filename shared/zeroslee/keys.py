@@ -72,3 +72,11 @@ def last_response(dialog_id: str) -> str:
 def invite_index(digest: str) -> str:
     """Finds the dialog an initial INVITE created, from its Call-ID and From tag."""
     return f"uas/{digest}"
+
+
+def timer(activity_id: str, timer_id: str) -> str:
+    return f"tmr/{activity_id}/{timer_id}"
+
+
+def timers_of(activity_id: str) -> str:
+    return f"tmr/{activity_id}/"

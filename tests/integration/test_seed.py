@@ -77,3 +77,15 @@ def test_info_on_unknown_dialog_is_481(cluster: DevCluster) -> None:
         assert ua.request("INFO", b"anyone?").status == 481
     finally:
         ua.close()
+
+
+def test_ringing_room_answers_180_then_200_from_a_replicated_timer(cluster: DevCluster) -> None:
+    ua = UserAgent("ringer", 6204, cluster.balancer_addr)
+    try:
+        ok = ua.invite("ring-hall")
+        assert ok.status == 200
+        assert [r.status for r in ua.responses if r.cseq[1] == "INVITE" and r.status > 100][:2] == [180, 200]
+        assert admin.query(cluster.config, "tmr/") == []  # the one-shot timer is gone once fired
+        assert ua.request("BYE").status == 200
+    finally:
+        ua.close()

@@ -100,6 +100,33 @@ def test_seed_scenario_with_two_sipp_participants(cluster: DevCluster, tmp_path:
     assert admin.rows_for(cluster.config, "names") == []
 
 
+def test_cancel_of_a_ringing_call_with_sipp(cluster: DevCluster, tmp_path: Path) -> None:
+    host, port = cluster.balancer_addr
+    run = sipp(
+        [
+            "-sf",
+            str(SCENARIOS / "chat_cancel.xml"),
+            "-s",
+            "ring-room",
+            "-p",
+            "6303",
+            "-m",
+            "3",
+            "-r",
+            "10",
+            "-timeout",
+            "30",
+            "-timeout_error",
+            f"{host}:{port}",
+        ],
+        tmp_path,
+    )
+    assert run.wait(timeout=40) == 0, traces(tmp_path)
+    # The cancelled participants left: no room, no dialog, no timer is left behind.
+    assert admin.rows_for(cluster.config, "activities") == []
+    assert admin.query(cluster.config, "") == []
+
+
 def test_make_cluster_takes_200_sipp_uac_calls_without_failure(tmp_path: Path) -> None:
     """`make cluster`'s launcher (honcho per node) on the default ports, SIPp's own uac."""
     env = {**os.environ, "ZEROSLEE_CONFIG": str(tmp_path / "cluster.toml")}

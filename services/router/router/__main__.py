@@ -11,8 +11,8 @@ import msgspec
 import structlog
 import zmq
 
-from router.container import Container, Service, Transaction, decode_event
-from router.sbb import Sbb, SipRequest, SleeError
+from router.container import Container, Service, TimerRecord, Transaction, decode_event
+from router.sbb import Sbb, SipRequest, SleeError, TimerEvent
 from zeroslee import bus, keys
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, run
@@ -29,7 +29,7 @@ def load_services(proc: Process) -> list[Service]:
         root = getattr(importlib.import_module(module), name)
         if not (isinstance(root, type) and issubclass(root, Sbb)):
             raise TypeError(f"{cfg.sbb} is not an Sbb class")
-        services.append(Service(cfg.name, root))
+        services.append(Service(cfg.name, root, dict(cfg.options)))
     return services
 
 
@@ -69,7 +69,7 @@ class Router:
                 case _:
                     self.proc.reject("unexpected", type(message).__name__, socket="router")
 
-    def enqueue(self, activity: str, event: msgspec.Struct, pending_id: str | None) -> None:
+    def enqueue(self, activity: str, event: msgspec.Struct, pending_key: str | None) -> None:
         """One event at a time per activity, in arrival order; activities run in parallel."""
         queue = self.queues.get(activity)
         if queue is None:
@@ -77,13 +77,13 @@ class Router:
             task = asyncio.ensure_future(self.drain(activity, queue))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
-        queue.put_nowait((event, pending_id))
+        queue.put_nowait((event, pending_key))
 
     async def drain(self, activity: str, queue: asyncio.Queue[tuple[msgspec.Struct, str | None]]) -> None:
         try:
             while not queue.empty():
-                event, pending_id = queue.get_nowait()
-                await self.deliver(activity, event, pending_id)
+                event, pending_key = queue.get_nowait()
+                await self.deliver(activity, event, pending_key)
         except Exception:
             # A bug of ours, not bad input: crash, so the node fails over (STYLE: errors).
             self.proc.log.exception("delivery crashed", activity=activity)
@@ -92,7 +92,7 @@ class Router:
         finally:
             del self.queues[activity]
 
-    async def deliver(self, activity: str, event: msgspec.Struct, pending_id: str | None) -> None:
+    async def deliver(self, activity: str, event: msgspec.Struct, pending_key: str | None) -> None:
         log = structlog.get_logger().bind(activity=activity, event_type=type(event).__name__)
         if isinstance(event, SipRequest):
             log = log.bind(call_id=event.call_id, method=event.method)
@@ -101,12 +101,12 @@ class Router:
             try:
                 with self.store.replica.read() as view:
                     tx = Transaction(view, self.node.id)
-                    if pending_id is not None and tx.get(keys.pending_event(activity, pending_id)) is None:
+                    if pending_key is not None and tx.get(pending_key) is None:
                         self.proc.count("event.duplicate")
-                        return  # already delivered (at-least-once journal, dedup by id)
-                    if pending_id is not None:
-                        tx.delete(keys.pending_event(activity, pending_id))
-                    outcome = self.container.deliver(tx, event, activity)
+                        return  # delivered already, or a timer cancelled (journal, dedup by key)
+                    if pending_key is not None:
+                        tx.delete(pending_key)
+                    outcome = self.container.deliver(tx, event, activity, now=time.time())
             except ReplicaUnavailable:
                 return await self.fail(event, 503, "local replica not ready", log)
             except SleeError as exc:
@@ -153,7 +153,29 @@ class Router:
         for message in tx.messages:
             await self.sock.send_multipart([self.sip_ra, bus.encode(message)])
         for pending in tx.fired:
-            self.enqueue(pending.activity, decode_event(pending), pending.id)
+            self.enqueue(pending.activity, decode_event(pending), keys.pending_event(pending.activity, pending.id))
+        for timer in tx.timers:
+            self.schedule(timer)
+
+    def schedule(self, timer: TimerRecord) -> None:
+        """Fire `timer` at its time as a TimerEvent, delivered only if its key still exists
+        (a cancel or an earlier firing deleted it)."""
+        delay = max(0.0, timer.fire_at - time.time())
+        event = TimerEvent(timer.id, timer.activity, timer.fire_at)
+        key = keys.timer(timer.activity, timer.id)
+        asyncio.get_running_loop().call_later(delay, self.enqueue, timer.activity, event, key)
+
+    def schedule_own_timers(self) -> None:
+        """After a restart: this node's timers are in the store; arm them again."""
+        try:
+            with self.store.replica.read() as view:
+                found = view.scan("tmr/")
+        except ReplicaUnavailable:
+            return
+        for _, _, raw in found:
+            timer = msgspec.msgpack.decode(raw, type=TimerRecord)
+            if timer.owner == self.node.id:
+                self.schedule(timer)
 
     async def fail(
         self, event: msgspec.Struct, status: int, reason: str, log: structlog.typing.FilteringBoundLogger
@@ -167,6 +189,7 @@ class Router:
 
 async def main(proc: Process) -> None:
     router = Router(proc)
+    router.schedule_own_timers()
     async with asyncio.TaskGroup() as group:
         group.create_task(router.store.run())
         group.create_task(router.serve())

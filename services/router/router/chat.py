@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from router.sbb import Sbb, SbbContext, SipRequest, on
+from router.sbb import Sbb, SbbContext, SipRequest, TimerEvent, on
 
 
 class MessageEvent(msgspec.Struct, frozen=True):
@@ -22,6 +22,8 @@ class MessageEvent(msgspec.Struct, frozen=True):
 class ChatState(msgspec.Struct):
     room: str = ""
     dialog: str = ""
+    ringing: SipRequest | None = None  # an INVITE answered 180, awaiting its timer
+    ring_timer: str = ""
 
 
 def per_dialog(event: SipRequest) -> str:
@@ -45,7 +47,7 @@ class ChatSbb(Sbb):
 
     @on(SipRequest, method="INVITE", initial_by=per_dialog)
     def on_invite(self, event: SipRequest, ctx: SbbContext) -> None:
-        room = event.user or "lobby"
+        room = self.state.room or event.user or "lobby"  # a re-INVITE keeps its room
         activity = ctx.lookup(room)
         if activity is None:
             # Two first joins on two nodes: both bind, one commit loses the version check
@@ -54,10 +56,31 @@ class ChatSbb(Sbb):
             ctx.bind(room, activity)
         ctx.attach(activity)
         self.state.room, self.state.dialog = room, event.activity
+        if room.startswith("ring-") and event.created_dialog:
+            # Ringing rooms answer 180 first and 200 later, so CANCEL and early-dialog
+            # cases can be exercised (DESIGN §3).
+            ctx.respond(event, 180)
+            self.state.ringing = event
+            self.state.ring_timer = ctx.set_timer(event.activity, float(ctx.options.get("ring_delay", "2.0")))
+            return
+        self.answer(event, ctx)
+
+    def answer(self, event: SipRequest, ctx: SbbContext) -> None:
         if event.has_sdp_offer:
             ctx.respond(event, 200, body=sdp_answer(event.body), content_type="application/sdp")
         else:
             ctx.respond(event, 200)
+
+    @on(TimerEvent)
+    def on_timer(self, event: TimerEvent, ctx: SbbContext) -> None:
+        if self.state.ringing is not None and event.timer_id == self.state.ring_timer:
+            self.answer(self.state.ringing, ctx)
+            self.state.ringing, self.state.ring_timer = None, ""
+
+    @on(SipRequest, method="CANCEL")
+    def on_cancel(self, event: SipRequest, ctx: SbbContext) -> None:
+        """The caller gave up while ringing (the RA already answered 200 and 487)."""
+        self.leave(ctx)
 
     @on(SipRequest, method="INFO")
     def on_info(self, event: SipRequest, ctx: SbbContext) -> None:
@@ -74,9 +97,13 @@ class ChatSbb(Sbb):
 
     @on(SipRequest, method="BYE")
     def on_bye(self, event: SipRequest, ctx: SbbContext) -> None:
+        self.leave(ctx)
+        ctx.respond(event, 200)
+
+    def leave(self, ctx: SbbContext) -> None:
+        """Detach from the room; the last one out unbinds its name, so the room ends."""
         room = ctx.lookup(self.state.room)
         if room is not None:
             ctx.detach(room)
             if not ctx.has_attachments(room):
                 ctx.unbind(self.state.room)
-        ctx.respond(event, 200)

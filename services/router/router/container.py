@@ -53,6 +53,15 @@ class ActivityRecord(msgspec.Struct):
     ra_keys: list[str] = []  # the resource adaptor's data, removed when the activity ends
 
 
+class TimerRecord(msgspec.Struct):
+    """A replicated timer: fires as a `TimerEvent` on its activity, on the owner node."""
+
+    id: str
+    activity: str
+    fire_at: float  # seconds since the epoch: comparable across nodes
+    owner: str
+
+
 class PendingEvent(msgspec.Struct):
     """A fired event, journaled with the commit that fired it (DESIGN §4)."""
 
@@ -89,6 +98,7 @@ def decode_event(pending: PendingEvent) -> msgspec.Struct:
 class Service:
     name: str
     root: type[Sbb]
+    options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +112,7 @@ class Transaction:
     prefix_reads: dict[str, tuple[int, int]] = field(default_factory=dict)
     messages: list[bus.Message] = field(default_factory=list)
     fired: list[PendingEvent] = field(default_factory=list)
+    timers: list[TimerRecord] = field(default_factory=list)  # set in this delivery
 
     def get(self, key: str) -> bytes | None:
         if key in self.writes:
@@ -144,11 +155,29 @@ class Transaction:
 class Context:
     """The `SbbContext` one SBB entity sees during one delivery."""
 
-    def __init__(self, tx: Transaction, sbb_id: str, activity: str, container: Container) -> None:
+    def __init__(self, tx: Transaction, sbb_id: str, activity: str, container: Container, service: Service) -> None:
         self.tx = tx
         self.sbb_id = sbb_id
         self.activity = activity
         self.container = container
+        self.service = service
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The service's options from the cluster file."""
+        return self.service.options
+
+    # timer facility (JAIN SLEE TimerFacility, one-shot)
+    def set_timer(self, activity: str, delay: float) -> str:
+        self._require_activity(activity)
+        ident = "t" + secrets.token_hex(8)
+        record = TimerRecord(ident, activity, self.container.now + delay, self.tx.node)
+        self.tx.put(keys.timer(activity, ident), encode(record))
+        self.tx.timers.append(record)
+        return ident
+
+    def cancel_timer(self, activity: str, timer_id: str) -> None:
+        self.tx.delete(keys.timer(activity, timer_id))
 
     # naming facility (JAIN SLEE ActivityContextNamingFacility)
     def lookup(self, name: str) -> str | None:
@@ -259,9 +288,11 @@ class Container:
         self.touched: set[str] = set()
         self.responded: set[str] = set()
         self.stale_names: list[str] = []
+        self.now = 0.0
 
-    def deliver(self, tx: Transaction, event: msgspec.Struct, activity: str) -> Outcome:
-        self.touched, self.responded, self.stale_names = {activity}, set(), []
+    def deliver(self, tx: Transaction, event: msgspec.Struct, activity: str, now: float = 0.0) -> Outcome:
+        """Deliver `event`; `now` is cluster time (epoch seconds) for timers set."""
+        self.touched, self.responded, self.stale_names, self.now = {activity}, set(), [], now
         if isinstance(event, SipRequest):
             self._ensure_sip_activity(tx, event)
         created = self._initial_selection(tx, event, activity)
@@ -280,7 +311,7 @@ class Container:
                 continue
             sbb = service.root(msgspec.msgpack.decode(record.state, type=service.root.State))
             try:
-                handler.function(sbb, event, Context(tx, sbb_id, activity, self))
+                handler.function(sbb, event, Context(tx, sbb_id, activity, self, service))
             except Exception as exc:  # the service's code failed, not ours: roll back
                 raise HandlerFailed(sbb_id, exc) from exc
             self._save(tx, record, sbb)
@@ -317,7 +348,7 @@ class Container:
                 tx.put(conv, sbb_id.encode())
                 tx.put(keys.sbb(sbb_id), encode(record))
                 sbb = service.root(state)
-                sbb.created(Context(tx, sbb_id, activity, self))
+                sbb.created(Context(tx, sbb_id, activity, self, service))
                 self._save(tx, record, sbb)
                 created.append(sbb_id)
             self.attach(tx, activity, sbb_id)
@@ -356,7 +387,7 @@ class Container:
         for key in tx.scan(keys.activity_names_of(activity)):
             tx.delete(key)
             tx.delete(keys.name(keys.last(key)))
-        for key in tx.scan(f"evt/{activity}/"):
+        for key in tx.scan(f"evt/{activity}/") + tx.scan(keys.timers_of(activity)):
             tx.delete(key)
         raw = tx.get(keys.activity(activity))
         if raw is not None:
@@ -371,6 +402,9 @@ class Container:
     def _default_response(self, tx: Transaction, event: msgspec.Struct, delivered: list[str]) -> None:
         """Every request gets an answer, even one no service handled (DESIGN §3)."""
         if not isinstance(event, SipRequest) or event.tx in self.responded:
+            return
+        if event.method == "CANCEL":  # the RA answered it (§9.2); the dialog never was
+            self.end_activity(tx, event.activity)
             return
         if event.method == "OPTIONS":
             status = 200

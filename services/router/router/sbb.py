@@ -33,6 +33,14 @@ class ActivityEndEvent(msgspec.Struct, frozen=True):
     activity: str
 
 
+class TimerEvent(msgspec.Struct, frozen=True):
+    """Fired on its activity when a timer set with `ctx.set_timer` expires."""
+
+    timer_id: str
+    activity: str
+    fire_at: float  # cluster time (seconds since the epoch)
+
+
 class SleeError(Exception):
     """A facility refused an operation; the delivery rolls back unless caught."""
 
@@ -101,6 +109,10 @@ class SbbContext(Protocol):
         self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
     ) -> None: ...
     def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None: ...
+    def set_timer(self, activity: str, delay: float) -> str: ...
+    def cancel_timer(self, activity: str, timer_id: str) -> None: ...
+    @property
+    def options(self) -> dict[str, str]: ...
 
 
 class Sbb:

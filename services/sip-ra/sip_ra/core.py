@@ -214,8 +214,16 @@ class RaCore:
         self.pending[key] = Pending(msg, tx, dialog)
         if msg.method == "INVITE":
             heapq.heappush(self.wakeups, (now + TRYING_AFTER, "100:" + key))
+        ra_keys = [keys.invite_index(invite_digest(msg.call_id, from_tag))] if new_dialog else []
+        event = self._event(msg, key, dialog, msg.method == "INVITE" and not to_tag, ra_keys)
+        return Outcome(event=event, new_dialog=new_dialog, summary=msg.method)
+
+    def _event(
+        self, msg: SipMessage, key: str, dialog: Dialog | None, created: bool, ra_keys: list[str]
+    ) -> bus.RequestReceived:
+        """The router's view of a request: an event on its dialog or transaction activity."""
         content_type = msg.get("Content-Type") or ""
-        event = bus.RequestReceived(
+        return bus.RequestReceived(
             event_id=secrets.token_hex(8),
             tx=key,
             activity=dialog.id if dialog else key,
@@ -229,10 +237,9 @@ class RaCore:
             content_type=content_type,
             body=msg.body,
             has_sdp_offer=content_type.lower().startswith("application/sdp") and bool(msg.body),
-            created_dialog=msg.method == "INVITE" and not to_tag,
-            ra_keys=[keys.invite_index(invite_digest(msg.call_id, from_tag))] if new_dialog else [],
+            created_dialog=created,
+            ra_keys=ra_keys,
         )
-        return Outcome(event=event, new_dialog=new_dialog, summary=msg.method)
 
     def _answer_now(
         self,
@@ -306,9 +313,14 @@ class RaCore:
         if invite is None or invite.state is not txn.State.PROCEEDING:
             self.respond(tx.key, 481, "", now)
             return Outcome(summary="CANCEL 481")
+        dialog = self.pending[invite_key].dialog if invite_key in self.pending else None
         self.respond(tx.key, 200, "", now)
         self.respond(invite_key, 487, "", now)
-        return Outcome(summary="CANCEL 487")
+        if dialog is None:
+            return Outcome(summary="CANCEL 487")
+        # The early dialog is gone: tell the router, so its services let go of it.
+        self.forget_dialog(dialog.id)
+        return Outcome(event=self._event(msg, tx.key, dialog, False, []), summary="CANCEL 487")
 
     def _on_response(self, msg: SipMessage, now: float) -> Outcome:
         key = f"{top_branch(msg)}|{msg.cseq[1]}"
