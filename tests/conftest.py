@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,3 +46,35 @@ def need_sipp() -> str:
     if path is None:
         pytest.fail("sipp is not installed: run `make setup`")
     return path
+
+
+@pytest.fixture(scope="module")
+def make_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluster]:
+    """`make cluster`'s own launcher (one honcho per node) on the default ports, with its
+    data in a temp dir; stopped by the launcher's PID (it stops its honchos)."""
+    tmp = tmp_path_factory.mktemp("make-cluster")
+    text = (REPO / "config" / "cluster.toml").read_text().replace('data_root = "var"', f'data_root = "{tmp}/var"')
+    (tmp / "cluster.toml").write_text(text)
+    env = {**os.environ, "ZEROSLEE_CONFIG": str(tmp / "cluster.toml")}
+    with (tmp / "cluster.log").open("wb") as log:
+        launcher = subprocess.Popen(
+            [sys.executable, str(REPO / "tools" / "cluster.py")],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        handle = DevCluster.running(tmp / "cluster.toml", tmp)
+        handle.wait_ready(timeout=30)
+        yield handle
+    finally:
+        os.kill(launcher.pid, signal.SIGTERM)
+        assert launcher.wait(timeout=30) == 0
+
+
+def sipp_stats(cwd: Path) -> dict[str, str]:
+    """The last row of SIPp's -trace_stat file, by column name."""
+    rows = next(cwd.glob("*_.csv")).read_text().splitlines()
+    return dict(zip(rows[0].split(";"), rows[-1].split(";"), strict=False))

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -125,56 +122,3 @@ def test_cancel_of_a_ringing_call_with_sipp(cluster: DevCluster, tmp_path: Path)
     # The cancelled participants left: no room, no dialog, no timer is left behind.
     assert admin.rows_for(cluster.config, "activities") == []
     assert admin.query(cluster.config, "") == []
-
-
-def test_make_cluster_takes_200_sipp_uac_calls_without_failure(tmp_path: Path) -> None:
-    """`make cluster`'s launcher (honcho per node) on the default ports, SIPp's own uac."""
-    env = {**os.environ, "ZEROSLEE_CONFIG": str(tmp_path / "cluster.toml")}
-    config_text = (
-        (REPO / "config" / "cluster.toml").read_text().replace('data_root = "var"', f'data_root = "{tmp_path}/var"')
-    )
-    (tmp_path / "cluster.toml").write_text(config_text)
-    with (tmp_path / "cluster.log").open("wb") as log:
-        launcher = subprocess.Popen(
-            [sys.executable, str(REPO / "tools" / "cluster.py")],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        DevCluster.running(tmp_path / "cluster.toml", tmp_path).wait_ready(timeout=30)
-        run = subprocess.run(
-            [
-                need_sipp(),
-                "-sn",
-                "uac",
-                "127.0.0.1:5060",
-                "-p",
-                "6310",
-                "-m",
-                "200",
-                "-r",
-                "50",
-                "-l",
-                "100",
-                "-timeout",
-                "60",
-                "-timeout_error",
-                "-nostdin",
-                "-trace_stat",
-                "-trace_err",
-            ],
-            cwd=tmp_path,
-            capture_output=True,
-            timeout=120,
-        )
-        stats = next(tmp_path.glob("uac_*_.csv")).read_text().splitlines()
-        row = dict(zip(stats[0].split(";"), stats[-1].split(";")))
-        assert run.returncode == 0, run.stderr[-2000:]
-        assert int(row["SuccessfulCall(C)"]) == 200
-        assert int(row["FailedCall(C)"]) == 0
-    finally:
-        os.kill(launcher.pid, signal.SIGTERM)
-        assert launcher.wait(timeout=30) == 0
