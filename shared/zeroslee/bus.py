@@ -123,10 +123,12 @@ class Snapshot(Message, frozen=True, tag=True):
 
 
 class Replicate(Message, frozen=True, tag=True):
+    """A group of commits: `batch[i]` is the writes of commit `seq + i`."""
+
     req: int
     epoch: int
     seq: int
-    writes: list[tuple[str, bytes | None]]
+    batch: list[list[tuple[str, bytes | None]]]
 
 
 class Replicated(Message, frozen=True, tag=True):

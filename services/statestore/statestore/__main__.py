@@ -18,6 +18,7 @@ from statestore.storage import Storage
 from zeroslee import bus
 from zeroslee.runtime import Process, Requester, run
 
+MAX_GROUP = 256  # commits acknowledged together at most
 FAILOVER_WAIT = 2.0  # how long a commit waits for an election before it is refused
 
 
@@ -125,47 +126,81 @@ class Statestore:
         return await fut
 
     async def primary_worker(self) -> None:
-        """Commits and joins, one at a time, so sequence numbers and checks stay ordered."""
+        """Commits and joins in arrival order. Commits waiting together form one group:
+        checked in order (each against the state the earlier ones leave), written in one
+        LMDB transaction, replicated in one message and acknowledged together. Sequence
+        numbers stay one per commit, so backups and resync see the same history."""
         while True:
-            pending = await self.queue.get()
-            msg = pending.message
+            group = [await self.queue.get()]
+            while not self.queue.empty() and len(group) < MAX_GROUP:
+                if isinstance(group[-1].message, bus.Join):
+                    break
+                group.append(self.queue.get_nowait())
             if self.members.role is not Role.PRIMARY:
-                result: bus.Message = bus.CommitResult(msg.req, ok=False, error="no longer primary")
-            elif isinstance(msg, bus.Join):
-                self.backups.add(msg.node)
-                seq = self.storage.seq
-                result = bus.Snapshot(msg.req, self.members.epoch, seq, self.storage.snapshot())
-                self.proc.log.info("backup joined", backup=msg.node, seq=seq)
-            else:
-                result = await self.apply_as_primary(msg)
-            if not pending.reply.done():
-                pending.reply.set_result(result)
+                for pending in group:
+                    self.settle(pending, bus.CommitResult(pending.message.req, ok=False, error="no longer primary"))
+                continue
+            commits = [p for p in group if isinstance(p.message, bus.Commit)]
+            if commits:
+                await self.apply_group(commits)
+            for pending in group:
+                if isinstance(pending.message, bus.Join):
+                    self.join_backup(pending)
 
-    async def apply_as_primary(self, msg: bus.Commit) -> bus.CommitResult:
-        conflicts = self.storage.conflicts(msg.reads, msg.prefix_reads)
-        if conflicts:
+    def join_backup(self, pending: Pending) -> None:
+        msg = pending.message
+        self.backups.add(msg.node)  # type: ignore[union-attr]
+        seq = self.storage.seq
+        self.settle(pending, bus.Snapshot(msg.req, self.members.epoch, seq, self.storage.snapshot()))
+        self.proc.log.info("backup joined", backup=msg.node, seq=seq)  # type: ignore[union-attr]
+
+    @staticmethod
+    def settle(pending: Pending, result: bus.Message) -> None:
+        if not pending.reply.done():
+            pending.reply.set_result(result)
+
+    async def apply_group(self, commits: list[Pending]) -> None:
+        written: dict[str, int] = {}  # key -> version, for keys written earlier in the group
+        accepted: list[tuple[Pending, int, list[tuple[str, bytes | None]]]] = []
+        rejected: list[tuple[Pending, list[str]]] = []
+        seq = self.storage.seq
+        for pending in commits:
+            msg = pending.message
+            assert isinstance(msg, bus.Commit)
+            conflicts = self.storage.conflicts(msg.reads, msg.prefix_reads, written)
+            if conflicts:
+                rejected.append((pending, conflicts))
+                continue
+            seq += 1
+            accepted.append((pending, seq, msg.writes))
+            written.update((key, seq) for key, _ in msg.writes)
+        if accepted:
+            first = accepted[0][1]
+            batch = [writes for _, _, writes in accepted]
+            self.storage.apply_batch(first, batch)
+            await self.replicate(first, batch)
+        for pending, conflicts in rejected:
             self.proc.count("commit.conflict")
-            return bus.CommitResult(msg.req, ok=False, conflicts=conflicts)
-        seq = self.storage.seq + 1
-        self.storage.apply(seq, msg.writes)
-        await self.replicate(seq, msg.writes)
-        self.proc.count("commit.ok")
-        return bus.CommitResult(msg.req, ok=True, seq=seq)
+            self.settle(pending, bus.CommitResult(pending.message.req, ok=False, conflicts=conflicts))
+        for pending, seq_of, _ in accepted:
+            self.proc.count("commit.ok")
+            self.settle(pending, bus.CommitResult(pending.message.req, ok=True, seq=seq_of))
+        self.proc.count("commit.groups")
 
-    async def replicate(self, seq: int, writes: list[tuple[str, bytes | None]]) -> None:
-        """Synchronous: every live backup applies `seq` before the commit is acknowledged."""
+    async def replicate(self, first: int, batch: list[list[tuple[str, bytes | None]]]) -> None:
+        """Synchronous: every live backup applies the group before any of it is acknowledged."""
         epoch, timeout = self.members.epoch, self.proc.config.store.replicate_timeout
 
         async def one(node: str) -> None:
             link = self.peers[node]
             try:
-                ack = await link.request(bus.Replicate(link.next_id(), epoch, seq, writes), timeout)
+                ack = await link.request(bus.Replicate(link.next_id(), epoch, first, batch), timeout)
                 ok = isinstance(ack, bus.Replicated) and ack.ok
             except TimeoutError:
                 ok = False
             if not ok:
                 self.backups.discard(node)
-                self.proc.log.warning("backup dropped", backup=node, seq=seq)
+                self.proc.log.warning("backup dropped", backup=node, seq=first)
 
         await asyncio.gather(*(one(n) for n in sorted(self.backups)))
 
@@ -218,8 +253,8 @@ class Statestore:
             if m.role is Role.BACKUP:
                 m.fire(Input.RESYNC_NEEDED)  # a gap or another epoch: take a new snapshot
             return bus.Replicated(msg.req, node, m.epoch, self.storage.seq, ok=False)
-        self.storage.apply(msg.seq, msg.writes)
-        return bus.Replicated(msg.req, node, m.epoch, msg.seq)
+        self.storage.apply_batch(msg.seq, msg.batch)
+        return bus.Replicated(msg.req, node, m.epoch, self.storage.seq)
 
     async def poll_peers(self) -> None:
         interval = self.proc.config.heartbeat_interval

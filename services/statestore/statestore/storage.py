@@ -53,30 +53,47 @@ class Storage:
             raw = txn.get(key.encode())
         return 0 if raw is None else unpack(raw)[0]
 
-    def conflicts(self, reads: list[tuple[str, int]], prefix_reads: list[tuple[str, int, int]]) -> list[str]:
-        """Keys whose version moved since the client read them (optimistic concurrency)."""
+    def conflicts(
+        self,
+        reads: list[tuple[str, int]],
+        prefix_reads: list[tuple[str, int, int]],
+        written: dict[str, int] | None = None,
+    ) -> list[str]:
+        """Keys whose version moved since the client read them (optimistic concurrency).
+
+        `written` holds keys an earlier commit of the same group wrote (not yet in LMDB):
+        a read of one is stale, and so is a range read touching one (conservatively).
+        """
+        pending = written or {}
         stale: list[str] = []
         with self.env.begin(db=self.data) as txn:
             for key, seen in reads:
-                raw = txn.get(key.encode())
-                if (0 if raw is None else unpack(raw)[0]) != seen:
+                raw = None if key in pending else txn.get(key.encode())
+                if key in pending or (0 if raw is None else unpack(bytes(raw))[0]) != seen:
                     stale.append(key)
             for prefix, count, max_version in prefix_reads:
-                if summarize(txn, self.data, prefix) != (count, max_version):
+                touched = any(k.startswith(prefix) for k in pending)
+                if touched or summarize(txn, self.data, prefix) != (count, max_version):
                     stale.append(prefix)
         return stale
 
     def apply(self, seq: int, writes: Writes) -> None:
+        self.apply_batch(seq, [writes])
+
+    def apply_batch(self, first: int, batch: list[Writes]) -> None:
+        """Commits `first`, `first + 1`, ... in one LMDB write transaction."""
+
         def body(txn: lmdb.Transaction) -> None:
-            for key, value in writes:
-                if value is None:
-                    txn.delete(key.encode(), db=self.data)
-                else:
-                    txn.put(key.encode(), pack(seq, value), db=self.data)
-            txn.put(b"seq", str(seq).encode(), db=self.meta)
+            for seq, writes in enumerate(batch, start=first):
+                for key, value in writes:
+                    if value is None:
+                        txn.delete(key.encode(), db=self.data)
+                    else:
+                        txn.put(key.encode(), pack(seq, value), db=self.data)
+            txn.put(b"seq", str(first + len(batch) - 1).encode(), db=self.meta)
 
         self._write(body)
-        self.seq = seq
+        self.seq = first + len(batch) - 1
 
     def set_epoch(self, epoch: int) -> None:
         self._write(lambda txn: txn.put(b"epoch", str(epoch).encode(), db=self.meta))
