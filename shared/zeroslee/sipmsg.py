@@ -1,10 +1,12 @@
 """SIP message parsing and serialisation (RFC 3261 §7, §18.3, §20, §25): pure, no I/O.
 
-Why hand-written: the maintained Python options were weighed. `sippy` (b2bua) parses
-into a whole B2BUA object model with its own event loop assumptions; `sipmessage` covers
-header value types but not message framing, Content-Length rules on datagrams, or
-reporting the response status a bad message deserves. The framing and the verdicts are
-what RFC 4475 tests, so that part is ours; it is small and table-driven.
+Why hand-written (evaluated 2026-11): `sipmessage` 0.7.1, the maintained pure-Python
+parser, was run over ../shared/sip-corpus: it gives the wrong verdict on 13 of the 36
+valid/invalid RFC 4475 messages (it accepts 11 invalid ones, e.g. clerr, ncl, mismatch01,
+bigcode, and raises a bare ValueError on the valid wsinv and semiuri), and it reports no
+response status for a rejected message. `sippy` 2.x parses inside its B2BUA object model
+and event loop, which a pure core cannot use; it was read about, not run. The framing and
+the verdicts are what RFC 4475 tests, so this part is ours: small and table-driven.
 
 Octets that are not UTF-8 are kept: the head is decoded with `surrogateescape`, so the
 bytes of a header come back unchanged when serialised.

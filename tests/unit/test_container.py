@@ -175,3 +175,8 @@ def test_unhandled_options_is_200_and_unhandled_register_is_405() -> None:
     run = Run()
     assert run.deliver(sip("OPTIONS", "t1"), "t1").messages == [bus.SendResponse("tx-OPTIONS-t1", 200)]
     assert run.deliver(sip("REGISTER", "t2"), "t2").messages == [bus.SendResponse("tx-REGISTER-t2", 405)]
+
+
+def test_room_name_is_the_request_uri_user_unescaped_once() -> None:
+    assert sip("INVITE", "d1", room="room%2D7").user == "room-7"
+    assert sip("INVITE", "d1", room="a%2541").user == "a%41"  # not recursively

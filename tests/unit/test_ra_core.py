@@ -141,3 +141,25 @@ def test_in_dialog_retransmission_on_a_new_node_is_answered_from_the_record_not_
     assert [m.status for m in out(survivor)] == [200]
     fresh = info.replace(b"2 INFO", b"3 INFO").replace(b"z9hG4bK9", b"z9hG4bK10")
     assert survivor.receive_datagram(fresh, UA, 1.1).event is not None  # a new request is delivered
+
+
+def test_transport_error_ends_the_transactions_to_that_peer() -> None:
+    ra = core()
+    _, dialog = answered_invite(ra)
+    out(ra)
+    ra.send_in_dialog(msgspec.structs.replace(dialog, local_cseq=1), "INFO", b"x", "text/plain", 1.0)
+    [sent] = ra.datagrams_to_send()
+    [failed] = ra.transport_error(sent[1], 1.1)
+    assert (failed.method, failed.status) == ("INFO", 503)
+    assert all(tx.peer != sent[1] for tx in ra.transactions.values())
+
+
+def test_new_calls_get_503_when_too_many_requests_wait_for_the_router() -> None:
+    import sip_ra.core as ra_core
+
+    ra = core()
+    for i in range(ra_core.MAX_PENDING):
+        ra.receive_datagram(invite(call_id=f"c{i}", branch=f"z9hG4bKb{i}"), UA, 0.0)
+    outcome = ra.receive_datagram(invite(call_id="late", branch="z9hG4bKlate"), UA, 0.0)
+    assert outcome.event is None
+    assert [m.status for m in out(ra)] == [503]

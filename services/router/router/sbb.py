@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
+from urllib.parse import unquote
 
 import msgspec
 
@@ -24,9 +25,11 @@ class SipRequest(bus.RequestReceived, frozen=True, tag=True):
 
     @property
     def user(self) -> str:
-        """The Request-URI's user part (`sip:room-7@host` -> `room-7`)."""
+        """The Request-URI's user part, %HH escapes decoded once (`sip:room%2D7@h` -> `room-7`;
+        RFC 4475 §3.1.1.3: never recursively)."""
         rest = self.request_uri.split(":", 1)[-1]
-        return rest.split("@", 1)[0].split(";", 1)[0] if "@" in rest else ""
+        raw = rest.rpartition("@")[0].split(";", 1)[0] if "@" in rest else ""
+        return unquote(raw, errors="surrogateescape")
 
 
 class ActivityEndEvent(msgspec.Struct, frozen=True):

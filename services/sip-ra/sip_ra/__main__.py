@@ -59,7 +59,11 @@ class SipRa(asyncio.DatagramProtocol):
     def flush(self) -> None:
         assert self.transport is not None
         for data, peer in self.core.datagrams_to_send():
-            self.transport.sendto(data, peer)
+            try:
+                self.transport.sendto(data, peer)
+            except OSError as exc:  # e.g. no route: the transactions to that peer fail
+                self.proc.log.warning("transport error", peer=f"{peer[0]}:{peer[1]}", error=str(exc))
+                self.core.transport_error(peer, time.monotonic())
         self.wake.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

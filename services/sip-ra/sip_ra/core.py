@@ -65,6 +65,7 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS"
 KNOWN_METHODS = frozenset(
     "INVITE ACK BYE CANCEL INFO OPTIONS REGISTER MESSAGE SUBSCRIBE NOTIFY REFER PRACK UPDATE PUBLISH".split()
 )
+MAX_PENDING = 2000  # requests waiting for the router; past this new calls get 503
 TRYING_AFTER = 0.2  # §17.2.1: send 100 if the TU has not answered an INVITE within 200 ms
 
 
@@ -207,6 +208,11 @@ class RaCore:
                 recorded = self._recorded(dialog, msg)
                 if recorded is not None:
                     return self._replay(msg, tx, dialog, recorded, now)
+            elif len(self.pending) >= MAX_PENDING:
+                # Overload: refuse new calls early and cheaply rather than queue them past
+                # the UA's retransmission timers (RFC 3261 §21.5.4).
+                self.count("overload.rejected")
+                return self._answer_now(msg, tx, None, (503, "", [("Retry-After", "2")]), now)
             else:
                 new_dialog = uas_dialog(msg, self.node, f"<sip:{self.sip_host}>")
                 dialog = self._remember(new_dialog)
@@ -441,6 +447,22 @@ class RaCore:
             self.reinvite_out.add(dialog.id)
         self.outbox.append((data, peer))
         return msg
+
+    def transport_error(self, peer: Addr, now: float) -> list[bus.ResponseReceived]:
+        """Sending to `peer` failed (§17.1.4, §17.2.4): its transactions end; clients
+        report a timeout to the TU."""
+        failed: list[bus.ResponseReceived] = []
+        for key, tx in list(self.transactions.items()):
+            if tx.peer != peer:
+                continue
+            if txn.Act.TIMEOUT in self._step(tx, txn.Input.TRANSPORT_ERROR, now) and key in self.client_meta:
+                dialog, method, call_id = self.client_meta.pop(key)
+                failed.append(bus.ResponseReceived(dialog, method, 503, call_id))
+            if tx.is_terminated:
+                del self.transactions[key]
+                self.pending.pop(key, None)
+        self.count("sip.transport_error")
+        return failed
 
     # --- timers --------------------------------------------------------------------
     # One heap of (deadline, key) entries; an entry whose timer moved or fired is skipped
