@@ -170,6 +170,8 @@ class ResponseReceived(Message, frozen=True, tag=True):
     method: str
     status: int
     call_id: str
+    content_type: str = ""
+    body: bytes = b""
 
 
 class SendResponse(Message, frozen=True, tag=True):
@@ -182,11 +184,16 @@ class SendResponse(Message, frozen=True, tag=True):
 
 
 class SendRequest(Message, frozen=True, tag=True):
+    """Send `method` on `dialog`. With `to_uri` set it is the INVITE that creates the
+    dialog (UAC side): the RA creates and replicates the dialog under the id given."""
+
     dialog: str
     method: str
     content_type: str = ""
     body: bytes = b""
     origin: str = ""  # who asked (for the log line), e.g. the SBB id
+    from_uri: str = ""
+    to_uri: str = ""
 
 
 class DeliveryFailed(Message, frozen=True, tag=True):

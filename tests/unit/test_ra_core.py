@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 
 from sip_ra.core import RaCore
-from sip_ra.dialog import Dialog
-from zeroslee import keys
+from sip_ra.dialog import Dialog, uac_dialog
+from zeroslee import bus, keys
 from zeroslee.config import SipTimers
 from zeroslee.records import ServerResponse
 from zeroslee.sipmsg import SipMessage, parse
@@ -163,3 +163,34 @@ def test_new_calls_get_503_when_too_many_requests_wait_for_the_router() -> None:
     outcome = ra.receive_datagram(invite(call_id="late", branch="z9hG4bKlate"), UA, 0.0)
     assert outcome.event is None
     assert [m.status for m in out(ra)] == [503]
+
+
+def test_uac_dialog_is_confirmed_by_its_2xx_and_then_follows_the_reversed_record_route() -> None:
+    ra = core()
+    dialog = uac_dialog(
+        "d1",
+        "sip:svc@zeroslee",
+        "sip:ua@127.0.0.1:6000",
+        "node-1",
+        "<sip:127.0.0.1:5071>",
+        "127.0.0.1:5060",
+        "127.0.0.1:5071",
+    )
+    sent = ra.send_in_dialog(dialog, "INVITE", b"", "", 0.0)
+    [(_, hop)] = ra.datagrams_to_send()
+    assert hop == ("127.0.0.1", 5060) and "tag=" not in (sent.get("To") or "")
+    ok = SipMessage(
+        status=200, reason="OK", headers=[(k, v) for k, v in sent.headers if k in ("Via", "From", "Call-ID", "CSeq")]
+    )
+    ok.headers += [
+        ("To", f"{sent.get('To')};tag=callee"),
+        ("Contact", "<sip:ua@127.0.0.1:6000>"),
+        ("Record-Route", "<sip:127.0.0.1:5060;lr;zsnode=node-1>"),
+    ]
+    outcome = ra.receive_datagram(ok.to_bytes(), ("127.0.0.1", 5060), 0.1)
+    confirmed = outcome.new_dialog
+    assert confirmed is not None and confirmed.remote_tag == "callee"
+    assert confirmed.route_set == ["<sip:127.0.0.1:5060;lr;zsnode=node-1>"]
+    [ack] = out(ra)
+    assert ack.method == "ACK" and ack.cseq == (1, "ACK") and ack.get("Route") == confirmed.route_set[0]
+    assert isinstance(outcome.event, bus.ResponseReceived) and outcome.event.status == 200

@@ -98,8 +98,9 @@ class Balancer:
         try:
             if not msg.is_request:
                 return self._relay_response(msg)
-            if self.node_at(addr) is not None:
-                return self._from_node(msg)
+            node = self.node_at(addr)
+            if node is not None:
+                return self._from_node(msg, node)
             return self._from_outside(msg, addr, now)
         except ParseError as exc:  # a header we needed turned out malformed
             self.count("rejected.sip")
@@ -193,8 +194,12 @@ class Balancer:
 
     # --- requests from nodes ----------------------------------------------------------
 
-    def _from_node(self, msg: SipMessage) -> str:
+    def _from_node(self, msg: SipMessage, node: str) -> str:
         self._pop_own_route(msg)
+        if msg.method == "INVITE" and not parse_name_addr(msg.get("To") or "").tag:
+            # A node calling out: stay on the path, so the callee's requests come back here
+            # and reach that node (or a survivor) like any other dialog's.
+            msg.prepend("Record-Route", f"<sip:{self.host};lr;zsnode={node}>")
         routes = msg.get_all("Route")
         target_uri = parse_name_addr(routes[0]).uri if routes else msg.uri
         try:

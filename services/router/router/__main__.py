@@ -12,7 +12,7 @@ import structlog
 import zmq
 
 from router.container import Container, Service, TimerRecord, Transaction, decode_event
-from router.sbb import Sbb, SipRequest, SleeError, TimerEvent
+from router.sbb import Sbb, SipRequest, SipResponse, SleeError, TimerEvent
 from zeroslee import bus, keys
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, run
@@ -66,6 +66,9 @@ class Router:
                     await self.sock.send_multipart([ident, bus.encode(reply)])
                 case bus.ResponseReceived():
                     self.proc.count(f"response.{message.method}.{message.status}")
+                    if message.dialog and message.status >= 200:
+                        response = SipResponse(**msgspec.structs.asdict(message))
+                        self.enqueue(message.dialog, response, None)
                 case _:
                     self.proc.reject("unexpected", type(message).__name__, socket="router")
 

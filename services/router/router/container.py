@@ -32,6 +32,7 @@ from router.sbb import (
     NameNotBound,
     Sbb,
     SipRequest,
+    SipResponse,
 )
 from zeroslee import bus, keys
 from zeroslee.records import ServerResponse
@@ -260,6 +261,19 @@ class Context:
         if event.method == "BYE" and 200 <= status < 300:
             self.container.end_activity(self.tx, event.activity)
 
+    def create_dialog(self) -> str:
+        """A new SIP dialog activity (UAC side); the SIP RA creates it when `invite` is sent."""
+        ident = "d" + secrets.token_hex(12)
+        self.tx.put(keys.activity(ident), encode(ActivityRecord(ident, "sip-dialog", self.tx.node)))
+        return ident
+
+    def invite(self, dialog: str, from_uri: str, to_uri: str, body: bytes = b"", content_type: str = "") -> None:
+        """Call `to_uri` on a dialog from `create_dialog`; responses come as `SipResponse`."""
+        self._require_activity(dialog)
+        self.tx.messages.append(
+            bus.SendRequest(dialog, "INVITE", content_type, body, self.sbb_id, from_uri=from_uri, to_uri=to_uri)
+        )
+
     def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None:
         self.tx.messages.append(bus.SendRequest(dialog, method, content_type, body, self.sbb_id))
 
@@ -319,6 +333,8 @@ class Container:
             if record.created_on != self.node:
                 remote.append(sbb_id)
         self._default_response(tx, event, delivered)
+        if isinstance(event, SipResponse) and ended_by(event):
+            self.end_activity(tx, activity)
         self._collect_garbage(tx)
         return Outcome(delivered, created, remote, list(self.stale_names))
 
@@ -449,3 +465,11 @@ class Container:
         if state != record.state and tx.get(keys.sbb(record.id)) is not None:
             record.state = state
             tx.put(keys.sbb(record.id), encode(record))
+
+
+def ended_by(response: SipResponse) -> bool:
+    """A dialog we created ends on the final answer to our BYE, or on a failed INVITE."""
+    status: int = response.status
+    if response.method == "BYE":
+        return status >= 200
+    return response.method == "INVITE" and status >= 300

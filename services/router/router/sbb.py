@@ -32,6 +32,10 @@ class SipRequest(bus.RequestReceived, frozen=True, tag=True):
         return unquote(raw, errors="surrogateescape")
 
 
+class SipResponse(bus.ResponseReceived, frozen=True, tag=True):
+    """A final response to a request an SBB sent on a dialog (408 if none came)."""
+
+
 class ActivityEndEvent(msgspec.Struct, frozen=True):
     activity: str
 
@@ -112,6 +116,8 @@ class SbbContext(Protocol):
         self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
     ) -> None: ...
     def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None: ...
+    def create_dialog(self) -> str: ...
+    def invite(self, dialog: str, from_uri: str, to_uri: str, body: bytes = b"", content_type: str = "") -> None: ...
     def set_timer(self, activity: str, delay: float) -> str: ...
     def cancel_timer(self, activity: str, timer_id: str) -> None: ...
     @property

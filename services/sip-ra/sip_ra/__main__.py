@@ -11,7 +11,7 @@ import msgspec
 import zmq
 
 from sip_ra.core import Outcome, RaCore
-from sip_ra.dialog import Dialog
+from sip_ra.dialog import Dialog, uac_dialog
 from zeroslee import bus, keys
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, run
@@ -81,14 +81,16 @@ class SipRa(asyncio.DatagramProtocol):
     async def forward(self, outcome: Outcome) -> None:
         """Replicate a new dialog, then hand the event to the router (DESIGN §3.1)."""
         event = outcome.event
-        if outcome.new_dialog is not None:
+        if isinstance(event, bus.RequestReceived) and outcome.new_dialog is not None:
             d = outcome.new_dialog
-            assert isinstance(event, bus.RequestReceived)
             index = [(k, d.id.encode()) for k in event.ra_keys]
             try:
                 await self.store.commit([(keys.dialog(d.id), 0)], [(keys.dialog(d.id), d.encode()), *index])
             except CommitFailed as exc:
                 self.answer(event.tx, 503, "Service Unavailable", str(exc))
+                return
+        elif outcome.new_dialog is not None:  # a UAC dialog confirmed by its 2xx
+            if not await self.replace_dialog(outcome.new_dialog):
                 return
         if isinstance(event, bus.RequestReceived):
             loop = asyncio.get_running_loop()
@@ -146,8 +148,51 @@ class SipRa(asyncio.DatagramProtocol):
                 case _:
                     self.proc.reject("unexpected", type(message).__name__, socket="router")
 
+    async def replace_dialog(self, dialog: Dialog) -> bool:
+        """Write `dialog` over the stored one, keeping the larger local CSeq."""
+        key = keys.dialog(dialog.id)
+        for _ in range(COMMIT_ATTEMPTS):
+            version, raw = self.read_versioned(key)
+            if raw is not None:
+                dialog = msgspec.structs.replace(
+                    dialog, local_cseq=max(dialog.local_cseq, Dialog.decode(raw).local_cseq)
+                )
+            try:
+                if (await self.store.commit([(key, version)], [(key, dialog.encode())])).ok:
+                    return True
+            except CommitFailed as exc:
+                self.proc.log.warning("dialog not replicated", dialog=dialog.id, error=str(exc))
+                return False
+        return False
+
+    def read_versioned(self, key: str) -> tuple[int, bytes | None]:
+        try:
+            with self.store.replica.read() as view:
+                return view.get(key)
+        except ReplicaUnavailable:
+            return 0, None
+
+    async def send_initial_invite(self, cmd: bus.SendRequest) -> None:
+        """The INVITE that creates a UAC dialog: replicate the dialog, then send it via the
+        balancer, which record-routes it so the callee's requests come back through it."""
+        host = self.proc.config.balancer.sip
+        dialog = uac_dialog(
+            cmd.dialog, cmd.from_uri, cmd.to_uri, self.node.id, f"<sip:{self.node.sip}>", host, self.node.sip
+        )
+        try:
+            result = await self.store.commit([(keys.dialog(dialog.id), 0)], [(keys.dialog(dialog.id), dialog.encode())])
+        except CommitFailed as exc:
+            self.proc.log.warning("INVITE not sent", dialog=dialog.id, error=str(exc))
+            return
+        if result.ok:
+            self.core.send_in_dialog(dialog, "INVITE", cmd.body, cmd.content_type, time.monotonic())
+            self.flush()
+            self.proc.count("sent.INVITE")
+
     async def send_in_dialog(self, cmd: bus.SendRequest) -> None:
         """Load the dialog from the replica, take the next local CSeq, then send (§12.2.1.1)."""
+        if cmd.to_uri:
+            return await self.send_initial_invite(cmd)
         key = keys.dialog(cmd.dialog)
         for _ in range(COMMIT_ATTEMPTS):
             try:
@@ -185,10 +230,11 @@ class SipRa(asyncio.DatagramProtocol):
                 await asyncio.wait_for(self.wake.wait(), timeout)
             except TimeoutError:
                 pass
-            for outcome in self.core.on_timer(time.monotonic()):
+            for expired in self.core.on_timer(time.monotonic()):
                 self.proc.log.info(
-                    "transaction", method=outcome.method, status=outcome.status, call_id=outcome.call_id, why="timeout"
+                    "transaction", method=expired.method, status=expired.status, call_id=expired.call_id, why="timeout"
                 )
+                await self.router.send(bus.encode(expired))  # the services hear of it (408)
             self.flush()
 
     async def beat(self) -> None:

@@ -38,6 +38,7 @@ from sip_ra.dialog import (
     ack_for_non_2xx,
     build_request,
     build_response,
+    confirmed_by,
     dialog_id,
     invite_digest,
     new_tag,
@@ -94,7 +95,7 @@ class Outcome:
     """What one inbound datagram produced, for the shell to act on."""
 
     event: bus.RequestReceived | bus.ResponseReceived | None = None
-    new_dialog: Dialog | None = None  # replicate before sending `event`
+    new_dialog: Dialog | None = None  # replicate (create or confirm) before sending `event`
     summary: str = ""
 
 
@@ -345,14 +346,18 @@ class RaCore:
         dialog, method, _ = self.client_meta.get(key, ("", msg.cseq[1], ""))
         if txn.Act.SEND_ACK in actions:
             self.outbox.append((ack_for_non_2xx(tx.request, msg).to_bytes(), tx.peer))
+        confirmed: Dialog | None = None
         if kind is txn.Input.RECV_2XX:
+            current = self.dialogs.get(dialog)
+            if current is not None and not current.remote_tag:
+                confirmed = self.dialogs[dialog] = confirmed_by(current, msg)  # §12.1.2
             self._ack_2xx(dialog, msg)  # every 2xx, retransmissions too (§13.2.2.4)
         if txn.Act.TO_TU not in actions or msg.status < 200:
             return Outcome(summary=f"{msg.status} absorbed")
         if is_invite and dialog in self.dialogs:
             self.reinvite_out.discard(dialog)
-        event = bus.ResponseReceived(dialog, method, msg.status, msg.call_id)
-        return Outcome(event=event, summary=f"{msg.status} {method}")
+        event = bus.ResponseReceived(dialog, method, msg.status, msg.call_id, msg.get("Content-Type") or "", msg.body)
+        return Outcome(event=event, new_dialog=confirmed, summary=f"{msg.status} {method}")
 
     def _ack_2xx(self, ident: str, response: SipMessage) -> None:
         """The UAC core ACKs a 2xx end to end, on the dialog's route (§13.2.2.4)."""

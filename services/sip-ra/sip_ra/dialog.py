@@ -86,6 +86,40 @@ def uas_dialog(invite: SipMessage, node: str, local_contact: str) -> Dialog:
     )
 
 
+def uac_dialog(
+    ident: str, from_uri: str, to_uri: str, node: str, local_contact: str, outbound: str, call_host: str
+) -> Dialog:
+    """The dialog our INVITE will create (§12.1.2), before any answer: no remote tag yet,
+    the callee's URI as remote target, our outbound proxy (the balancer) as route."""
+    return Dialog(
+        id=ident,
+        call_id=f"{secrets.token_hex(10)}@{call_host}",
+        local_tag=new_tag(),
+        remote_tag="",
+        local_uri=f"<{from_uri}>",
+        remote_uri=f"<{to_uri}>",
+        remote_target=to_uri,
+        route_set=[f"<sip:{outbound};lr>"],
+        local_cseq=1,
+        remote_cseq=0,
+        owner=node,
+        created_by=node,
+        local_contact=local_contact,
+    )
+
+
+def confirmed_by(dialog: Dialog, response: SipMessage) -> Dialog:
+    """A UAC dialog once a 2xx arrived (§12.1.2): the route set is the Record-Route
+    reversed, the remote target the Contact, the remote tag the To tag."""
+    contacts = response.get_all("Contact")
+    return msgspec.structs.replace(
+        dialog,
+        remote_tag=parse_name_addr(response.get("To") or "").tag,
+        remote_target=parse_name_addr(contacts[0]).uri if contacts else dialog.remote_target,
+        route_set=list(reversed(response.get_all("Record-Route"))),
+    )
+
+
 def strip_tag(value: str) -> str:
     addr = parse_name_addr(value)
     params = "".join(f";{k}={v}" if v else f";{k}" for k, v in addr.params.items() if k != "tag")
@@ -125,7 +159,8 @@ def build_request(
     msg.headers.append(("Via", f"SIP/2.0/UDP {via_host};branch={new_branch()};rport"))
     msg.headers.append(("Max-Forwards", "70"))
     msg.headers.append(("From", f"{dialog.local_uri};tag={dialog.local_tag}"))
-    msg.headers.append(("To", f"{dialog.remote_uri};tag={dialog.remote_tag}"))
+    tag = f";tag={dialog.remote_tag}" if dialog.remote_tag else ""  # none before the dialog exists
+    msg.headers.append(("To", f"{dialog.remote_uri}{tag}"))
     msg.headers.append(("Call-ID", dialog.call_id))
     msg.headers.append(("CSeq", f"{cseq} {method}"))
     for route in dialog.route_set:
