@@ -163,6 +163,7 @@ class RequestReceived(Message, frozen=True, tag=True):
     has_sdp_offer: bool = False
     created_dialog: bool = False
     ra_keys: list[str] = []  # the RA's keys to delete when this activity ends
+    contact: str = ""  # the first Contact URI, where the sender can be reached
 
 
 class ResponseReceived(Message, frozen=True, tag=True):

@@ -53,6 +53,8 @@ def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread
             f'control = "tcp://127.0.0.1:{p + 6}"',
         ]
     lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
+    lines += ['options = { users = "^(?!wakeup-)", ring_delay = "2.0" }']
+    lines += ["[[services]]", 'name = "wakeup"', 'sbb = "router.wakeup:WakeupSbb"', 'options = { users = "^wakeup-" }']
     return "\n".join(lines) + "\n"
 
 

@@ -118,6 +118,10 @@ class UserAgent:
         self.received.append(request)
         response = SipMessage(status=200, reason="OK")
         response.headers = [(k, v) for k, v in request.headers if k in ("Via", "From", "To", "Call-ID", "CSeq")]
+        if request.method == "INVITE":  # answering a call: a dialog, as a UAS (§12.1.1)
+            response.headers = [(k, f"{v};tag={self.name}-uas" if k == "To" else v) for k, v in response.headers]
+            response.headers += [("Record-Route", v) for v in request.get_all("Record-Route")]
+            response.headers.append(("Contact", self.contact))
         self.sock.sendto(response.to_bytes(), addr)
 
     def invite(self, room: str, call_id: str | None = None, domain: str = "chat.example") -> SipMessage:

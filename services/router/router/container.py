@@ -18,6 +18,7 @@ version conflict the shell runs the whole delivery again on fresh data.
 from __future__ import annotations
 
 import importlib
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -97,9 +98,16 @@ def decode_event(pending: PendingEvent) -> msgspec.Struct:
 
 @dataclass
 class Service:
+    """A deployed service. Option `users` (a regular expression) limits its initial SIP
+    events to Request-URI users it matches, so services can share a cluster."""
+
     name: str
     root: type[Sbb]
     options: dict[str, str] = field(default_factory=dict)
+
+    def selects(self, event: msgspec.Struct) -> bool:
+        pattern = self.options.get("users")
+        return pattern is None or not isinstance(event, SipRequest) or re.search(pattern, event.user) is not None
 
 
 @dataclass
@@ -348,7 +356,7 @@ class Container:
         created: list[str] = []
         for service in self.services:
             handler = service.root.handler_for(event)
-            if handler is None or handler.initial_by is None:
+            if handler is None or handler.initial_by is None or not service.selects(event):
                 continue
             name = handler.initial_by(event)
             if name is None:

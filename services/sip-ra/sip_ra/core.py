@@ -246,6 +246,9 @@ class RaCore:
             has_sdp_offer=content_type.lower().startswith("application/sdp") and bool(msg.body),
             created_dialog=created,
             ra_keys=ra_keys,
+            contact=parse_name_addr(contacts[0]).uri
+            if (contacts := msg.get_all("Contact")) and contacts[0] != "*"
+            else "",
         )
 
     def _answer_now(
@@ -540,6 +543,11 @@ class RaCore:
         if txn.Act.RESEND_REQUEST in actions:
             self.outbox.append((tx.request, tx.peer))
         return actions
+
+
+def first_contact(msg: SipMessage) -> str:
+    contacts = [c for c in msg.get_all("Contact") if c != "*"]
+    return parse_name_addr(contacts[0]).uri if contacts else ""
 
 
 def _with(dialog: Dialog, **changes: object) -> Dialog:
