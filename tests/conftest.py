@@ -7,7 +7,8 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,13 @@ def sipp_stats(cwd: Path) -> dict[str, str]:
     """The last row of SIPp's -trace_stat file, by column name."""
     rows = next(cwd.glob("*_.csv")).read_text().splitlines()
     return dict(zip(rows[0].split(";"), rows[-1].split(";"), strict=False))
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait until `condition()` holds, polling state (bounded), for effects that follow a
+    SIP exchange asynchronously, such as the commit after a response."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        time.sleep(0.05)
