@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -94,5 +96,30 @@ def test_serialize_then_parse_is_identity(user: str, call_id: str, body: bytes, 
 def test_random_bytes_raise_only_parse_error(data: bytes) -> None:
     try:
         parse(data)
+    except ParseError:
+        pass
+
+
+CORPUS_FILES = sorted((Path(__file__).resolve().parents[2].parent / "shared" / "sip-corpus" / "rfc4475").glob("*.dat"))
+
+
+@given(
+    st.sampled_from(CORPUS_FILES),
+    st.lists(st.tuples(st.integers(0, 4000), st.sampled_from(["flip", "drop", "dup", "crlf"])), max_size=6),
+)
+def test_mutated_corpus_messages_raise_only_parse_error(path: Path, edits: list[tuple[int, str]]) -> None:
+    data = bytearray(path.read_bytes())
+    for at, how in edits:
+        i = at % max(len(data), 1)
+        if how == "flip" and data:
+            data[i] ^= 0x5A
+        elif how == "drop" and data:
+            del data[i]
+        elif how == "dup":
+            data[i:i] = data[i : i + 7]
+        else:
+            data[i:i] = b"\r\n"
+    try:
+        parse(bytes(data))
     except ParseError:
         pass

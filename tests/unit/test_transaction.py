@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -132,3 +133,17 @@ def test_transport_error_ends_a_client_transaction_with_a_timeout_to_the_tu() ->
     tx = t.client("k", b"INFO", TIMERS, PEER, now=0.0)
     assert tx.step(t.Input.TRANSPORT_ERROR, 0.1) == (t.Act.TIMEOUT,)
     assert tx.is_terminated
+
+
+@pytest.mark.parametrize(
+    "table", TABLES, ids=["invite_client", "invite_server", "non_invite_server", "non_invite_client"]
+)
+def test_every_state_and_input_pair_follows_the_table_or_changes_nothing(table: dict) -> None:
+    for state in t.State:
+        for event in t.Input:
+            tx = t.Transaction("k", table, state, TIMERS, PEER)
+            actions = tx.step(event, 1.0)
+            if (state, event) in table:
+                assert (tx.state, actions) == table[(state, event)]
+            else:
+                assert (tx.state, actions) == (state, ())
