@@ -6,6 +6,7 @@ answer is the one a UA would see. Nothing may raise but our own parse errors."""
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from zeroslee import bus
 from zeroslee.config import SipTimers
 from zeroslee.sipmsg import ParseError, parse
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "sip-corpus" / "rfc4475"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus" / "rfc4475"
 MANIFEST = {
     row["file"]: row for row in csv.DictReader((CORPUS / "MANIFEST.tsv").read_text().splitlines(), delimiter="\t")
 }
@@ -100,6 +101,12 @@ def answer(data: bytes) -> list[int]:
     # Read the status line only: a 400 echoes the request's own (bad) CSeq, as it must.
     statuses = [int(d.split(b" ", 2)[1]) for d, _ in ra.datagrams_to_send()]
     return [s for s in statuses if s != 100]
+
+
+def test_the_corpus_bytes_are_the_rfcs() -> None:
+    for line in (CORPUS / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        assert hashlib.sha256((CORPUS / name.lstrip("*")).read_bytes()).hexdigest() == digest, name
 
 
 def test_the_manifest_and_the_expectations_name_the_same_49_files() -> None:

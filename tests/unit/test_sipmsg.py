@@ -100,7 +100,7 @@ def test_random_bytes_raise_only_parse_error(data: bytes) -> None:
         pass
 
 
-CORPUS_FILES = sorted((Path(__file__).resolve().parents[2].parent / "shared" / "sip-corpus" / "rfc4475").glob("*.dat"))
+CORPUS_FILES = sorted((Path(__file__).resolve().parents[1] / "corpus" / "rfc4475").glob("*.dat"))
 
 
 @given(
