@@ -197,6 +197,13 @@ class SendRequest(Message, frozen=True, tag=True):
     to_uri: str = ""
 
 
+class EndActivity(Message, frozen=True, tag=True):
+    """Management: end `activity` now (its SBBs get an ActivityEndEvent)."""
+
+    req: int
+    activity: str
+
+
 class DeliveryFailed(Message, frozen=True, tag=True):
     """The router could not deliver the event for `tx`; sip-ra answers with `status`."""
 
@@ -226,6 +233,7 @@ Any = (
     | SendResponse
     | SendRequest
     | DeliveryFailed
+    | EndActivity
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from balancer.core import Balancer, Liveness
+from balancer.core import Balancer
 from zeroslee import hashing
+from zeroslee.liveness import Liveness
 from zeroslee.sipmsg import SipMessage, parse
 
 FRONT = ("127.0.0.1", 5060)

@@ -8,9 +8,10 @@ import time
 
 import zmq
 
-from balancer.core import Balancer, Liveness, NodeState
+from balancer.core import Balancer
 from zeroslee import bus
 from zeroslee.config import parse_hostport
+from zeroslee.liveness import Liveness, NodeState
 from zeroslee.runtime import Process, run
 
 

@@ -1,4 +1,5 @@
-"""router shell: the sip-ra link, per-activity FIFO queues, commit-and-retry."""
+"""router shell: the sip-ra link, per-activity FIFO queues, commit-and-retry, timers,
+and taking over a dead node's activities and timers."""
 
 from __future__ import annotations
 
@@ -6,20 +7,28 @@ import asyncio
 import importlib
 import random
 import time
+from collections.abc import Callable
 
 import msgspec
 import structlog
 import zmq
 
-from router.container import Container, Service, TimerRecord, Transaction, decode_event
-from router.sbb import Sbb, SipRequest, SipResponse, SleeError, TimerEvent
+from router.adoption import adoptions
+from router.container import Container, Outcome, Service
+from router.records import PendingEvent, TimerRecord, Transaction, decode, decode_event, encode
+from router.sbb import HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
 from zeroslee import bus, keys
+from zeroslee.config import parse_hostport
+from zeroslee.liveness import Liveness
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, run
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 MAX_ATTEMPTS = 12
 STORE_ATTEMPTS = 3
+TIMER = object()  # queue marker: the pending key is a timer record's
+
+Body = Callable[[Transaction], Outcome | None]
 
 
 def load_services(proc: Process) -> list[Service]:
@@ -44,8 +53,10 @@ class Router:
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.bind(self.node.router)
         self.sip_ra = f"sip-ra:{proc.node}".encode()
-        self.queues: dict[str, asyncio.Queue[tuple[msgspec.Struct, str | None]]] = {}
+        self.queues: dict[str, asyncio.Queue[tuple[object, str | None]]] = {}
         self.tasks: set[asyncio.Future[None]] = set()
+        self.liveness = Liveness(proc.config.balancer.dead_after, proc.config.balancer.alive_after)
+        self.live: list[str] = []
 
     async def serve(self) -> None:
         while True:
@@ -69,10 +80,15 @@ class Router:
                     if message.dialog and message.status >= 200:
                         response = SipResponse(**msgspec.structs.asdict(message))
                         self.enqueue(message.dialog, response, None)
+                case bus.EndActivity(req=req, activity=activity):
+                    self.enqueue(activity, message, None)
+                    await self.sock.send_multipart([ident, bus.encode(bus.Pong(req, "router", True))])
                 case _:
                     self.proc.reject("unexpected", type(message).__name__, socket="router")
 
-    def enqueue(self, activity: str, event: msgspec.Struct, pending_key: str | None) -> None:
+    # --- queues ----------------------------------------------------------------------
+
+    def enqueue(self, activity: str, event: object, pending_key: str | None) -> None:
         """One event at a time per activity, in arrival order; activities run in parallel."""
         queue = self.queues.get(activity)
         if queue is None:
@@ -82,11 +98,11 @@ class Router:
             task.add_done_callback(self.tasks.discard)
         queue.put_nowait((event, pending_key))
 
-    async def drain(self, activity: str, queue: asyncio.Queue[tuple[msgspec.Struct, str | None]]) -> None:
+    async def drain(self, activity: str, queue: asyncio.Queue[tuple[object, str | None]]) -> None:
         try:
             while not queue.empty():
                 event, pending_key = queue.get_nowait()
-                await self.deliver(activity, event, pending_key)
+                await self.handle(activity, event, pending_key)
         except Exception:
             # A bug of ours, not bad input: crash, so the node fails over (STYLE: errors).
             self.proc.log.exception("delivery crashed", activity=activity)
@@ -95,36 +111,64 @@ class Router:
         finally:
             del self.queues[activity]
 
-    async def deliver(self, activity: str, event: msgspec.Struct, pending_key: str | None) -> None:
-        log = structlog.get_logger().bind(activity=activity, event_type=type(event).__name__)
+    async def handle(self, activity: str, event: object, pending_key: str | None) -> None:
+        log = structlog.get_logger().bind(activity=activity)
+        if event is TIMER and pending_key is not None:
+            self.proc.count("timer.fired")
+            await self.run(
+                lambda tx: self.container.fire_timer(tx, pending_key, time.time()), log.bind(event_type="TimerEvent")
+            )
+            return
+        if isinstance(event, bus.EndActivity):
+            await self.run(lambda tx: self.end(tx, activity), log.bind(event_type="EndActivity"))
+            return
+        assert isinstance(event, msgspec.Struct)
+        log = log.bind(event_type=type(event).__name__)
         if isinstance(event, SipRequest):
             log = log.bind(call_id=event.call_id, method=event.method)
+
+        def body(tx: Transaction) -> Outcome | None:
+            if pending_key is not None:
+                if tx.get(pending_key) is None:
+                    self.proc.count("event.duplicate")
+                    return None  # delivered already (journal: at least once, dedup by key)
+                tx.delete(pending_key)
+            return self.container.deliver(tx, event, activity, now=time.time())
+
+        await self.run(body, log, event)
+
+    def end(self, tx: Transaction, activity: str) -> Outcome:
+        self.container.ending = set()
+        self.container.end_activity(tx, activity)
+        return Outcome([], [], [], [])
+
+    # --- transactions --------------------------------------------------------------
+
+    async def run(self, body: Body, log: structlog.typing.FilteringBoundLogger, event: object = None) -> None:
+        """Run `body` in a transaction on fresh data until its commit succeeds (bounded)."""
         started = time.monotonic()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with self.store.replica.read() as view:
                     tx = Transaction(view, self.node.id)
-                    if pending_key is not None and tx.get(pending_key) is None:
-                        self.proc.count("event.duplicate")
-                        return  # delivered already, or a timer cancelled (journal, dedup by key)
-                    if pending_key is not None:
-                        tx.delete(pending_key)
-                    outcome = self.container.deliver(tx, event, activity, now=time.time())
+                    outcome = body(tx)
             except ReplicaUnavailable:
                 return await self.fail(event, 503, "local replica not ready", log)
+            except HandlerFailed as failure:
+                self.proc.count("delivery.rolled_back")
+                await self.cleanup_after(failure, log)
+                return await self.fail(event, 500, str(failure), log)
             except SleeError as exc:
                 self.proc.count("delivery.rolled_back")
                 return await self.fail(event, 500, f"{type(exc).__name__}: {exc}", log)
+            if outcome is None:
+                return
             if not tx.writes:  # read-only delivery: nothing to replicate
                 await self.after_commit(tx)
                 self.proc.count("delivery.ok")
                 return
             try:
-                result = await self.store.commit(
-                    sorted(tx.reads.items()),
-                    sorted(tx.writes.items()),
-                    [(p, c, v) for p, (c, v) in sorted(tx.prefix_reads.items())],
-                )
+                result = await self.commit(tx)
             except CommitFailed as exc:
                 # The store refused or timed out (e.g. its primary just died): the commit's
                 # fate is unknown, so re-run the delivery on fresh data, a bounded number of times.
@@ -137,6 +181,7 @@ class Router:
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))  # back off, then re-read
                 continue
             self.proc.count("delivery.ok")
+            self.proc.count(f"delivered.{type(event).__name__ if event is not None else 'Internal'}")
             log.info(
                 "delivered",
                 seq=result.seq,
@@ -151,6 +196,33 @@ class Router:
             return
         await self.fail(event, 500, "too many conflicts", log)
 
+    async def commit(self, tx: Transaction) -> bus.CommitResult:
+        prefix_reads = [(p, c, v) for p, (c, v) in sorted(tx.prefix_reads.items())]
+        return await self.store.commit(sorted(tx.reads.items()), sorted(tx.writes.items()), prefix_reads)
+
+    async def cleanup_after(self, failure: HandlerFailed, log: structlog.typing.FilteringBoundLogger) -> None:
+        """After a rollback: the SBB's rolled-back hook runs in a new transaction, and
+        stale names found by the failed delivery are removed all the same (DESIGN §5)."""
+        stale = list(self.container.stale_names)
+
+        def body(tx: Transaction) -> Outcome:
+            for name in stale:
+                raw = tx.get(keys.name(name))
+                if raw is not None and tx.get(keys.activity(raw.decode())) is None:
+                    tx.delete(keys.name(name))
+            self.container.ending = set()
+            self.container.roll_back(tx, failure, "")
+            return Outcome([], [], [], stale)
+
+        await self.run(body, log.bind(event_type="RolledBack"))
+
+    async def fail(self, event: object, status: int, reason: str, log: structlog.typing.FilteringBoundLogger) -> None:
+        self.proc.count("delivery.failed")
+        log.warning("delivery failed", status=status, reason=reason)
+        if isinstance(event, SipRequest):
+            message = bus.DeliveryFailed(event.tx, status, reason)
+            await self.sock.send_multipart([self.sip_ra, bus.encode(message)])
+
     async def after_commit(self, tx: Transaction) -> None:
         """Effects leave only now that the commit is replicated (DESIGN §4)."""
         for message in tx.messages:
@@ -160,34 +232,78 @@ class Router:
         for timer in tx.timers:
             self.schedule(timer)
 
+    # --- timers and ownership -----------------------------------------------------
+
     def schedule(self, timer: TimerRecord) -> None:
-        """Fire `timer` at its time as a TimerEvent, delivered only if its key still exists
-        (a cancel or an earlier firing deleted it)."""
+        """Fire `timer` when due; the firing transaction re-reads it, so a timer cancelled
+        or already fired (its record gone or moved on) does nothing."""
         delay = max(0.0, timer.fire_at - time.time())
-        event = TimerEvent(timer.id, timer.activity, timer.fire_at)
         key = keys.timer(timer.activity, timer.id)
-        asyncio.get_running_loop().call_later(delay, self.enqueue, timer.activity, event, key)
+        asyncio.get_running_loop().call_later(delay, self.enqueue, timer.activity, TIMER, key)
+
+    def scan(self, prefix: str) -> list[tuple[str, bytes]]:
+        try:
+            with self.store.replica.read() as view:
+                return [(k, raw) for k, _, raw in view.scan(prefix)]
+        except ReplicaUnavailable:
+            return []
 
     def schedule_own_timers(self) -> None:
         """After a restart: this node's timers are in the store; arm them again."""
-        try:
-            with self.store.replica.read() as view:
-                found = view.scan("tmr/")
-        except ReplicaUnavailable:
-            return
-        for _, _, raw in found:
-            timer = msgspec.msgpack.decode(raw, type=TimerRecord)
+        for _, raw in self.scan("tmr/"):
+            timer = decode(raw, TimerRecord)
             if timer.owner == self.node.id:
                 self.schedule(timer)
 
-    async def fail(
-        self, event: msgspec.Struct, status: int, reason: str, log: structlog.typing.FilteringBoundLogger
-    ) -> None:
-        self.proc.count("delivery.failed")
-        log.warning("delivery failed", status=status, reason=reason)
-        if isinstance(event, SipRequest):
-            message = bus.DeliveryFailed(event.tx, status, reason)
-            await self.sock.send_multipart([self.sip_ra, bus.encode(message)])
+    async def watch(self) -> None:
+        """Follow the nodes' heartbeats; when one dies, take over our share of its work."""
+        sub = self.proc.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for node in self.proc.config.nodes:
+            sub.connect(node.heartbeat)
+        while True:
+            try:
+                data = await asyncio.wait_for(sub.recv(), self.proc.config.heartbeat_interval)
+                beat = bus.decode(data)
+                if isinstance(beat, bus.NodeHeartbeat):
+                    self.liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
+            except TimeoutError:
+                pass
+            except bus.BadMessage as exc:
+                self.proc.reject("bus", exc, socket="heartbeat")
+            live = self.liveness.live(time.monotonic())
+            if live != self.live:
+                lost = sorted(set(self.live) - set(live))
+                self.live = live
+                if lost and self.node.id in live:
+                    self.proc.log.info("nodes lost", lost=lost, live=live)
+                    await self.adopt()
+
+    async def adopt(self) -> None:
+        found = adoptions(self.node.id, self.live, self.scan("aci/"), self.scan("tmr/"))
+        for key, activity in found.activities:
+            moved = msgspec.structs.replace(activity, owner=self.node.id)
+            if await self.take(key, encode(moved)):
+                self.proc.count("adopted.activities")
+                for pending_key, raw in self.scan(f"evt/{activity.id}/"):
+                    self.enqueue(activity.id, decode_event(decode(raw, PendingEvent)), pending_key)
+        for key, timer in found.timers:
+            moved_timer = msgspec.structs.replace(timer, owner=self.node.id)
+            if await self.take(key, encode(moved_timer)):
+                self.proc.count("adopted.timers")
+                self.schedule(moved_timer)
+
+    async def take(self, key: str, value: bytes) -> bool:
+        """Record this node as owner, unless the record changed since we read it."""
+        try:
+            with self.store.replica.read() as view:
+                version, raw = view.get(key)
+            if raw is None:
+                return False
+            return (await self.store.commit([(key, version)], [(key, value)])).ok
+        except (CommitFailed, ReplicaUnavailable) as exc:
+            self.proc.log.warning("adoption failed", key=key, error=str(exc))
+            return False
 
 
 async def main(proc: Process) -> None:
@@ -196,6 +312,7 @@ async def main(proc: Process) -> None:
     async with asyncio.TaskGroup() as group:
         group.create_task(router.store.run())
         group.create_task(router.serve())
+        group.create_task(router.watch())
 
 
 if __name__ == "__main__":

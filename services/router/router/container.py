@@ -17,83 +17,25 @@ version conflict the shell runs the whole delivery again on fresh data.
 
 from __future__ import annotations
 
-import importlib
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import msgspec
 
-from router.sbb import (
-    ActivityEnding,
-    FacilityError,
-    HandlerFailed,
-    NameAlreadyBound,
-    NameNotBound,
-    Sbb,
-    SipRequest,
-    SipResponse,
+from router.context import Context
+from router.records import (
+    ActivityRecord,
+    Attachment,
+    SbbRecord,
+    TimerRecord,
+    Transaction,
+    decode,
+    encode,
+    timer_expiries,
 )
+from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, TimerEvent
 from zeroslee import bus, keys
-from zeroslee.records import ServerResponse
-
-
-class SbbRecord(msgspec.Struct):
-    id: str
-    service: str
-    convergence: str
-    state: bytes
-    created_on: str
-
-
-class ActivityRecord(msgspec.Struct):
-    id: str
-    type: str  # "null" | "sip-dialog"
-    owner: str
-    ending: bool = False
-    ra_keys: list[str] = []  # the resource adaptor's data, removed when the activity ends
-
-
-class TimerRecord(msgspec.Struct):
-    """A replicated timer: fires as a `TimerEvent` on its activity, on the owner node."""
-
-    id: str
-    activity: str
-    fire_at: float  # seconds since the epoch: comparable across nodes
-    owner: str
-
-
-class PendingEvent(msgspec.Struct):
-    """A fired event, journaled with the commit that fired it (DESIGN §4)."""
-
-    id: str
-    activity: str
-    type: str  # "module:QualName"
-    payload: bytes
-
-
-class View(Protocol):
-    def get(self, key: str) -> tuple[int, bytes | None]: ...
-    def scan(self, prefix: str, limit: int = ...) -> list[tuple[str, int, bytes]]: ...
-
-
-_enc = msgspec.msgpack.Encoder()
-
-
-def encode(value: msgspec.Struct) -> bytes:
-    return _enc.encode(value)
-
-
-def event_type_name(event: msgspec.Struct) -> str:
-    cls = type(event)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def decode_event(pending: PendingEvent) -> msgspec.Struct:
-    module, _, name = pending.type.partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    return msgspec.msgpack.decode(pending.payload, type=cls)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -108,188 +50,6 @@ class Service:
     def selects(self, event: msgspec.Struct) -> bool:
         pattern = self.options.get("users")
         return pattern is None or not isinstance(event, SipRequest) or re.search(pattern, event.user) is not None
-
-
-@dataclass
-class Transaction:
-    """Reads with their versions, buffered writes, and post-commit effects."""
-
-    view: View
-    node: str
-    reads: dict[str, int] = field(default_factory=dict)
-    writes: dict[str, bytes | None] = field(default_factory=dict)
-    prefix_reads: dict[str, tuple[int, int]] = field(default_factory=dict)
-    messages: list[bus.Message] = field(default_factory=list)
-    fired: list[PendingEvent] = field(default_factory=list)
-    timers: list[TimerRecord] = field(default_factory=list)  # set in this delivery
-
-    def get(self, key: str) -> bytes | None:
-        if key in self.writes:
-            return self.writes[key]
-        version, value = self.view.get(key)
-        self.reads.setdefault(key, version)
-        return value
-
-    def put(self, key: str, value: bytes) -> None:
-        self.writes[key] = value
-
-    def delete(self, key: str) -> None:
-        self.writes[key] = None
-
-    def scan(self, prefix: str, guard: bool = False) -> list[str]:
-        """Keys under `prefix` as this transaction sees them. `guard` makes the commit
-        fail if anything under the prefix changes meanwhile (a decision on a range)."""
-        found = self.view.scan(prefix)
-        if guard and prefix not in self.prefix_reads:
-            self.prefix_reads[prefix] = (len(found), max((v for _, v, _ in found), default=0))
-        present = {k for k, _, _ in found}
-        for key, value in self.writes.items():
-            if key.startswith(prefix):
-                if value is None:
-                    present.discard(key)
-                else:
-                    present.add(key)
-        return sorted(present)
-
-    def commit_message(self, req: int) -> bus.Commit:
-        return bus.Commit(
-            req=req,
-            reads=sorted(self.reads.items()),
-            writes=sorted(self.writes.items()),
-            prefix_reads=[(p, c, v) for p, (c, v) in sorted(self.prefix_reads.items())],
-            origin="router",
-        )
-
-
-class Context:
-    """The `SbbContext` one SBB entity sees during one delivery."""
-
-    def __init__(self, tx: Transaction, sbb_id: str, activity: str, container: Container, service: Service) -> None:
-        self.tx = tx
-        self.sbb_id = sbb_id
-        self.activity = activity
-        self.container = container
-        self.service = service
-
-    @property
-    def options(self) -> dict[str, str]:
-        """The service's options from the cluster file."""
-        return self.service.options
-
-    # timer facility (JAIN SLEE TimerFacility, one-shot)
-    def set_timer(self, activity: str, delay: float) -> str:
-        self._require_activity(activity)
-        ident = "t" + secrets.token_hex(8)
-        record = TimerRecord(ident, activity, self.container.now + delay, self.tx.node)
-        self.tx.put(keys.timer(activity, ident), encode(record))
-        self.tx.timers.append(record)
-        return ident
-
-    def cancel_timer(self, activity: str, timer_id: str) -> None:
-        self.tx.delete(keys.timer(activity, timer_id))
-
-    # naming facility (JAIN SLEE ActivityContextNamingFacility)
-    def lookup(self, name: str) -> str | None:
-        raw = self.tx.get(keys.name(name))
-        if raw is None:
-            return None
-        activity = raw.decode()
-        if self.tx.get(keys.activity(activity)) is None:
-            # A stale name: remove it whatever happens to this delivery (DESIGN §5).
-            self.container.stale_names.append(name)
-            raise FacilityError(f"name {name!r} is bound to an activity that has ended")
-        return activity
-
-    def bind(self, name: str, activity: str) -> None:
-        if self.tx.get(keys.name(name)) is not None:
-            raise NameAlreadyBound(name)
-        self._require_activity(activity)
-        self.tx.put(keys.name(name), activity.encode())
-        self.tx.put(keys.activity_name(activity, name), b"")
-
-    def unbind(self, name: str) -> None:
-        raw = self.tx.get(keys.name(name))
-        if raw is None:
-            raise NameNotBound(name)
-        self.tx.delete(keys.name(name))
-        self.tx.delete(keys.activity_name(raw.decode(), name))
-        self.container.touched.add(raw.decode())
-
-    def create_null_activity(self) -> str:
-        ident = "n" + secrets.token_hex(10)
-        record = ActivityRecord(ident, "null", self.tx.node)
-        self.tx.put(keys.activity(ident), encode(record))
-        return ident
-
-    def attach(self, activity: str) -> None:
-        self._require_activity(activity)
-        self.container.attach(self.tx, activity, self.sbb_id)
-
-    def detach(self, activity: str) -> None:
-        self.container.detach(self.tx, activity, self.sbb_id)
-
-    def attachment_count(self, activity: str) -> int:
-        """Exact: the commit fails if anyone joins or leaves meanwhile."""
-        return len(self.tx.scan(keys.attachments_of(activity), guard=True))
-
-    def has_attachments(self, activity: str) -> bool:
-        """Whether any SBB is attached, guarded just enough for a last-one-out decision.
-
-        "Yes" rests on one other attachment: if it leaves concurrently, one of the two
-        commits fails its version check and re-runs, so one leaver always sees "no".
-        "No" guards the whole range, so a concurrent join makes this commit re-run. Joins
-        and leaves to a busy room therefore rarely conflict (DESIGN §3, one busy room).
-        """
-        present = self.tx.scan(keys.attachments_of(activity))
-        if not present:
-            self.tx.scan(keys.attachments_of(activity), guard=True)
-            return False
-        self.tx.get(present[0])
-        return True
-
-    def fire(self, activity: str, event: msgspec.Struct) -> None:
-        record = self._require_activity(activity)
-        if record.ending:
-            raise ActivityEnding(activity)
-        pending = PendingEvent("e" + secrets.token_hex(8), activity, event_type_name(event), encode(event))
-        self.tx.put(keys.pending_event(activity, pending.id), encode(pending))
-        self.tx.fired.append(pending)
-
-    # SIP facility (the SIP RA's SBB interface)
-    def respond(
-        self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
-    ) -> None:
-        self.container.responded.add(event.tx)
-        self.tx.messages.append(bus.SendResponse(event.tx, status, reason, content_type, body))
-        if event.activity_type == "sip-dialog" and status >= 200:
-            # Replicated with this delivery, so a node taking the dialog over answers a
-            # retransmission of this request from it instead of handling it twice.
-            record = ServerResponse(event.cseq, event.method, status, reason, content_type, body)
-            self.tx.put(keys.last_response(event.activity), record.encode())
-        if event.method == "BYE" and 200 <= status < 300:
-            self.container.end_activity(self.tx, event.activity)
-
-    def create_dialog(self) -> str:
-        """A new SIP dialog activity (UAC side); the SIP RA creates it when `invite` is sent."""
-        ident = "d" + secrets.token_hex(12)
-        self.tx.put(keys.activity(ident), encode(ActivityRecord(ident, "sip-dialog", self.tx.node)))
-        return ident
-
-    def invite(self, dialog: str, from_uri: str, to_uri: str, body: bytes = b"", content_type: str = "") -> None:
-        """Call `to_uri` on a dialog from `create_dialog`; responses come as `SipResponse`."""
-        self._require_activity(dialog)
-        self.tx.messages.append(
-            bus.SendRequest(dialog, "INVITE", content_type, body, self.sbb_id, from_uri=from_uri, to_uri=to_uri)
-        )
-
-    def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None:
-        self.tx.messages.append(bus.SendRequest(dialog, method, content_type, body, self.sbb_id))
-
-    def _require_activity(self, activity: str) -> ActivityRecord:
-        raw = self.tx.get(keys.activity(activity))
-        if raw is None:
-            raise FacilityError(f"activity {activity} does not exist")
-        return msgspec.msgpack.decode(raw, type=ActivityRecord)
 
 
 @dataclass
@@ -310,28 +70,75 @@ class Container:
         self.touched: set[str] = set()
         self.responded: set[str] = set()
         self.stale_names: list[str] = []
+        self.ending: set[str] = set()
         self.now = 0.0
 
     def deliver(self, tx: Transaction, event: msgspec.Struct, activity: str, now: float = 0.0) -> Outcome:
         """Deliver `event`; `now` is cluster time (epoch seconds) for timers set."""
         self.touched, self.responded, self.stale_names, self.now = {activity}, set(), [], now
+        self.ending = set()
         if isinstance(event, SipRequest):
             self._ensure_sip_activity(tx, event)
-        created = self._initial_selection(tx, event, activity)
+        created, initial = self._initial_selection(tx, event, activity)
+        delivered, remote = self._deliver_to_attached(tx, event, activity, initial)
+        self._default_response(tx, event, delivered)
+        if isinstance(event, SipResponse) and ended_by(event):
+            self.end_activity(tx, activity)
+        self._collect_garbage(tx)
+        return Outcome(delivered, created, remote, list(self.stale_names))
+
+    def fire_timer(self, tx: Transaction, timer_key: str, now: float) -> Outcome | None:
+        """A timer's expiry: deliver the TimerEvents due under its missed policy and
+        reschedule or delete its record, in one transaction. None: cancelled meanwhile."""
+        raw = tx.get(timer_key)
+        if raw is None:
+            return None
+        timer = decode(raw, TimerRecord)
+        if timer.owner != self.node:
+            return None  # adopted by another node meanwhile: only the owner fires (DESIGN §4)
+        count, after = timer_expiries(timer, now)
+        if after is None:
+            tx.delete(timer_key)
+        else:
+            tx.put(timer_key, encode(after))
+            tx.timers.append(after)
+        outcome = Outcome([], [], [], [])
+        for _ in range(count):
+            outcome = self.deliver(tx, TimerEvent(timer.id, timer.activity, timer.fire_at), timer.activity, now)
+        return outcome
+
+    def roll_back(self, tx: Transaction, failure: HandlerFailed, activity: str) -> None:
+        """JAIN SLEE sbbRolledBack: after a handler raised and its delivery rolled back,
+        the SBB hears of it in a new transaction (this one)."""
+        raw = tx.get(keys.sbb(failure.sbb_id))
+        if raw is None:
+            return
+        record = decode(raw, SbbRecord)
+        service = self.by_service.get(record.service)
+        if service is None:
+            return
+        sbb = service.root(decode(record.state, service.root.State))
+        sbb.rolled_back(Context(tx, record.id, activity, self, service), failure.error)
+        self._save(tx, record, sbb)
+
+    def _deliver_to_attached(
+        self, tx: Transaction, event: msgspec.Struct, activity: str, initial: set[str]
+    ) -> tuple[list[str], list[str]]:
         delivered: list[str] = []
         remote: list[str] = []
-        for sbb_id in self._attached_by_priority(tx, activity):
+        kind = type(event).__name__
+        for sbb_id, attachment in self._attached_by_priority(tx, activity, initial):
+            if kind in attachment.mask:
+                continue
             record_raw = tx.get(keys.sbb(sbb_id))
             if record_raw is None:
                 continue
-            record = msgspec.msgpack.decode(record_raw, type=SbbRecord)
+            record = decode(record_raw, SbbRecord)
             service = self.by_service.get(record.service)
-            if service is None:
+            handler = service.root.handler_for(event) if service else None
+            if service is None or handler is None:
                 continue
-            handler = service.root.handler_for(event)
-            if handler is None:
-                continue
-            sbb = service.root(msgspec.msgpack.decode(record.state, type=service.root.State))
+            sbb = service.root(decode(record.state, service.root.State))
             try:
                 handler.function(sbb, event, Context(tx, sbb_id, activity, self, service))
             except Exception as exc:  # the service's code failed, not ours: roll back
@@ -340,11 +147,7 @@ class Container:
             delivered.append(sbb_id)
             if record.created_on != self.node:
                 remote.append(sbb_id)
-        self._default_response(tx, event, delivered)
-        if isinstance(event, SipResponse) and ended_by(event):
-            self.end_activity(tx, activity)
-        self._collect_garbage(tx)
-        return Outcome(delivered, created, remote, list(self.stale_names))
+        return delivered, remote
 
     def _ensure_sip_activity(self, tx: Transaction, event: SipRequest) -> None:
         if event.activity_type == "sip-dialog" and event.created_dialog:
@@ -352,8 +155,10 @@ class Container:
                 record = ActivityRecord(event.activity, "sip-dialog", self.node, ra_keys=list(event.ra_keys))
                 tx.put(keys.activity(event.activity), encode(record))
 
-    def _initial_selection(self, tx: Transaction, event: msgspec.Struct, activity: str) -> list[str]:
+    def _initial_selection(self, tx: Transaction, event: msgspec.Struct, activity: str) -> tuple[list[str], set[str]]:
+        """Create or reuse the root entity per convergence name; returns (created, selected)."""
         created: list[str] = []
+        selected: set[str] = set()
         for service in self.services:
             handler = service.root.handler_for(event)
             if handler is None or handler.initial_by is None or not service.selects(event):
@@ -375,27 +180,29 @@ class Container:
                 sbb.created(Context(tx, sbb_id, activity, self, service))
                 self._save(tx, record, sbb)
                 created.append(sbb_id)
+            selected.add(sbb_id)
             self.attach(tx, activity, sbb_id)
-        return created
+        return created, selected
 
-    def _attached_by_priority(self, tx: Transaction, activity: str) -> list[str]:
-        prefix = keys.attachments_of(activity)
-        ids = [keys.last(k) for k in tx.scan(prefix)]
+    def _attached_by_priority(self, tx: Transaction, activity: str, initial: set[str]) -> list[tuple[str, Attachment]]:
+        """Highest priority first; on a tie the entity this event was initial for wins."""
         ranked = []
-        for sbb_id in ids:
-            raw = tx.get(keys.attachment(activity, sbb_id))
-            ranked.append((-int(raw or b"0"), sbb_id))
-        return [sbb_id for _, sbb_id in sorted(ranked)]
+        for key in tx.scan(keys.attachments_of(activity)):
+            sbb_id = keys.last(key)
+            raw = tx.get(key)
+            attachment = decode(raw, Attachment) if raw else Attachment()
+            ranked.append((-attachment.priority, sbb_id not in initial, sbb_id, attachment))
+        return [(sbb_id, attachment) for _, _, sbb_id, attachment in sorted(ranked, key=lambda r: r[:3])]
 
-    def attach(self, tx: Transaction, activity: str, sbb_id: str) -> None:
+    def attach(self, tx: Transaction, activity: str, sbb_id: str, mask: tuple[str, ...] = ()) -> None:
         if tx.get(keys.attachment(activity, sbb_id)) is not None:
             return
         record_raw = tx.get(keys.sbb(sbb_id))
         priority = 0
         if record_raw is not None:
-            service = self.by_service.get(msgspec.msgpack.decode(record_raw, type=SbbRecord).service)
+            service = self.by_service.get(decode(record_raw, SbbRecord).service)
             priority = service.root.priority if service else 0
-        tx.put(keys.attachment(activity, sbb_id), str(priority).encode())
+        tx.put(keys.attachment(activity, sbb_id), encode(Attachment(priority, list(mask))))
         tx.put(keys.sbb_attachment(sbb_id, activity), b"")
         self.touched.add(activity)
 
@@ -405,7 +212,15 @@ class Container:
         self.touched.add(activity)
 
     def end_activity(self, tx: Transaction, activity: str) -> None:
-        """End: detach everyone, drop names, pending events and the RA's data."""
+        """End an activity (JAIN SLEE 1.1 §7.3.3): it takes no new events, its attached
+        SBBs get an ActivityEndEvent, then are detached; its names, timers, pending events
+        and its resource adaptor's data go with it."""
+        if activity in self.ending:
+            return
+        self.ending.add(activity)
+        raw = tx.get(keys.activity(activity))
+        if raw is not None:
+            self._deliver_to_attached(tx, ActivityEndEvent(activity), activity, set())
         for key in tx.scan(keys.attachments_of(activity)):
             self.detach(tx, activity, keys.last(key))
         for key in tx.scan(keys.activity_names_of(activity)):
@@ -413,9 +228,8 @@ class Container:
             tx.delete(keys.name(keys.last(key)))
         for key in tx.scan(f"evt/{activity}/") + tx.scan(keys.timers_of(activity)):
             tx.delete(key)
-        raw = tx.get(keys.activity(activity))
         if raw is not None:
-            record = msgspec.msgpack.decode(raw, type=ActivityRecord)
+            record = decode(raw, ActivityRecord)
             for key in record.ra_keys:
                 tx.delete(key)
             if record.type == "sip-dialog":
@@ -442,17 +256,15 @@ class Container:
         tx.messages.append(bus.SendResponse(event.tx, status))
 
     def _collect_garbage(self, tx: Transaction) -> None:
-        """Remove orphaned root entities; end null activities nothing references."""
+        """Remove root entities left with no attachment; end null activities nothing
+        references: no attachment, no name, no timer, no pending event (JAIN SLEE §7.10)."""
         for activity in sorted(self.touched):
             raw = tx.get(keys.activity(activity))
-            if raw is None:
+            if raw is None or decode(raw, ActivityRecord).type != "null":
                 continue
-            record = msgspec.msgpack.decode(raw, type=ActivityRecord)
-            if (
-                record.type == "null"
-                and not tx.scan(keys.attachments_of(activity))
-                and not tx.scan(keys.activity_names_of(activity))
-            ):
+            prefixes = (keys.attachments_of(activity), keys.activity_names_of(activity))
+            others = (keys.timers_of(activity), f"evt/{activity}/")
+            if not any(tx.scan(p) for p in prefixes + others):
                 self.end_activity(tx, activity)
         for key, value in list(tx.writes.items()):
             if value is None and key.startswith("satt/"):
@@ -464,7 +276,11 @@ class Container:
         raw = tx.get(keys.sbb(sbb_id))
         if raw is None:
             return
-        record = msgspec.msgpack.decode(raw, type=SbbRecord)
+        record = decode(raw, SbbRecord)
+        service = self.by_service.get(record.service)
+        if service is not None:  # JAIN SLEE sbbRemove: the entity's last word
+            sbb = service.root(decode(record.state, service.root.State))
+            sbb.removed(Context(tx, sbb_id, "", self, service))
         tx.delete(keys.sbb(sbb_id))
         tx.delete(keys.convergence(record.service, record.convergence))
 

@@ -1,0 +1,179 @@
+"""What an SBB can do during a delivery: the `SbbContext` the container hands it.
+
+Every facility writes into the delivery's `Transaction`: nothing takes effect before the
+commit, and a rollback leaves no trace (JAIN SLEE's transactional facilities).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from router.records import (
+    ActivityRecord,
+    Attachment,
+    PendingEvent,
+    TimerRecord,
+    Transaction,
+    decode,
+    encode,
+    event_type_name,
+)
+from router.sbb import ActivityEnding, FacilityError, NameAlreadyBound, NameNotBound, SipRequest
+from zeroslee import bus, keys
+from zeroslee.records import ServerResponse
+
+if TYPE_CHECKING:
+    from router.container import Container, Service
+
+
+class Context:
+    """The `SbbContext` one SBB entity sees during one delivery."""
+
+    def __init__(self, tx: Transaction, sbb_id: str, activity: str, container: Container, service: Service) -> None:
+        self.tx = tx
+        self.sbb_id = sbb_id
+        self.activity = activity
+        self.container = container
+        self.service = service
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The service's options from the cluster file."""
+        return self.service.options
+
+    # timer facility (JAIN SLEE TimerFacility)
+    def set_timer(
+        self, activity: str, delay: float, period: float = 0.0, repetitions: int = 1, missed: str = "all"
+    ) -> str:
+        """A timer firing `TimerEvent`s on `activity`: once after `delay`, or every `period`
+        seconds (`repetitions` times, 0 = until cancelled). `missed`: "all", "last", "none"."""
+        if missed not in ("all", "last", "none") or delay < 0 or period < 0:
+            raise FacilityError("bad timer options")
+        self._require_activity(activity)
+        ident = "t" + secrets.token_hex(8)
+        record = TimerRecord(
+            ident, activity, self.container.now + delay, self.tx.node, period, repetitions if period else 1, missed
+        )
+        self.tx.put(keys.timer(activity, ident), encode(record))
+        self.tx.timers.append(record)
+        return ident
+
+    def cancel_timer(self, activity: str, timer_id: str) -> None:
+        self.tx.delete(keys.timer(activity, timer_id))
+
+    # naming facility (JAIN SLEE ActivityContextNamingFacility)
+    def lookup(self, name: str) -> str | None:
+        raw = self.tx.get(keys.name(name))
+        if raw is None:
+            return None
+        activity = raw.decode()
+        if self.tx.get(keys.activity(activity)) is None:
+            # A stale name: remove it whatever happens to this delivery (DESIGN §5).
+            self.container.stale_names.append(name)
+            raise FacilityError(f"name {name!r} is bound to an activity that has ended")
+        return activity
+
+    def bind(self, name: str, activity: str) -> None:
+        if self.tx.get(keys.name(name)) is not None:
+            raise NameAlreadyBound(name)
+        self._require_activity(activity)
+        self.tx.put(keys.name(name), activity.encode())
+        self.tx.put(keys.activity_name(activity, name), b"")
+
+    def unbind(self, name: str) -> None:
+        raw = self.tx.get(keys.name(name))
+        if raw is None:
+            raise NameNotBound(name)
+        self.tx.delete(keys.name(name))
+        self.tx.delete(keys.activity_name(raw.decode(), name))
+        self.container.touched.add(raw.decode())
+
+    def create_null_activity(self) -> str:
+        ident = "n" + secrets.token_hex(10)
+        record = ActivityRecord(ident, "null", self.tx.node)
+        self.tx.put(keys.activity(ident), encode(record))
+        return ident
+
+    def attach(self, activity: str, mask: tuple[str, ...] = ()) -> None:
+        """Attach to `activity`; events whose type name is in `mask` are not delivered."""
+        record = self._require_activity(activity)
+        if record.ending or activity in self.container.ending:
+            raise ActivityEnding(activity)
+        self.container.attach(self.tx, activity, self.sbb_id, mask)
+
+    def mask_event(self, activity: str, mask: tuple[str, ...]) -> None:
+        """Replace the event mask of this SBB's attachment to `activity`."""
+        key = keys.attachment(activity, self.sbb_id)
+        raw = self.tx.get(key)
+        if raw is None:
+            raise FacilityError(f"not attached to {activity}")
+        self.tx.put(key, encode(msgspec.structs.replace(decode(raw, Attachment), mask=list(mask))))
+
+    def detach(self, activity: str) -> None:
+        self.container.detach(self.tx, activity, self.sbb_id)
+
+    def attachment_count(self, activity: str) -> int:
+        """Exact: the commit fails if anyone joins or leaves meanwhile."""
+        return len(self.tx.scan(keys.attachments_of(activity), guard=True))
+
+    def has_attachments(self, activity: str) -> bool:
+        """Whether any SBB is attached, guarded just enough for a last-one-out decision.
+
+        "Yes" rests on one other attachment: if it leaves concurrently, one of the two
+        commits fails its version check and re-runs, so one leaver always sees "no".
+        "No" guards the whole range, so a concurrent join makes this commit re-run. Joins
+        and leaves to a busy room therefore rarely conflict (DESIGN §3, one busy room).
+        """
+        present = self.tx.scan(keys.attachments_of(activity))
+        if not present:
+            self.tx.scan(keys.attachments_of(activity), guard=True)
+            return False
+        self.tx.get(present[0])
+        return True
+
+    def fire(self, activity: str, event: msgspec.Struct) -> None:
+        record = self._require_activity(activity)
+        if record.ending or activity in self.container.ending:
+            raise ActivityEnding(f"activity {activity} is ending: no new events")
+        pending = PendingEvent("e" + secrets.token_hex(8), activity, event_type_name(event), encode(event))
+        self.tx.put(keys.pending_event(activity, pending.id), encode(pending))
+        self.tx.fired.append(pending)
+
+    # SIP facility (the SIP RA's SBB interface)
+    def respond(
+        self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
+    ) -> None:
+        self.container.responded.add(event.tx)
+        self.tx.messages.append(bus.SendResponse(event.tx, status, reason, content_type, body))
+        if event.activity_type == "sip-dialog" and status >= 200:
+            # Replicated with this delivery, so a node taking the dialog over answers a
+            # retransmission of this request from it instead of handling it twice.
+            record = ServerResponse(event.cseq, event.method, status, reason, content_type, body)
+            self.tx.put(keys.last_response(event.activity), record.encode())
+        if event.method == "BYE" and 200 <= status < 300:
+            self.container.end_activity(self.tx, event.activity)
+
+    def create_dialog(self) -> str:
+        """A new SIP dialog activity (UAC side); the SIP RA creates it when `invite` is sent."""
+        ident = "d" + secrets.token_hex(12)
+        self.tx.put(keys.activity(ident), encode(ActivityRecord(ident, "sip-dialog", self.tx.node)))
+        return ident
+
+    def invite(self, dialog: str, from_uri: str, to_uri: str, body: bytes = b"", content_type: str = "") -> None:
+        """Call `to_uri` on a dialog from `create_dialog`; responses come as `SipResponse`."""
+        self._require_activity(dialog)
+        self.tx.messages.append(
+            bus.SendRequest(dialog, "INVITE", content_type, body, self.sbb_id, from_uri=from_uri, to_uri=to_uri)
+        )
+
+    def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None:
+        self.tx.messages.append(bus.SendRequest(dialog, method, content_type, body, self.sbb_id))
+
+    def _require_activity(self, activity: str) -> ActivityRecord:
+        raw = self.tx.get(keys.activity(activity))
+        if raw is None:
+            raise FacilityError(f"activity {activity} does not exist")
+        return decode(raw, ActivityRecord)

@@ -1,0 +1,171 @@
+"""The router's records in the clustered store, and the transaction one delivery runs in.
+
+A delivery reads through `Transaction.get`/`scan`, which remember the version of every
+key read (and, when asked, the fingerprint of a range), and buffers its writes; the shell
+sends the lot to the primary store as one `Commit`, which fails if anything read moved.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import msgspec
+
+from zeroslee import bus
+
+
+class SbbRecord(msgspec.Struct):
+    id: str
+    service: str
+    convergence: str
+    state: bytes
+    created_on: str
+
+
+class ActivityRecord(msgspec.Struct):
+    """An activity context. `owner` runs its owner-only work (timers) and is moved to a
+    survivor, chosen by rendezvous hashing, when that node dies."""
+
+    id: str
+    type: str  # "null" | "sip-dialog"
+    owner: str
+    ending: bool = False
+    ra_keys: list[str] = []  # the resource adaptor's data, removed when the activity ends
+
+
+class Attachment(msgspec.Struct):
+    """One SBB attached to one activity (its own key, so joins and leaves do not contend)."""
+
+    priority: int = 0
+    mask: list[str] = []  # event type names not delivered through this attachment
+
+
+class TimerRecord(msgspec.Struct):
+    """A replicated timer: fires as a `TimerEvent` on its activity, on the owner node.
+
+    `period` > 0 makes it periodic, `repetitions` 0 meaning forever; `missed` is JAIN
+    SLEE's preserve-missed policy for expiries that passed while nobody could fire them
+    (the owner died, or was busy): "all" delivers each, "last" one, "none" none.
+    """
+
+    id: str
+    activity: str
+    fire_at: float  # seconds since the epoch: comparable across nodes
+    owner: str
+    period: float = 0.0
+    repetitions: int = 1
+    missed: str = "all"
+    fired: int = 0
+
+
+def timer_expiries(timer: TimerRecord, now: float) -> tuple[int, TimerRecord | None]:
+    """How many TimerEvents are due at `now`, and the record afterwards (None: done).
+
+    An expiry counts as missed when the next one is also already due."""
+    if timer.fire_at > now:
+        return 0, timer
+    if timer.period <= 0:
+        return 1, None
+    due = int((now - timer.fire_at) // timer.period) + 1
+    left = timer.repetitions - timer.fired if timer.repetitions > 0 else due
+    due = min(due, left)
+    if timer.missed == "all":
+        deliver = due
+    elif timer.missed == "last":
+        deliver = 1
+    else:  # "none": only an expiry that is not late
+        deliver = 1 if due == 1 else 0
+    fired = timer.fired + due
+    if timer.repetitions > 0 and fired >= timer.repetitions:
+        return deliver, None
+    return deliver, msgspec.structs.replace(timer, fire_at=timer.fire_at + due * timer.period, fired=fired)
+
+
+class PendingEvent(msgspec.Struct):
+    """A fired event, journaled with the commit that fired it (DESIGN §4)."""
+
+    id: str
+    activity: str
+    type: str  # "module:QualName"
+    payload: bytes
+
+
+class View(Protocol):
+    def get(self, key: str) -> tuple[int, bytes | None]: ...
+    def scan(self, prefix: str, limit: int = ...) -> list[tuple[str, int, bytes]]: ...
+
+
+_enc = msgspec.msgpack.Encoder()
+T = TypeVar("T")
+
+
+def encode(value: msgspec.Struct) -> bytes:
+    return _enc.encode(value)
+
+
+def decode(raw: bytes, kind: type[T]) -> T:
+    return msgspec.msgpack.decode(raw, type=kind)
+
+
+def event_type_name(event: msgspec.Struct) -> str:
+    cls = type(event)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def decode_event(pending: PendingEvent) -> msgspec.Struct:
+    module, _, name = pending.type.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return msgspec.msgpack.decode(pending.payload, type=cls)  # type: ignore[no-any-return]
+
+
+@dataclass
+class Transaction:
+    """Reads with their versions, buffered writes, and post-commit effects."""
+
+    view: View
+    node: str
+    reads: dict[str, int] = field(default_factory=dict)
+    writes: dict[str, bytes | None] = field(default_factory=dict)
+    prefix_reads: dict[str, tuple[int, int]] = field(default_factory=dict)
+    messages: list[bus.Message] = field(default_factory=list)
+    fired: list[PendingEvent] = field(default_factory=list)
+    timers: list[TimerRecord] = field(default_factory=list)  # set in this delivery
+
+    def get(self, key: str) -> bytes | None:
+        if key in self.writes:
+            return self.writes[key]
+        version, value = self.view.get(key)
+        self.reads.setdefault(key, version)
+        return value
+
+    def put(self, key: str, value: bytes) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: str) -> None:
+        self.writes[key] = None
+
+    def scan(self, prefix: str, guard: bool = False) -> list[str]:
+        """Keys under `prefix` as this transaction sees them. `guard` makes the commit
+        fail if anything under the prefix changes meanwhile (a decision on a range)."""
+        found = self.view.scan(prefix)
+        if guard and prefix not in self.prefix_reads:
+            self.prefix_reads[prefix] = (len(found), max((v for _, v, _ in found), default=0))
+        present = {k for k, _, _ in found}
+        for key, value in self.writes.items():
+            if key.startswith(prefix):
+                if value is None:
+                    present.discard(key)
+                else:
+                    present.add(key)
+        return sorted(present)
+
+    def commit_message(self, req: int) -> bus.Commit:
+        return bus.Commit(
+            req=req,
+            reads=sorted(self.reads.items()),
+            writes=sorted(self.writes.items()),
+            prefix_reads=[(p, c, v) for p, (c, v) in sorted(self.prefix_reads.items())],
+            origin="router",
+        )
