@@ -6,8 +6,20 @@ import msgspec
 import pytest
 
 from router.chat import ChatSbb, MessageEvent
-from router.container import Container, Service, Transaction
-from router.sbb import FacilityError, HandlerFailed, Sbb, SipRequest, on
+from router.container import Container, Service
+from router.context import Context
+from router.records import ActivityRecord, TimerRecord, Transaction, encode, timer_expiries
+from router.sbb import (
+    ActivityEndEvent,
+    ActivityEnding,
+    FacilityError,
+    HandlerFailed,
+    NameAlreadyBound,
+    NameNotBound,
+    Sbb,
+    SipRequest,
+    on,
+)
 from zeroslee import bus, keys
 
 
@@ -180,3 +192,165 @@ def test_unhandled_options_is_200_and_unhandled_register_is_405() -> None:
 def test_room_name_is_the_request_uri_user_unescaped_once() -> None:
     assert sip("INVITE", "d1", room="room%2D7").user == "room-7"
     assert sip("INVITE", "d1", room="a%2541").user == "a%41"  # not recursively
+
+
+# --- JAIN SLEE rules, one test each ------------------------------------------------
+
+
+class Probe(msgspec.Struct, frozen=True):
+    n: int = 0
+
+
+class Log(msgspec.Struct):
+    seen: list[str] = []
+
+
+def probe_service(name: str, priority: int = 0, fail: bool = False, mask: tuple[str, ...] = ()) -> type[Sbb]:
+    """A root SBB that records what it is given (initial for OPTIONS, per transaction)."""
+
+    class ProbeSbb(Sbb):
+        State = Log
+
+        @on(SipRequest, method="OPTIONS", initial_by=lambda e: e.activity)
+        def on_options(self, event: SipRequest, ctx) -> None:  # type: ignore[no-untyped-def]
+            ctx.respond(event, 200)
+            if mask:
+                ctx.mask_event(event.activity, mask)
+
+        @on(Probe)
+        def on_probe(self, event: Probe, ctx) -> None:  # type: ignore[no-untyped-def]
+            self.state.seen.append(f"{name}:{event.n}")
+            ORDER.append(name)
+            if fail:
+                raise RuntimeError("boom")
+
+        @on(ActivityEndEvent)
+        def on_end(self, event: ActivityEndEvent, ctx) -> None:  # type: ignore[no-untyped-def]
+            ORDER.append(f"{name}:end")
+
+        def removed(self, ctx) -> None:  # type: ignore[no-untyped-def]
+            ORDER.append(f"{name}:removed")
+
+        def rolled_back(self, ctx, error) -> None:  # type: ignore[no-untyped-def]
+            ORDER.append(f"{name}:rolled_back:{error}")
+
+    ProbeSbb.priority = priority
+    return ProbeSbb
+
+
+ORDER: list[str] = []
+
+
+def null_with(run: Run, *names: str) -> tuple[Container, str]:
+    """A null activity with one entity of each named probe service attached."""
+    services = [Service(n, probe_service(n, priority=int(p))) for n, p in (n.split("/") for n in names)]
+    container = Container("node-1", services)
+    tx = Transaction(run.view, "node-1")
+    activity = "n-test"
+    tx.put(keys.activity(activity), encode(ActivityRecord(activity, "null", "node-1")))
+    tx.put(keys.name("keep"), activity.encode())
+    tx.put(keys.activity_name(activity, "keep"), b"")
+    run.view.apply(tx, 1)
+    for i, service in enumerate(services):
+        tx = Transaction(run.view, "node-1")
+        container.deliver(tx, sip("OPTIONS", f"t{i}"), f"t{i}")
+        sbb_id = tx.get(keys.convergence(service.name, f"t{i}")).decode()  # type: ignore[union-attr]
+        container.attach(tx, activity, sbb_id)
+        run.view.apply(tx, 2 + i)
+    return container, activity
+
+
+def test_attached_sbbs_are_served_by_priority() -> None:
+    run = Run()
+    container, activity = null_with(run, "low/1", "high/9", "mid/5")
+    ORDER.clear()
+    container.deliver(Transaction(run.view, "node-1"), Probe(1), activity)
+    assert ORDER == ["high", "mid", "low"]
+
+
+def test_an_exception_rolls_back_and_the_rolled_back_hook_runs_in_a_new_transaction() -> None:
+    run = Run()
+    container = Container("node-1", [Service("bad", probe_service("bad", fail=True))])
+    tx = Transaction(run.view, "node-1")
+    container.deliver(tx, sip("OPTIONS", "t1"), "t1")
+    run.view.apply(tx, 1)
+    ORDER.clear()
+    failing = Transaction(run.view, "node-1")
+    with pytest.raises(HandlerFailed) as failure:
+        container.deliver(failing, Probe(1), "t1")
+    again = Transaction(run.view, "node-1")
+    container.roll_back(again, failure.value, "t1")
+    assert ORDER == ["bad", "bad:rolled_back:boom"]
+    assert failing.fired == [] and again is not failing
+
+
+def test_event_mask_keeps_masked_events_from_an_attachment() -> None:
+    run = Run()
+    container = Container("node-1", [Service("deaf", probe_service("deaf", mask=("Probe",)))])
+    tx = Transaction(run.view, "node-1")
+    container.deliver(tx, sip("OPTIONS", "t1"), "t1")
+    run.view.apply(tx, 1)
+    ORDER.clear()
+    outcome = container.deliver(Transaction(run.view, "node-1"), Probe(1), "t1")
+    assert ORDER == [] and outcome.delivered_to == []
+
+
+def test_ending_an_activity_delivers_the_end_event_then_detaches_and_removes_orphans() -> None:
+    run = Run()
+    container, activity = null_with(run, "a/0")
+    ORDER.clear()
+    tx = Transaction(run.view, "node-1")
+    container.deliver(tx, sip("BYE", "t0"), "t0")  # its other activity ends too (BYE)
+    container.end_activity(tx, activity)
+    container._collect_garbage(tx)
+    assert ORDER == ["a:end", "a:removed"]  # end event first, then the orphan goes
+    run.view.apply(tx, 10)
+    assert run.view.scan(keys.attachments_of(activity)) == [] and run.view.scan("name/") == []
+
+
+def test_an_ending_activity_refuses_new_events() -> None:
+    run = Run()
+    container, activity = null_with(run, "a/0")
+    tx = Transaction(run.view, "node-1")
+    container.ending = {activity}
+    context = Context(tx, "s", activity, container, container.services[0])
+    with pytest.raises(ActivityEnding):
+        context.fire(activity, Probe(1))
+
+
+def test_a_null_activity_lives_while_a_timer_or_a_name_references_it() -> None:
+    run = Run()
+    container, activity = null_with(run, "a/0")
+    sbb = keys.last(run.view.scan(keys.attachments_of(activity))[0][0])
+    tx = Transaction(run.view, "node-1")
+    context = Context(tx, sbb, activity, container, container.services[0])
+    context.set_timer(activity, 5.0)
+    context.unbind("keep")
+    container.detach(tx, activity, sbb)
+    container.touched = {activity}
+    container._collect_garbage(tx)
+    assert tx.get(keys.activity(activity)) is not None  # the timer keeps it alive
+
+
+def test_naming_errors() -> None:
+    run = Run()
+    container, activity = null_with(run, "a/0")
+    context = Context(Transaction(run.view, "node-1"), "s", activity, container, container.services[0])
+    with pytest.raises(NameAlreadyBound):
+        context.bind("keep", activity)
+    with pytest.raises(NameNotBound):
+        context.unbind("nobody")
+    assert context.lookup("nobody") is None
+
+
+def test_periodic_timer_missed_policies() -> None:
+    timer = TimerRecord("t", "a", fire_at=10.0, owner="n", period=1.0, repetitions=0, missed="all")
+    assert timer_expiries(timer, 9.0) == (0, timer)
+    count, after = timer_expiries(timer, 13.5)  # 10, 11, 12, 13 are due
+    assert count == 4 and after is not None and after.fire_at == 14.0
+    assert timer_expiries(msgspec.structs.replace(timer, missed="last"), 13.5)[0] == 1
+    assert timer_expiries(msgspec.structs.replace(timer, missed="none"), 13.5)[0] == 0
+    assert timer_expiries(msgspec.structs.replace(timer, missed="none"), 10.2)[0] == 1
+    limited = msgspec.structs.replace(timer, repetitions=3)
+    assert timer_expiries(limited, 13.5) == (3, None)
+    assert timer_expiries(TimerRecord("t", "a", 10.0, "n"), 10.0) == (1, None)
