@@ -106,6 +106,14 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
                 }
             )
         return out
+    if what == "routing":
+        out = []
+        for node in config.node_ids:
+            stats = request_stats(config, "router", node)
+            for key, value in sorted(stats.items()):
+                if key.startswith("delivered."):
+                    out.append({"node": node, "event_type": key.split(".", 1)[1], "deliveries": value})
+        return out
     if what == "stats":
         out = [{"process": "balancer", **request_stats(config, "balancer")}]
         for node in config.node_ids:
@@ -113,6 +121,17 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
                 out.append({"process": f"{node}/{service}", **request_stats(config, service, node)})
         return out
     raise SystemExit(f"unknown subcommand {what}")
+
+
+def end_activity(config: Config, activity: str) -> dict[str, Any]:
+    """Ask the owner's router (or any live one) to end `activity`."""
+    owner = next((r["owner"] for r in rows_for(config, "activities") if r["id"] == activity), None)
+    if owner is None:
+        raise SystemExit(f"no activity {activity}")
+    for node in [owner] + [n for n in config.node_ids if n != owner]:
+        if isinstance(ask(config.node(node).router, bus.EndActivity(1, activity)), bus.Pong):
+            return {"activity": activity, "ended_by": node}
+    raise SystemExit("no router answered")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -131,9 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="zeroslee-admin")
     parser.add_argument("--config", default=None)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("what", choices=["services", "activities", "entities", "names", "stats"])
+    parser.add_argument(
+        "what", choices=["services", "activities", "entities", "names", "timers", "routing", "stats", "end-activity"]
+    )
+    parser.add_argument("id", nargs="?", help="the activity id, for end-activity")
     args = parser.parse_args(argv)
-    rows = rows_for(load(args.config), args.what)
+    config = load(args.config)
+    if args.what == "end-activity":
+        if not args.id:
+            parser.error("end-activity needs an activity id")
+        rows = [end_activity(config, args.id)]
+    else:
+        rows = rows_for(config, args.what)
     if args.json:
         json.dump(rows, sys.stdout, indent=2, default=str)
         print()
