@@ -204,6 +204,23 @@ class EndActivity(Message, frozen=True, tag=True):
     activity: str
 
 
+class StartActivity(Message, frozen=True, tag=True):
+    """A resource adaptor's new activity (`kind` names the RA's activity type)."""
+
+    req: int
+    activity: str
+    kind: str
+
+
+class FireEvent(Message, frozen=True, tag=True):
+    """A resource adaptor fires an event on an activity, whichever node created it."""
+
+    req: int
+    activity: str
+    type: str  # "module:QualName" of a msgspec Struct
+    payload: bytes
+
+
 class DeliveryFailed(Message, frozen=True, tag=True):
     """The router could not deliver the event for `tx`; sip-ra answers with `status`."""
 
@@ -234,6 +251,8 @@ Any = (
     | SendRequest
     | DeliveryFailed
     | EndActivity
+    | StartActivity
+    | FireEvent
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -15,7 +15,7 @@ import zmq
 
 from router.adoption import adoptions
 from router.container import Container, Outcome, Service
-from router.records import PendingEvent, TimerRecord, Transaction, decode, decode_event, encode
+from router.records import ActivityRecord, PendingEvent, TimerRecord, Transaction, decode, decode_event, encode
 from router.sbb import HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
 from zeroslee import bus, keys
 from zeroslee.config import parse_hostport
@@ -57,6 +57,11 @@ class Router:
         self.tasks: set[asyncio.Future[None]] = set()
         self.liveness = Liveness(proc.config.balancer.dead_after, proc.config.balancer.alive_after)
         self.live: list[str] = []
+        # Work of a node lost (or already down when we start) that is not adopted yet;
+        # acted on once we have listened long enough to have heard every live node.
+        self.orphans = True
+        self.started = time.monotonic()
+        self.grace = 2 * proc.config.balancer.dead_after + 3 * proc.config.heartbeat_interval
 
     async def serve(self) -> None:
         while True:
@@ -83,6 +88,8 @@ class Router:
                 case bus.EndActivity(req=req, activity=activity):
                     self.enqueue(activity, message, None)
                     await self.sock.send_multipart([ident, bus.encode(bus.Pong(req, "router", True))])
+                case bus.StartActivity() | bus.FireEvent():
+                    self.enqueue(message.activity, message, None)
                 case _:
                     self.proc.reject("unexpected", type(message).__name__, socket="router")
 
@@ -122,6 +129,13 @@ class Router:
         if isinstance(event, bus.EndActivity):
             await self.run(lambda tx: self.end(tx, activity), log.bind(event_type="EndActivity"))
             return
+        if isinstance(event, bus.StartActivity):
+            started = event
+            await self.run(lambda tx: self.start(tx, started), log.bind(event_type="StartActivity"))
+            return
+        if isinstance(event, bus.FireEvent):
+            pending = PendingEvent(f"ra-{time.time_ns()}", event.activity, event.type, event.payload)
+            event = decode_event(pending)
         assert isinstance(event, msgspec.Struct)
         log = log.bind(event_type=type(event).__name__)
         if isinstance(event, SipRequest):
@@ -136,6 +150,13 @@ class Router:
             return self.container.deliver(tx, event, activity, now=time.time())
 
         await self.run(body, log, event)
+
+    def start(self, tx: Transaction, message: bus.StartActivity) -> Outcome | None:
+        if tx.get(keys.activity(message.activity)) is not None:
+            return None
+        record = ActivityRecord(message.activity, message.kind, self.node.id)
+        tx.put(keys.activity(message.activity), encode(record))
+        return Outcome([], [], [], [])
 
     def end(self, tx: Transaction, activity: str) -> Outcome:
         self.container.ending = set()
@@ -275,23 +296,33 @@ class Router:
             if live != self.live:
                 lost = sorted(set(self.live) - set(live))
                 self.live = live
-                if lost and self.node.id in live:
+                if lost:
                     self.proc.log.info("nodes lost", lost=lost, live=live)
-                    await self.adopt()
+                    self.orphans = True
+            settled = time.monotonic() - self.started > self.grace
+            if self.orphans and settled and self.node.id in self.live:
+                self.orphans = not await self.adopt()  # retried until one pass fully succeeds
 
-    async def adopt(self) -> None:
+    async def adopt(self) -> bool:
+        """Take over our share of dead nodes' activities and timers; True if all went."""
         found = adoptions(self.node.id, self.live, self.scan("aci/"), self.scan("tmr/"))
+        complete = True
         for key, activity in found.activities:
             moved = msgspec.structs.replace(activity, owner=self.node.id)
             if await self.take(key, encode(moved)):
                 self.proc.count("adopted.activities")
                 for pending_key, raw in self.scan(f"evt/{activity.id}/"):
                     self.enqueue(activity.id, decode_event(decode(raw, PendingEvent)), pending_key)
+            else:
+                complete = False
         for key, timer in found.timers:
             moved_timer = msgspec.structs.replace(timer, owner=self.node.id)
             if await self.take(key, encode(moved_timer)):
                 self.proc.count("adopted.timers")
                 self.schedule(moved_timer)
+            else:
+                complete = False
+        return complete
 
     async def take(self, key: str, value: bytes) -> bool:
         """Record this node as owner, unless the record changed since we read it."""
@@ -299,7 +330,7 @@ class Router:
             with self.store.replica.read() as view:
                 version, raw = view.get(key)
             if raw is None:
-                return False
+                return True  # gone meanwhile: nothing left to adopt
             return (await self.store.commit([(key, version)], [(key, value)])).ok
         except (CommitFailed, ReplicaUnavailable) as exc:
             self.proc.log.warning("adoption failed", key=key, error=str(exc))

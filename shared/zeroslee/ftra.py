@@ -1,0 +1,208 @@
+"""The fault-tolerant resource adaptor interface: Restcomm's FaultTolerantResourceAdaptor
+in Python form, for RAs other than SIP (and used by the SIP RA for its dialogs).
+
+An RA process on each node gets:
+- `ReplicatedData`: put/get/remove/keys/local_keys of byte values replicated through the
+  node's statestore (synchronously, like every commit), each entry owned by a node;
+- `fail_over(key)`: when a node dies, each of its entries goes to the survivor that wins
+  the rendezvous hash of the key over the live nodes; that RA becomes the owner and is
+  told, so it can resume whatever the entry stands for;
+- `data_removed(key)`: an entry this RA knew was removed by another node;
+- `FaultTolerantTimer`: a timer kept as an entry, firing on its owner (after fail-over,
+  on the new owner);
+- `SleeEndpoint`: start activities, fire events on them and end them, whichever node
+  created them, through the local router.
+
+The RA implements the `FaultTolerantRA` protocol and runs `FaultTolerance.run()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+import msgspec
+import zmq
+
+from zeroslee import bus, hashing
+from zeroslee.config import parse_hostport
+from zeroslee.liveness import Liveness
+from zeroslee.replica import ReplicaUnavailable
+from zeroslee.runtime import Process
+from zeroslee.storeclient import CommitFailed, StoreClient
+
+
+class Entry(msgspec.Struct, frozen=True):
+    owner: str
+    value: bytes
+    fire_at: float = 0.0  # > 0: a fault-tolerant timer, due at this epoch time
+
+
+class FaultTolerantRA(Protocol):
+    def fail_over(self, key: str) -> None: ...
+    def data_removed(self, key: str) -> None: ...
+    def timer_fired(self, key: str) -> None: ...
+
+
+class ReplicatedData:
+    """Entries under `ra/<name>/`, read from the local replica, written by commits."""
+
+    def __init__(self, name: str, node: str, store: StoreClient) -> None:
+        self.prefix = f"ra/{name}/"
+        self.node = node
+        self.store = store
+        self.removed_here: set[str] = set()
+
+    def _read(self, key: str) -> tuple[int, Entry | None]:
+        try:
+            with self.store.replica.read() as view:
+                version, raw = view.get(self.prefix + key)
+        except ReplicaUnavailable:
+            return 0, None
+        return version, (msgspec.msgpack.decode(raw, type=Entry) if raw is not None else None)
+
+    def entries(self) -> dict[str, Entry]:
+        try:
+            with self.store.replica.read() as view:
+                found = view.scan(self.prefix)
+        except ReplicaUnavailable:
+            return {}
+        return {k[len(self.prefix) :]: msgspec.msgpack.decode(raw, type=Entry) for k, _, raw in found}
+
+    def get(self, key: str) -> bytes | None:
+        return entry.value if (entry := self._read(key)[1]) is not None else None
+
+    def keys(self) -> list[str]:
+        return sorted(self.entries())
+
+    def local_keys(self) -> list[str]:
+        return sorted(k for k, e in self.entries().items() if e.owner == self.node)
+
+    async def put(self, key: str, value: bytes, fire_at: float = 0.0) -> None:
+        """Replicated before it returns; this node becomes the entry's owner."""
+        await self._write(key, msgspec.msgpack.encode(Entry(self.node, value, fire_at)))
+
+    async def remove(self, key: str) -> None:
+        self.removed_here.add(key)
+        await self._write(key, None)
+
+    async def take(self, key: str, entry: Entry) -> bool:
+        """Become the owner of `key` unless it changed since read (one adopter wins)."""
+        version, current = self._read(key)
+        if current != entry:
+            return False
+        moved = msgspec.msgpack.encode(msgspec.structs.replace(entry, owner=self.node))
+        try:
+            return (await self.store.commit([(self.prefix + key, version)], [(self.prefix + key, moved)])).ok
+        except CommitFailed:
+            return False
+
+    async def _write(self, key: str, value: bytes | None) -> None:
+        for _ in range(8):
+            version, _ = self._read(key)
+            result = await self.store.commit([(self.prefix + key, version)], [(self.prefix + key, value)])
+            if result.ok:
+                return
+        raise CommitFailed(f"{key}: too many concurrent writers")
+
+
+class FaultTolerantTimer:
+    """A timer kept as a replicated entry: fires on the entry's owner, once."""
+
+    def __init__(self, data: ReplicatedData) -> None:
+        self.data = data
+
+    async def set(self, key: str, delay: float) -> None:
+        await self.data.put(key, b"", fire_at=time.time() + delay)
+
+    async def cancel(self, key: str) -> None:
+        await self.data.remove(key)
+
+
+class SleeEndpoint:
+    """An RA's way into the SLEE: activities and events, through the local router."""
+
+    def __init__(self, proc: Process, router_endpoint: str, name: str) -> None:
+        self.sock = proc.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, f"ra:{name}:{proc.node}".encode())
+        self.sock.connect(router_endpoint)
+
+    async def start_activity(self, activity: str, kind: str) -> None:
+        await self.sock.send(bus.encode(bus.StartActivity(0, activity, kind)))
+
+    async def fire(self, activity: str, event: msgspec.Struct) -> None:
+        """Fire `event` (a msgspec Struct the services know) on `activity`."""
+        cls = type(event)
+        message = bus.FireEvent(0, activity, f"{cls.__module__}:{cls.__qualname__}", msgspec.msgpack.encode(event))
+        await self.sock.send(bus.encode(message))
+
+    async def end_activity(self, activity: str) -> None:
+        await self.sock.send(bus.encode(bus.EndActivity(0, activity)))
+
+
+class FaultTolerance:
+    """Runs an RA's fault tolerance: watches the nodes, hands over a dead node's entries
+    (fail_over), notices removals by other nodes (data_removed), fires due timers."""
+
+    def __init__(self, proc: Process, data: ReplicatedData, ra: FaultTolerantRA) -> None:
+        self.proc = proc
+        self.data = data
+        self.ra = ra
+        self.liveness = Liveness(proc.config.balancer.dead_after, proc.config.balancer.alive_after)
+        self.live: list[str] = []
+        self.known: dict[str, Entry] = {}
+        self.fired: set[str] = set()
+        # Entries of nodes that are down when we start are orphans too, once we have
+        # listened long enough to have heard every live node.
+        self.orphans = True
+        self.started = time.monotonic()
+        self.grace = 2 * proc.config.balancer.dead_after + 3 * proc.config.heartbeat_interval
+
+    async def run(self) -> None:
+        sub = self.proc.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for node in self.proc.config.nodes:
+            sub.connect(node.heartbeat)
+        while True:
+            try:
+                beat = bus.decode(await asyncio.wait_for(sub.recv(), self.proc.config.heartbeat_interval))
+                if isinstance(beat, bus.NodeHeartbeat):
+                    self.liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
+            except TimeoutError:
+                pass
+            except bus.BadMessage as exc:
+                self.proc.reject("bus", exc, socket="heartbeat")
+            await self.step()
+
+    async def step(self) -> None:
+        entries = self.data.entries()
+        for key in sorted(set(self.known) - set(entries)):
+            if key not in self.data.removed_here:
+                self.ra.data_removed(key)  # removed by another node
+        self.data.removed_here &= set(entries)
+        self.known = entries
+        live = self.liveness.live(time.monotonic())
+        if set(self.live) - set(live):
+            self.orphans = True  # a node we saw alive is gone: its entries need owners
+        self.live = live
+        settled = time.monotonic() - self.started > self.grace  # every live node seen by now
+        if self.orphans and settled and self.data.node in live:
+            self.orphans = not await self.adopt(entries)  # retried until all are adopted
+        now = time.time()
+        for key, entry in entries.items():
+            if entry.owner == self.data.node and 0 < entry.fire_at <= now and key not in self.fired:
+                self.fired.add(key)
+                self.ra.timer_fired(key)
+                await self.data.remove(key)
+
+    async def adopt(self, entries: dict[str, Entry]) -> bool:
+        complete = True
+        for key, entry in sorted(entries.items()):
+            if entry.owner not in self.live and hashing.choose(key, self.live) == self.data.node:
+                if await self.data.take(key, entry):
+                    self.known[key] = msgspec.structs.replace(entry, owner=self.data.node)
+                    self.ra.fail_over(key)
+                else:
+                    complete = False
+        return complete
