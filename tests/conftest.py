@@ -25,12 +25,24 @@ def cluster(tmp_path: Path) -> Iterator[DevCluster]:
     c = DevCluster(tmp_path)
     c.start_all()
     try:
-        c.wait_ready()
+        try:
+            c.wait_ready()
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\n{log_tails(c.logdir)}") from exc
         yield c
     finally:
         codes = c.stop()
         crashed = {k: v for k, v in codes.items() if v not in (0, -15)}
-        assert not crashed, f"processes exited badly: {crashed}; logs in {c.logdir}"
+        assert not crashed, f"processes exited badly: {crashed}\n{log_tails(c.logdir)}"
+
+
+def log_tails(logdir: Path, lines: int = 15) -> str:
+    """The end of every process log, so a failure in CI explains itself."""
+    out = []
+    for path in sorted(logdir.glob("*.log")):
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {path.name}\n" + "\n".join(line[:400] for line in tail))
+    return "\n".join(out)
 
 
 def call_id_on(node: str, nodes: list[str], prefix: str = "call") -> str:

@@ -54,6 +54,17 @@ class ReplicatedData:
         self.store = store
         self.removed_here: set[str] = set()
 
+    def store_key(self, key: str) -> str:
+        return self.prefix + key
+
+    def write_of(self, key: str, value: bytes, owner: str | None = None) -> tuple[str, bytes]:
+        """The (store key, record) pair that puts `value` under `key` in a larger commit."""
+        return self.prefix + key, msgspec.msgpack.encode(Entry(owner or self.node, value))
+
+    def read_entry(self, key: str) -> tuple[int, Entry | None]:
+        """The entry and its version, for a versioned read-modify-write."""
+        return self._read(key)
+
     def _read(self, key: str) -> tuple[int, Entry | None]:
         try:
             with self.store.replica.read() as view:
@@ -145,8 +156,10 @@ class FaultTolerance:
     """Runs an RA's fault tolerance: watches the nodes, hands over a dead node's entries
     (fail_over), notices removals by other nodes (data_removed), fires due timers."""
 
-    def __init__(self, proc: Process, data: ReplicatedData, ra: FaultTolerantRA) -> None:
+    def __init__(self, proc: Process, data: ReplicatedData, ra: FaultTolerantRA, poll_every: float = 0.5) -> None:
         self.proc = proc
+        self.poll_every = poll_every  # how often entries are scanned (removals, timers)
+        self.polled = 0.0
         self.data = data
         self.ra = ra
         self.liveness = Liveness(proc.config.balancer.dead_after, proc.config.balancer.alive_after)
@@ -176,6 +189,9 @@ class FaultTolerance:
             await self.step()
 
     async def step(self) -> None:
+        if time.monotonic() - self.polled < self.poll_every:
+            return
+        self.polled = time.monotonic()
         entries = self.data.entries()
         for key in sorted(set(self.known) - set(entries)):
             if key not in self.data.removed_here:

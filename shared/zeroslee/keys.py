@@ -56,7 +56,8 @@ def pending_event(activity_id: str, event_id: str) -> str:
 
 
 def dialog(dialog_id: str) -> str:
-    return f"dlg/{dialog_id}"
+    """A SIP dialog: the SIP RA's replicated data entry (`ftra.ReplicatedData("sip")`)."""
+    return f"ra/sip/{dialog_id}"
 
 
 def last(key: str) -> str:

@@ -63,7 +63,7 @@ def test_seed_chat_relay_crosses_nodes_through_clustered_state(cluster: DevClust
         assert admin.rows_for(cluster.config, "names") == []
         assert admin.rows_for(cluster.config, "activities") == []
         assert admin.rows_for(cluster.config, "entities") == []
-        assert admin.query(cluster.config, "dlg/") == []
+        assert admin.query(cluster.config, "ra/sip/") == []
     finally:
         ua1.close()
         ua2.close()

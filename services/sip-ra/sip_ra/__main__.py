@@ -13,6 +13,7 @@ import zmq
 from sip_ra.core import Outcome, RaCore
 from sip_ra.dialog import Dialog, uac_dialog
 from zeroslee import bus, keys
+from zeroslee.ftra import FaultTolerance, ReplicatedData
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, run
 from zeroslee.storeclient import CommitFailed, StoreClient
@@ -27,6 +28,8 @@ class SipRa(asyncio.DatagramProtocol):
         self.proc = proc
         self.node = proc.config.node(proc.node)
         self.store = StoreClient(proc)
+        self.dialogs = ReplicatedData("sip", proc.node, self.store)  # keys.dialog(id) entries
+        self.tolerance = FaultTolerance(proc, self.dialogs, self, poll_every=1.0)
         self.core = RaCore(proc.node, self.node.sip, proc.config.sip, self.read)
         self.router = proc.socket(zmq.DEALER)
         self.router.setsockopt(zmq.ROUTING_ID, f"sip-ra:{proc.node}".encode())
@@ -72,11 +75,28 @@ class SipRa(asyncio.DatagramProtocol):
         task.add_done_callback(self.tasks.discard)
 
     def read(self, key: str) -> bytes | None:
+        """A key of the clustered store for the core; dialogs come out of their entries."""
+        if key.startswith(self.dialogs.prefix):
+            return self.dialogs.get(key[len(self.dialogs.prefix) :])
         try:
             with self.store.replica.read() as view:
                 return view.get(key)[1]
         except ReplicaUnavailable:
             return None
+
+    # --- the fault-tolerant RA interface, for dialogs ------------------------------
+
+    def fail_over(self, key: str) -> None:
+        """We own a dead node's dialog now; drop any cached copy, the store's is current."""
+        self.core.forget_dialog(key)
+        self.proc.count("dialogs.adopted")
+
+    def data_removed(self, key: str) -> None:
+        """Another node ended this dialog: do not serve it from the cache any more."""
+        self.core.forget_dialog(key)
+
+    def timer_fired(self, key: str) -> None:
+        pass  # the SIP RA keeps no fault-tolerant timers of its own yet
 
     async def forward(self, outcome: Outcome) -> None:
         """Replicate a new dialog, then hand the event to the router (DESIGN §3.1)."""
@@ -85,7 +105,7 @@ class SipRa(asyncio.DatagramProtocol):
             d = outcome.new_dialog
             index = [(k, d.id.encode()) for k in event.ra_keys]
             try:
-                await self.store.commit([(keys.dialog(d.id), 0)], [(keys.dialog(d.id), d.encode()), *index])
+                await self.store.commit([(keys.dialog(d.id), 0)], [self.dialogs.write_of(d.id, d.encode()), *index])
             except CommitFailed as exc:
                 self.answer(event.tx, 503, "Service Unavailable", str(exc))
                 return
@@ -149,28 +169,21 @@ class SipRa(asyncio.DatagramProtocol):
                     self.proc.reject("unexpected", type(message).__name__, socket="router")
 
     async def replace_dialog(self, dialog: Dialog) -> bool:
-        """Write `dialog` over the stored one, keeping the larger local CSeq."""
-        key = keys.dialog(dialog.id)
+        """Write `dialog` over the stored one, keeping the larger local CSeq and the owner."""
         for _ in range(COMMIT_ATTEMPTS):
-            version, raw = self.read_versioned(key)
-            if raw is not None:
-                dialog = msgspec.structs.replace(
-                    dialog, local_cseq=max(dialog.local_cseq, Dialog.decode(raw).local_cseq)
-                )
+            version, entry = self.dialogs.read_entry(dialog.id)
+            owner = entry.owner if entry is not None else None
+            if entry is not None:
+                stored_cseq = Dialog.decode(entry.value).local_cseq
+                dialog = msgspec.structs.replace(dialog, local_cseq=max(dialog.local_cseq, stored_cseq))
             try:
-                if (await self.store.commit([(key, version)], [(key, dialog.encode())])).ok:
+                write = self.dialogs.write_of(dialog.id, dialog.encode(), owner)
+                if (await self.store.commit([(keys.dialog(dialog.id), version)], [write])).ok:
                     return True
             except CommitFailed as exc:
                 self.proc.log.warning("dialog not replicated", dialog=dialog.id, error=str(exc))
                 return False
         return False
-
-    def read_versioned(self, key: str) -> tuple[int, bytes | None]:
-        try:
-            with self.store.replica.read() as view:
-                return view.get(key)
-        except ReplicaUnavailable:
-            return 0, None
 
     async def send_initial_invite(self, cmd: bus.SendRequest) -> None:
         """The INVITE that creates a UAC dialog: replicate the dialog, then send it via the
@@ -180,7 +193,9 @@ class SipRa(asyncio.DatagramProtocol):
             cmd.dialog, cmd.from_uri, cmd.to_uri, self.node.id, f"<sip:{self.node.sip}>", host, self.node.sip
         )
         try:
-            result = await self.store.commit([(keys.dialog(dialog.id), 0)], [(keys.dialog(dialog.id), dialog.encode())])
+            result = await self.store.commit(
+                [(keys.dialog(dialog.id), 0)], [self.dialogs.write_of(dialog.id, dialog.encode())]
+            )
         except CommitFailed as exc:
             self.proc.log.warning("INVITE not sent", dialog=dialog.id, error=str(exc))
             return
@@ -195,19 +210,18 @@ class SipRa(asyncio.DatagramProtocol):
             return await self.send_initial_invite(cmd)
         key = keys.dialog(cmd.dialog)
         for _ in range(COMMIT_ATTEMPTS):
-            try:
-                with self.store.replica.read() as view:
-                    version, raw = view.get(key)
-            except ReplicaUnavailable:
-                raw = None
-            if raw is None:
+            version, entry = self.dialogs.read_entry(cmd.dialog)
+            if entry is None:
                 self.proc.count("send.no_dialog")
                 self.proc.log.warning("send on unknown dialog", dialog=cmd.dialog, method=cmd.method)
                 return
-            stored = Dialog.decode(raw)
+            stored = Dialog.decode(entry.value)
             dialog = msgspec.structs.replace(stored, local_cseq=stored.local_cseq + 1)
             try:
-                result = await self.store.commit([(key, version)], [(key, dialog.encode())])
+                # Sending on another node's dialog is an ordinary transaction: the owner stays.
+                result = await self.store.commit(
+                    [(key, version)], [self.dialogs.write_of(dialog.id, dialog.encode(), entry.owner)]
+                )
             except CommitFailed as exc:
                 self.proc.count("send.commit_failed")
                 self.proc.log.warning("send failed", dialog=cmd.dialog, error=str(exc))
@@ -286,6 +300,7 @@ async def main(proc: Process) -> None:
             group.create_task(ra.run_timers())
             group.create_task(ra.beat())
             group.create_task(ra.control())
+            group.create_task(ra.tolerance.run())
     finally:
         transport.close()
 
