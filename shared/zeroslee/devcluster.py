@@ -24,7 +24,7 @@ SERVICES = ("statestore", "router", "sip-ra")
 MODULES = {"statestore": "statestore", "router": "router", "sip-ra": "sip_ra", "balancer": "balancer"}
 
 
-def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread: bool = False) -> str:
+def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread: bool = False, extra: str = "") -> str:
     """A cluster file on loopback: balancer at `base`, node i's ports at base+10*i+1..5."""
     lines = [
         f'data_root = "{data_root}"',
@@ -53,18 +53,20 @@ def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread
             f'control = "tcp://127.0.0.1:{p + 6}"',
         ]
     lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
-    lines += ['options = { users = "^(?!wakeup-)", ring_delay = "2.0" }']
+    lines += ['options = { users = "^(?!wakeup-|echo$)", ring_delay = "2.0" }']
     lines += ["[[services]]", 'name = "wakeup"', 'sbb = "router.wakeup:WakeupSbb"', 'options = { users = "^wakeup-" }']
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra
 
 
 class DevCluster:
-    def __init__(self, workdir: Path, base: int = 5500, nodes: int = 2, t1: float = 0.5, spread: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, base: int = 5500, nodes: int = 2, t1: float = 0.5, spread: bool = False, extra: str = ""
+    ) -> None:
         self.workdir = workdir
         self.logdir = workdir / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "cluster.toml"
-        self.config_path.write_text(cluster_toml(workdir / "data", base, nodes, t1, spread))
+        self.config_path.write_text(cluster_toml(workdir / "data", base, nodes, t1, spread, extra))
         self.config = cfg.load(self.config_path)
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
 
