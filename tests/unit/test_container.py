@@ -354,3 +354,22 @@ def test_periodic_timer_missed_policies() -> None:
     limited = msgspec.structs.replace(timer, repetitions=3)
     assert timer_expiries(limited, 13.5) == (3, None)
     assert timer_expiries(TimerRecord("t", "a", 10.0, "n"), 10.0) == (1, None)
+
+
+def test_lookup_of_stale_name_unbinds_it_even_when_the_handler_carries_on() -> None:
+    run = Run()
+    run.view.data[keys.name("ghost")] = (1, b"n-gone")
+
+    class Tolerant(Sbb):
+        @on(SipRequest, method="OPTIONS", initial_by=lambda e: e.activity)
+        def look(self, event: SipRequest, ctx) -> None:  # type: ignore[no-untyped-def]
+            try:
+                ctx.lookup("ghost")
+            except FacilityError:
+                pass
+            ctx.respond(event, 200)
+
+    container = Container("node-1", [Service("tolerant", Tolerant)])
+    tx = Transaction(run.view, "node-1")
+    container.deliver(tx, sip("OPTIONS", "t1"), "t1")
+    assert tx.writes[keys.name("ghost")] is None

@@ -227,10 +227,8 @@ class Router:
         stale = list(self.container.stale_names)
 
         def body(tx: Transaction) -> Outcome:
-            for name in stale:
-                raw = tx.get(keys.name(name))
-                if raw is not None and tx.get(keys.activity(raw.decode())) is None:
-                    tx.delete(keys.name(name))
+            self.container.stale_names = stale
+            self.container.remove_stale_names(tx)
             self.container.ending = set()
             self.container.roll_back(tx, failure, "")
             return Outcome([], [], [], stale)

@@ -84,6 +84,7 @@ class Container:
         self._default_response(tx, event, delivered)
         if isinstance(event, SipResponse) and ended_by(event):
             self.end_activity(tx, activity)
+        self.remove_stale_names(tx)
         self._collect_garbage(tx)
         return Outcome(delivered, created, remote, list(self.stale_names))
 
@@ -106,6 +107,15 @@ class Container:
         for _ in range(count):
             outcome = self.deliver(tx, TimerEvent(timer.id, timer.activity, timer.fire_at), timer.activity, now)
         return outcome
+
+    def remove_stale_names(self, tx: Transaction) -> None:
+        """Names found bound to an ended activity go (DESIGN §5). The shell calls this in
+        a transaction of its own when the delivery that found them rolls back."""
+        for name in self.stale_names:
+            raw = tx.get(keys.name(name))
+            if raw is not None and tx.get(keys.activity(raw.decode())) is None:
+                tx.delete(keys.name(name))
+                tx.delete(keys.activity_name(raw.decode(), name))
 
     def roll_back(self, tx: Transaction, failure: HandlerFailed, activity: str) -> None:
         """JAIN SLEE sbbRolledBack: after a handler raised and its delivery rolled back,
