@@ -68,3 +68,18 @@ def test_of_two_primaries_the_older_epoch_steps_down() -> None:
     one.decide(my_seq=40, now=1.0)
     assert one.role is Role.STARTING
     assert one.decide(my_seq=40, now=1.0) == (Action.JOIN, "node-2")
+
+
+def test_two_backups_of_a_dead_primary_elect_one_of_them_not_both() -> None:
+    order = ["node-1", "node-2", "node-3"]
+    two = Membership(me="node-2", order=order, started_at=0.0, dead_after=0.6)
+    three = Membership(me="node-3", order=order, started_at=0.0, dead_after=0.6)
+    for store, other in ((two, "node-3"), (three, "node-2")):
+        store.observe("node-1", "primary", 1, 16, now=1.0, backups=("node-2", "node-3"))
+        store.decide(my_seq=16, now=1.0)
+        store.fire(Input.SNAPSHOT_INSTALLED)
+        store.observe(other, "backup", 1, 16, now=2.0)  # each still sees the other as backup
+    decisions = {s.me: s.decide(my_seq=16, now=2.0) for s in (three, two)}
+    assert decisions == {"node-2": (Action.PROMOTE, None), "node-3": (Action.NONE, None)}
+    three.observe("node-2", "primary", 2, 16, now=2.1)
+    assert three.decide(my_seq=16, now=2.1) == (Action.JOIN, "node-2")

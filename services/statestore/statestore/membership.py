@@ -9,8 +9,9 @@ synchronous backup holding a full mirror (DESIGN §4).
   snapshot is installed. It never takes the primary role from a running primary, so a
   restarted store cannot flip the cluster under in-flight commits.
 - If no live peer is primary once every peer has answered or stayed silent for
-  `dead_after`, the electable store with the highest sequence (then the earliest in the
-  configured node order) promotes itself with an epoch above every epoch it has seen.
+  `dead_after`, the candidate (itself, and every live peer in STARTING or BACKUP) with the
+  highest sequence, then the earliest in the configured node order, promotes itself with
+  an epoch above every epoch it has seen; the others wait for it and join it.
 - A BACKUP whose primary falls silent goes back to STARTING and the election runs again.
 - A PRIMARY that sees another primary of a higher epoch (or the same epoch and an earlier
   node) steps down and rejoins: at most one primary survives a meeting of two.
@@ -122,7 +123,10 @@ class Membership:
             return self.fire(Input.PRIMARY_SEEN), best
         if not self._everyone_heard(now):
             return Action.NONE, None
-        electable = [self.me] + [n for n in live if self.peers[n].role is Role.STARTING]
+        # Every live store holding a full mirror is a candidate, including backups that have
+        # not noticed the loss yet: all candidates then agree on one winner (no split brain
+        # between two backups of a dead primary).
+        electable = [self.me] + [n for n in live if self.peers[n].role in (Role.STARTING, Role.BACKUP)]
         chosen = max(electable, key=lambda n: (self._seq_of(n, my_seq), -self.order.index(n)))
         if chosen != self.me:
             return Action.NONE, None
