@@ -42,7 +42,8 @@ class UserAgent:
         self.sock.bind((host, port))
         self.addr: Addr = self.sock.getsockname()
         self.call: Call | None = None
-        self.received: list[SipMessage] = []  # requests the cluster sent us, in order
+        self.received: list[SipMessage] = []  # requests the cluster sent us, not yet waited for
+        self.history: list[SipMessage] = []  # every request the cluster sent us
         self.responses: list[SipMessage] = []
 
     def close(self) -> None:
@@ -116,6 +117,7 @@ class UserAgent:
         if request.method == "ACK":
             return
         self.received.append(request)
+        self.history.append(request)
         response = SipMessage(status=200, reason="OK")
         response.headers = [(k, v) for k, v in request.headers if k in ("Via", "From", "To", "Call-ID", "CSeq")]
         if request.method == "INVITE":  # answering a call: a dialog, as a UAS (§12.1.1)
@@ -151,6 +153,10 @@ class UserAgent:
         call.cseq += 1
         headers = [("Content-Type", content_type)] if body else []
         return self.transact(self._request(method, call.remote_target, call, headers, body))
+
+    def pump(self, timeout: float) -> None:
+        """Receive (and answer) whatever arrives within `timeout`."""
+        self._recv(timeout)
 
     def wait_request(self, method: str, timeout: float = 10.0) -> SipMessage:
         """Wait until the cluster has sent us a `method` request (answered 200)."""
