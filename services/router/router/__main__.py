@@ -310,6 +310,7 @@ class Router:
             if await self.take(key, encode(moved)):
                 self.proc.count("adopted.activities")
                 for pending_key, raw in self.scan(f"evt/{activity.id}/"):
+                    self.proc.count("adopted.events")  # in flight when their node died
                     self.enqueue(activity.id, decode_event(decode(raw, PendingEvent)), pending_key)
             else:
                 complete = False
