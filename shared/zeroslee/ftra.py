@@ -18,7 +18,6 @@ The RA implements the `FaultTolerantRA` protocol and runs `FaultTolerance.run()`
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Protocol
 
@@ -26,10 +25,9 @@ import msgspec
 import zmq
 
 from zeroslee import bus, hashing
-from zeroslee.config import parse_hostport
 from zeroslee.liveness import Liveness
 from zeroslee.replica import ReplicaUnavailable
-from zeroslee.runtime import Process
+from zeroslee.runtime import Process, follow_heartbeats
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 
@@ -173,20 +171,7 @@ class FaultTolerance:
         self.grace = 2 * proc.config.balancer.dead_after + 3 * proc.config.heartbeat_interval
 
     async def run(self) -> None:
-        sub = self.proc.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        for node in self.proc.config.nodes:
-            sub.connect(node.heartbeat)
-        while True:
-            try:
-                beat = bus.decode(await asyncio.wait_for(sub.recv(), self.proc.config.heartbeat_interval))
-                if isinstance(beat, bus.NodeHeartbeat):
-                    self.liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
-            except TimeoutError:
-                pass
-            except bus.BadMessage as exc:
-                self.proc.reject("bus", exc, socket="heartbeat")
-            await self.step()
+        await follow_heartbeats(self.proc, self.liveness, self.step)
 
     async def step(self) -> None:
         if time.monotonic() - self.polled < self.poll_every:

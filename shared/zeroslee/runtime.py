@@ -14,14 +14,15 @@ import itertools
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from zeroslee import bus, log
-from zeroslee.config import Config, load
+from zeroslee.config import Config, load, parse_hostport
+from zeroslee.liveness import Liveness
 
 
 class Process:
@@ -146,3 +147,45 @@ class Requester:
                 self.on_other(message)
             else:
                 self.proc.count("bus.unmatched_reply")
+
+
+async def follow_heartbeats(proc: Process, liveness: Liveness, tick: Callable[[], Awaitable[None]]) -> None:
+    """Feed every node's heartbeats into `liveness`; call `tick` after each beat and at
+    least once per heartbeat interval (so silence is noticed too)."""
+    sub = proc.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    for node in proc.config.nodes:
+        sub.connect(node.heartbeat)
+    while True:
+        try:
+            beat = bus.decode(await asyncio.wait_for(sub.recv(), proc.config.heartbeat_interval))
+            if isinstance(beat, bus.NodeHeartbeat):
+                liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
+        except TimeoutError:
+            pass
+        except bus.BadMessage as exc:
+            proc.reject("bus", exc, socket="heartbeat")
+        await tick()
+
+
+async def serve_control(
+    proc: Process, endpoint: str, stats: Callable[[], dict[str, int | str | float]], ready: Callable[[], bool]
+) -> None:
+    """A management ROUTER socket: `StatsRequest` -> `StatsReply`, `Ping` -> `Pong`."""
+    sock = proc.socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    while True:
+        ident, data = await sock.recv_multipart()
+        try:
+            message = bus.decode(data)
+        except bus.BadMessage as exc:
+            proc.reject("bus", exc, socket="control")
+            continue
+        if isinstance(message, bus.StatsRequest):
+            reply: bus.Message = bus.StatsReply(message.req, proc.service, proc.node or "", stats())
+        elif isinstance(message, bus.Ping):
+            reply = bus.Pong(message.req, proc.service, ready())
+        else:
+            proc.reject("unexpected", type(message).__name__, socket="control")
+            continue
+        await sock.send_multipart([ident, bus.encode(reply)])

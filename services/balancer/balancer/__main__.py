@@ -6,13 +6,9 @@ import asyncio
 import json
 import time
 
-import zmq
-
 from balancer.core import Balancer
-from zeroslee import bus
-from zeroslee.config import parse_hostport
 from zeroslee.liveness import Liveness, NodeState
-from zeroslee.runtime import Process, run
+from zeroslee.runtime import Process, follow_heartbeats, run, serve_control
 
 
 class Front(asyncio.DatagramProtocol):
@@ -40,24 +36,10 @@ class Front(asyncio.DatagramProtocol):
         self.proc.count("sip.transport_error")
 
     async def watch(self) -> None:
-        sub = self.proc.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        for node in self.proc.config.nodes:
-            sub.connect(node.heartbeat)
-        while True:
-            try:
-                data = await asyncio.wait_for(sub.recv(), self.proc.config.heartbeat_interval)
-            except TimeoutError:
-                self.report_changes()
-                continue
-            try:
-                beat = bus.decode(data)
-            except bus.BadMessage as exc:
-                self.proc.reject("bus", exc, socket="heartbeat")
-                continue
-            if isinstance(beat, bus.NodeHeartbeat):
-                self.core.liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
+        async def tick() -> None:
             self.report_changes()
+
+        await follow_heartbeats(self.proc, self.core.liveness, tick)
 
     def report_changes(self) -> None:
         now = time.monotonic()
@@ -75,22 +57,7 @@ class Front(asyncio.DatagramProtocol):
         return out
 
     async def control(self) -> None:
-        sock = self.proc.socket(zmq.ROUTER)
-        sock.bind(self.proc.config.balancer.control)
-        while True:
-            ident, data = await sock.recv_multipart()
-            try:
-                message = bus.decode(data)
-            except bus.BadMessage as exc:
-                self.proc.reject("bus", exc, socket="control")
-                continue
-            if isinstance(message, bus.StatsRequest):
-                reply = bus.StatsReply(message.req, "balancer", "", self.stats())
-                await sock.send_multipart([ident, bus.encode(reply)])
-            elif isinstance(message, bus.Ping):
-                await sock.send_multipart([ident, bus.encode(bus.Pong(message.req, "balancer", bool(self.live)))])
-            else:
-                self.proc.reject("unexpected", type(message).__name__, socket="control")
+        await serve_control(self.proc, self.proc.config.balancer.control, self.stats, lambda: bool(self.live))
 
 
 async def main(proc: Process) -> None:

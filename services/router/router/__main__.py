@@ -18,10 +18,9 @@ from router.container import Container, Outcome, Service
 from router.records import ActivityRecord, PendingEvent, TimerRecord, Transaction, decode, decode_event, encode
 from router.sbb import HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
 from zeroslee import bus, keys
-from zeroslee.config import parse_hostport
 from zeroslee.liveness import Liveness
 from zeroslee.replica import ReplicaUnavailable
-from zeroslee.runtime import Process, run
+from zeroslee.runtime import Process, follow_heartbeats, run
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 MAX_ATTEMPTS = 12
@@ -276,30 +275,19 @@ class Router:
 
     async def watch(self) -> None:
         """Follow the nodes' heartbeats; when one dies, take over our share of its work."""
-        sub = self.proc.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        for node in self.proc.config.nodes:
-            sub.connect(node.heartbeat)
-        while True:
-            try:
-                data = await asyncio.wait_for(sub.recv(), self.proc.config.heartbeat_interval)
-                beat = bus.decode(data)
-                if isinstance(beat, bus.NodeHeartbeat):
-                    self.liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
-            except TimeoutError:
-                pass
-            except bus.BadMessage as exc:
-                self.proc.reject("bus", exc, socket="heartbeat")
-            live = self.liveness.live(time.monotonic())
-            if live != self.live:
-                lost = sorted(set(self.live) - set(live))
-                self.live = live
-                if lost:
-                    self.proc.log.info("nodes lost", lost=lost, live=live)
-                    self.orphans = True
-            settled = time.monotonic() - self.started > self.grace
-            if self.orphans and settled and self.node.id in self.live:
-                self.orphans = not await self.adopt()  # retried until one pass fully succeeds
+        await follow_heartbeats(self.proc, self.liveness, self.check_losses)
+
+    async def check_losses(self) -> None:
+        live = self.liveness.live(time.monotonic())
+        if live != self.live:
+            lost = sorted(set(self.live) - set(live))
+            self.live = live
+            if lost:
+                self.proc.log.info("nodes lost", lost=lost, live=live)
+                self.orphans = True
+        settled = time.monotonic() - self.started > self.grace
+        if self.orphans and settled and self.node.id in self.live:
+            self.orphans = not await self.adopt()  # retried until one pass fully succeeds
 
     async def adopt(self) -> bool:
         """Take over our share of dead nodes' activities and timers; True if all went."""

@@ -15,7 +15,7 @@ from sip_ra.dialog import Dialog, uac_dialog
 from zeroslee import bus, keys
 from zeroslee.ftra import FaultTolerance, ReplicatedData
 from zeroslee.replica import ReplicaUnavailable
-from zeroslee.runtime import Process, run
+from zeroslee.runtime import Process, run, serve_control
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 ROUTER_ANSWER_TIMEOUT = 8.0  # a request the router never answers gets 500 after this
@@ -264,22 +264,8 @@ class SipRa(asyncio.DatagramProtocol):
             await asyncio.sleep(interval)
 
     async def control(self) -> None:
-        if not self.node.control:
-            return
-        sock = self.proc.socket(zmq.ROUTER)
-        sock.bind(self.node.control)
-        while True:
-            ident, data = await sock.recv_multipart()
-            try:
-                message = bus.decode(data)
-            except bus.BadMessage as exc:
-                self.proc.reject("bus", exc, socket="control")
-                continue
-            if isinstance(message, bus.StatsRequest):
-                reply = bus.StatsReply(message.req, "sip-ra", self.node.id, self.stats())
-                await sock.send_multipart([ident, bus.encode(reply)])
-            else:
-                self.proc.reject("unexpected", type(message).__name__, socket="control")
+        if self.node.control:
+            await serve_control(self.proc, self.node.control, self.stats, lambda: True)
 
     def stats(self) -> dict[str, int | str | float]:
         out: dict[str, int | str | float] = dict(self.proc.counters)
