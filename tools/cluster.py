@@ -35,7 +35,7 @@ def main() -> int:
             start_new_session=True,
         )
     honchos["balancer"] = subprocess.Popen(
-        ["honcho", "start", "-f", str(ROOT / "Procfile"), "balancer"],
+        ["honcho", "start", "-f", str(ROOT / "Procfile"), "balancer", "witness"],
         cwd=ROOT,
         env=env,
         start_new_session=True,

@@ -139,6 +139,36 @@ class Replicated(Message, frozen=True, tag=True):
     ok: bool = True
 
 
+class Vote(Message, frozen=True, tag=True):
+    """A store asks a voter (another store, or the witness) to make it primary of `epoch`."""
+
+    req: int
+    candidate: str
+    epoch: int
+    seq: int = 0
+
+
+class VoteReply(Message, frozen=True, tag=True):
+    req: int
+    granted: bool
+    epoch: int  # the voter's highest epoch
+
+
+class Renew(Message, frozen=True, tag=True):
+    """The primary extends its lease with the witness, reporting its in-sync backups."""
+
+    req: int
+    primary: str
+    epoch: int
+    in_sync: list[str] = []
+
+
+class RenewReply(Message, frozen=True, tag=True):
+    req: int
+    ok: bool
+    epoch: int
+
+
 # --- sip-ra <-> router -----------------------------------------------------------------
 
 
@@ -253,6 +283,10 @@ Any = (
     | EndActivity
     | StartActivity
     | FireEvent
+    | Vote
+    | VoteReply
+    | Renew
+    | RenewReply
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -55,6 +55,16 @@ class StoreTuning(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sync: bool = False  # replication makes a commit safe; see statestore README
     replicate_timeout: float = 0.5
     peer_dead_after: float = 0.6
+    lease: float = 0.8  # a primary without a majority's contact this long stops serving
+
+
+class WitnessConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The third vote (statestore/witness.py). Empty endpoint: no witness; then a primary
+    needs a majority of the stores alone, so two nodes cannot fail over."""
+
+    endpoint: str = ""
+    lease_wait: float = 1.2  # > store.lease: a silent primary has fenced itself by then
+    data_dir: str = ""
 
 
 class ServiceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -69,6 +79,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     balancer: BalancerConfig = BalancerConfig()
     sip: SipTimers = SipTimers()
     store: StoreTuning = StoreTuning()
+    witness: WitnessConfig = WitnessConfig()
     heartbeat_interval: float = 0.1
     data_root: str = "var"
     log_level: str = "info"

@@ -21,7 +21,13 @@ from zeroslee import config as cfg
 from zeroslee.sipmsg import SipMessage, parse
 
 SERVICES = ("statestore", "router", "sip-ra")
-MODULES = {"statestore": "statestore", "router": "router", "sip-ra": "sip_ra", "balancer": "balancer"}
+MODULES = {
+    "statestore": "statestore",
+    "router": "router",
+    "sip-ra": "sip_ra",
+    "balancer": "balancer",
+    "witness": "statestore.witness_main",
+}
 
 
 def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread: bool = False, extra: str = "") -> str:
@@ -39,6 +45,8 @@ def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread
         f"spread = {'true' if spread else 'false'}",
         "[store]",
         "peer_dead_after = 0.6",
+        "[witness]",
+        f'endpoint = "tcp://127.0.0.1:{base + 8}"',
     ]
     for i in range(1, nodes + 1):
         p = base + 10 * i
@@ -102,6 +110,7 @@ class DevCluster:
             self.start(service, node)
 
     def start_all(self) -> None:
+        self.start("witness")
         for node in self.config.node_ids:
             self.start_node(node)
         self.start("balancer")

@@ -43,7 +43,11 @@ class Statestore:
             started_at=time.monotonic(),
             dead_after=cfg.store.peer_dead_after,
             epoch=self.storage.epoch,
+            voters=len(cfg.nodes) + (1 if cfg.witness.endpoint else 0),
+            lease=cfg.store.lease,
+            voted=self.storage.voted,
         )
+        self.witness = Requester(proc, cfg.witness.endpoint) if cfg.witness.endpoint else None
         self.clients = proc.socket(zmq.ROUTER)
         self.clients.bind(self.node.store)
         self.peer_in = proc.socket(zmq.ROUTER)
@@ -57,14 +61,19 @@ class Statestore:
         self.synced = asyncio.Event()
         self.settled = asyncio.Event()  # set while PRIMARY or BACKUP
         self.was_member = False  # has held a full mirror in this incarnation
+        self.left_at = 0.0  # when it last stopped being primary or backup
 
     # --- serving -------------------------------------------------------------------
 
     @property
     def is_ready(self) -> bool:
         """Serving, or holding a full mirror while the cluster elects a new primary (a
-        failover takes well under a second; commits wait for it, see `commit`)."""
-        return self.members.role in (Role.PRIMARY, Role.BACKUP) or self.was_member
+        failover takes about a second; commits wait for it, see `commit`). A store out of
+        a cluster for longer (fenced on the minority side) is not ready: its node stops
+        taking traffic."""
+        if self.members.role in (Role.PRIMARY, Role.BACKUP):
+            return True
+        return self.was_member and time.monotonic() - self.left_at < FAILOVER_WAIT
 
     async def serve_clients(self) -> None:
         while True:
@@ -178,7 +187,15 @@ class Statestore:
             first = accepted[0][1]
             batch = [writes for _, _, writes in accepted]
             self.storage.apply_batch(first, batch)
+            in_sync = set(self.backups)
             await self.replicate(first, batch)
+            if self.backups != in_sync and not await self.renew():
+                # We dropped a backup but could not tell the witness: acknowledging now could
+                # lose these commits if we die. Their fate is unknown to the clients; step down.
+                self.members.fire(Input.LEASE_LOST)
+                for pending, _, _ in accepted:
+                    self.settle(pending, bus.CommitResult(pending.message.req, ok=False, error="primary fenced"))
+                accepted = []
         for pending, conflicts in rejected:
             self.proc.count("commit.conflict")
             self.settle(pending, bus.CommitResult(pending.message.req, ok=False, conflicts=conflicts))
@@ -221,6 +238,11 @@ class Statestore:
         match message:
             case bus.Hello(req=req):
                 reply = self.status(req)
+            case bus.Vote(req=req, candidate=candidate, epoch=epoch, seq=seq):
+                granted = self.members.grant(candidate, epoch, seq, self.storage.seq, time.monotonic())
+                if granted:
+                    self.storage.set_voted(epoch)  # on disk before the vote leaves
+                reply = bus.VoteReply(req, granted, max(self.members.voted, self.members.epoch))
             case bus.Replicate():
                 reply = await self.apply_as_backup(message)
             case bus.Join(req=req) if self.members.role is not Role.PRIMARY:
@@ -271,22 +293,78 @@ class Statestore:
         except TimeoutError:
             return
         if isinstance(reply, bus.StoreStatus):
-            self.members.observe(node, reply.role, reply.epoch, reply.seq, time.monotonic(), tuple(reply.backups))
+            now = time.monotonic()
+            self.members.observe(node, reply.role, reply.epoch, reply.seq, now, tuple(reply.backups))
+            self.members.touched(node, now)
+
+    async def renew(self) -> bool:
+        """As primary: extend the lease with the witness, reporting the in-sync backups.
+        False if the witness said no (a newer epoch exists) or did not answer."""
+        if self.witness is None:
+            return True
+        m = self.members
+        message = bus.Renew(self.witness.next_id(), m.me, m.epoch, sorted(self.backups))
+        try:
+            reply = await self.witness.request(message, self.proc.config.heartbeat_interval * 2)
+        except TimeoutError:
+            return False
+        if isinstance(reply, bus.RenewReply) and reply.ok:
+            m.touched("witness", time.monotonic())
+            return True
+        if isinstance(reply, bus.RenewReply) and reply.epoch > m.epoch:
+            m.fire(Input.LEASE_LOST)  # deposed: a newer primary was elected meanwhile
+        return False
+
+    async def campaign(self) -> None:
+        """Ask every voter for `candidate_epoch`; primary only with a majority."""
+        m = self.members
+        epoch, seq = m.candidate_epoch, self.storage.seq
+        if not m.grant(m.me, epoch, seq, seq, time.monotonic()):
+            return
+        self.storage.set_voted(epoch)
+        links = [self.peers[n] for n in m.live_peers(time.monotonic())]
+        if self.witness is not None:
+            links.append(self.witness)
+
+        async def ask(link: Requester) -> bool:
+            try:
+                vote = bus.Vote(link.next_id(), m.me, epoch, seq)
+                reply = await link.request(vote, self.proc.config.heartbeat_interval * 3)
+            except TimeoutError:
+                return False
+            return isinstance(reply, bus.VoteReply) and reply.granted
+
+        votes = 1 + sum(await asyncio.gather(*(ask(link) for link in links)))
+        if votes < m.majority:
+            self.proc.count("election.lost")
+            self.proc.log.debug("election lost", epoch=epoch, votes=votes, of=m.voters)
+        if votes >= m.majority and m.role is Role.STARTING:
+            m.won(epoch)
+            now = time.monotonic()
+            for node in m.live_peers(now):
+                m.touched(node, now)
+            m.touched("witness", now)
+            self.proc.log.info("elected", epoch=epoch, votes=votes, of=m.voters)
 
     async def step(self) -> None:
         before = self.members.role
+        if self.members.role is Role.PRIMARY:
+            await self.renew()
         action, target = self.members.decide(self.storage.seq, time.monotonic())
-        if action is Action.PROMOTE:
-            self.storage.set_epoch(self.members.epoch)
-            self.backups.clear()
+        if action is Action.CAMPAIGN:
+            await self.campaign()
+            if self.members.role is Role.PRIMARY:
+                self.storage.set_epoch(self.members.epoch)
+                self.backups.clear()
         elif action is Action.JOIN and target is not None:
             self.synced.clear()
             await self.join(target)
         if self.members.role in (Role.PRIMARY, Role.BACKUP):
             self.settled.set()
             self.was_member = True
-        else:
+        elif self.settled.is_set():
             self.settled.clear()
+            self.left_at = time.monotonic()
         if self.members.role is not before:
             self.proc.log.info(
                 "role",
@@ -320,6 +398,8 @@ class Statestore:
         async with asyncio.TaskGroup() as group:
             for link in self.peers.values():
                 group.create_task(link.read_forever())
+            if self.witness is not None:
+                group.create_task(self.witness.read_forever())
             group.create_task(self.serve_clients())
             group.create_task(self.serve_peers())
             group.create_task(self.primary_worker())

@@ -10,14 +10,16 @@ synchronous backup holding a full mirror (DESIGN §4).
   restarted store cannot flip the cluster under in-flight commits.
 - If no live peer is primary once every peer has answered or stayed silent for
   `dead_after`, the candidate (itself, and every live peer in STARTING or BACKUP) with the
-  highest sequence, then the earliest in the configured node order, promotes itself with
-  an epoch above every epoch it has seen; the others wait for it and join it.
+  highest sequence, then the earliest in the configured node order, campaigns for an
+  epoch above every epoch it has seen: it becomes primary only with a majority of the
+  voters (the stores and the witness), each voting once per epoch; the others join it.
+- A primary that has not heard from a majority for `lease` steps down (fenced): on the
+  minority side of a partition it stops serving rather than diverge.
 - A BACKUP whose primary falls silent goes back to STARTING and the election runs again.
 - A PRIMARY that sees another primary of a higher epoch (or the same epoch and an earlier
   node) steps down and rejoins: at most one primary survives a meeting of two.
 
-Partitions need a third vote to be safe; issue #5 adds the witness. This core only
-decides: the shell sends the messages and applies snapshots.
+This core only decides: the shell sends the messages, collects votes, applies snapshots.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ class Role(enum.StrEnum):
 
 class Input(enum.StrEnum):
     PRIMARY_SEEN = "primary_seen"  # a live peer is primary (and outranks us, if we are)
-    ELECTED = "elected"  # no live primary; the election picks us
+    ELECTED = "elected"  # we won a majority of the votes (stores and witness)
+    LEASE_LOST = "lease_lost"  # as primary, no majority in touch for a lease: fence
     PRIMARY_LOST = "primary_lost"  # the primary we follow fell silent
     SNAPSHOT_INSTALLED = "snapshot_installed"
     RESYNC_NEEDED = "resync_needed"  # a sequence gap, a stale epoch, or dropped as backup
@@ -43,6 +46,7 @@ class Input(enum.StrEnum):
 
 class Action(enum.StrEnum):
     JOIN = "join"
+    CAMPAIGN = "campaign"  # ask the voters for `candidate_epoch`; then `won()` or not
     PROMOTE = "promote"
     NONE = "none"
 
@@ -58,6 +62,7 @@ TRANSITIONS: dict[tuple[Role, Input], tuple[Role, Action]] = {
     (Role.BACKUP, Input.PRIMARY_LOST): (Role.STARTING, Action.NONE),
     (Role.BACKUP, Input.RESYNC_NEEDED): (Role.STARTING, Action.NONE),
     (Role.PRIMARY, Input.PRIMARY_SEEN): (Role.STARTING, Action.NONE),
+    (Role.PRIMARY, Input.LEASE_LOST): (Role.STARTING, Action.NONE),
 }
 
 
@@ -80,6 +85,38 @@ class Membership:
     epoch: int = 0
     primary: str | None = None
     peers: dict[str, PeerView] = field(default_factory=dict)
+    voters: int = 0  # stores plus the witness, if any (0: the stores alone)
+    lease: float = 0.8
+    voted: int = 0  # the highest epoch this store voted in (the shell persists it)
+    contact: dict[str, float] = field(default_factory=dict)  # voter -> last answer
+    candidate_epoch: int = 0
+
+    @property
+    def majority(self) -> int:
+        return (self.voters or len(self.order)) // 2 + 1
+
+    def touched(self, voter: str, now: float) -> None:
+        """A voter (a peer store, or "witness") answered us."""
+        self.contact[voter] = now
+
+    def has_majority(self, now: float) -> bool:
+        in_touch = 1 + sum(1 for at in self.contact.values() if now - at <= self.lease)
+        return in_touch >= self.majority
+
+    def grant(self, candidate: str, epoch: int, seq: int, my_seq: int, now: float) -> bool:
+        """Our vote for `candidate` as primary of `epoch` (one vote per epoch, on disk)."""
+        if epoch <= max(self.voted, self.epoch) or seq < my_seq or self.role is Role.PRIMARY:
+            return False
+        if self.role is Role.BACKUP and self.primary in self.live_peers(now):
+            return False  # our primary is alive: no one takes over from it
+        self.voted = epoch
+        return True
+
+    def won(self, epoch: int) -> Action:
+        """The shell collected a majority for `epoch`."""
+        self.epoch = self.voted = epoch
+        self.primary = self.me
+        return self.fire(Input.ELECTED)
 
     def observe(self, node: str, role: str, epoch: int, seq: int, now: float, backups: tuple[str, ...] = ()) -> None:
         self.peers[node] = PeerView(Role(role), epoch, seq, now, backups)
@@ -108,6 +145,8 @@ class Membership:
         if self.role is Role.PRIMARY:
             if best is not None and self._outranks(best):
                 return self.fire(Input.PRIMARY_SEEN), None
+            if not self.has_majority(now):
+                return self.fire(Input.LEASE_LOST), None  # fenced: serve nothing
             return Action.NONE, None
         if self.role in (Role.BACKUP, Role.SYNCING):
             if self.primary not in live:
@@ -130,9 +169,8 @@ class Membership:
         chosen = max(electable, key=lambda n: (self._seq_of(n, my_seq), -self.order.index(n)))
         if chosen != self.me:
             return Action.NONE, None
-        self.epoch = max([self.epoch] + [v.epoch for v in self.peers.values()]) + 1
-        self.primary = self.me
-        return self.fire(Input.ELECTED), None
+        self.candidate_epoch = max([self.epoch, self.voted] + [v.epoch for v in self.peers.values()]) + 1
+        return Action.CAMPAIGN, None
 
     def _outranks(self, other: str) -> bool:
         theirs = self.peers[other].epoch

@@ -30,6 +30,7 @@ class Storage:
         self.meta = self.env.open_db(META_DB)
         self.seq = self._meta_int(b"seq")
         self.epoch = self._meta_int(b"epoch")
+        self.voted = self._meta_int(b"voted")
         self.map_growths = 0
 
     def _meta_int(self, name: bytes) -> int:
@@ -94,6 +95,12 @@ class Storage:
 
         self._write(body)
         self.seq = first + len(batch) - 1
+
+    def set_voted(self, epoch: int) -> None:
+        """The highest epoch this store voted in: kept across restarts (one vote per epoch)."""
+        self._write(lambda txn: txn.put(b"voted", str(epoch).encode(), db=self.meta))
+        self.env.sync(True)  # a vote is durable whatever `sync` says
+        self.voted = epoch
 
     def set_epoch(self, epoch: int) -> None:
         self._write(lambda txn: txn.put(b"epoch", str(epoch).encode(), db=self.meta))
