@@ -30,8 +30,19 @@ MODULES = {
 }
 
 
-def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread: bool = False, extra: str = "") -> str:
-    """A cluster file on loopback: balancer at `base`, node i's ports at base+10*i+1..5."""
+def cluster_toml(
+    data_root: Path,
+    base: int,
+    nodes: int,
+    t1: float = 0.5,
+    spread: bool = False,
+    extra: str = "",
+    hosts: dict[str, str] | None = None,
+) -> str:
+    """A cluster file: balancer at `base`, node i's ports at base+10*i+1..6. `hosts` gives
+    the address of "front" (balancer, witness) and of each node (default 127.0.0.1)."""
+    where = hosts or {}
+    front = where.get("front", "127.0.0.1")
     lines = [
         f'data_root = "{data_root}"',
         "heartbeat_interval = 0.1",
@@ -40,25 +51,25 @@ def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread
         f"t2 = {max(4 * t1, t1)}",
         f"t4 = {10 * t1}",
         "[balancer]",
-        f'sip = "127.0.0.1:{base}"',
-        f'control = "tcp://127.0.0.1:{base + 9}"',
+        f'sip = "{front}:{base}"',
+        f'control = "tcp://{front}:{base + 9}"',
         f"spread = {'true' if spread else 'false'}",
         "[store]",
         "peer_dead_after = 0.6",
         "[witness]",
-        f'endpoint = "tcp://127.0.0.1:{base + 8}"',
+        f'endpoint = "tcp://{front}:{base + 8}"',
     ]
     for i in range(1, nodes + 1):
-        p = base + 10 * i
+        p, h = base + 10 * i, where.get(f"node-{i}", "127.0.0.1")
         lines += [
             "[[nodes]]",
             f'id = "node-{i}"',
-            f'sip = "127.0.0.1:{p + 1}"',
-            f'router = "tcp://127.0.0.1:{p + 2}"',
-            f'store = "tcp://127.0.0.1:{p + 3}"',
-            f'peer = "tcp://127.0.0.1:{p + 4}"',
-            f'heartbeat = "tcp://127.0.0.1:{p + 5}"',
-            f'control = "tcp://127.0.0.1:{p + 6}"',
+            f'sip = "{h}:{p + 1}"',
+            f'router = "tcp://{h}:{p + 2}"',
+            f'store = "tcp://{h}:{p + 3}"',
+            f'peer = "tcp://{h}:{p + 4}"',
+            f'heartbeat = "tcp://{h}:{p + 5}"',
+            f'control = "tcp://{h}:{p + 6}"',
         ]
     lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
     lines += ['options = { users = "^(?!wakeup-|echo$)", ring_delay = "2.0" }']
@@ -68,13 +79,23 @@ def cluster_toml(data_root: Path, base: int, nodes: int, t1: float = 0.5, spread
 
 class DevCluster:
     def __init__(
-        self, workdir: Path, base: int = 5500, nodes: int = 2, t1: float = 0.5, spread: bool = False, extra: str = ""
+        self,
+        workdir: Path,
+        base: int = 5500,
+        nodes: int = 2,
+        t1: float = 0.5,
+        spread: bool = False,
+        extra: str = "",
+        hosts: dict[str, str] | None = None,
+        wrap: dict[str, list[str]] | None = None,
     ) -> None:
+        """`wrap[node]` prefixes that node's commands (e.g. `ip netns exec NS`)."""
+        self.wrap = wrap or {}
         self.workdir = workdir
         self.logdir = workdir / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "cluster.toml"
-        self.config_path.write_text(cluster_toml(workdir / "data", base, nodes, t1, spread, extra))
+        self.config_path.write_text(cluster_toml(workdir / "data", base, nodes, t1, spread, extra, hosts))
         self.config = cfg.load(self.config_path)
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
 
@@ -85,6 +106,7 @@ class DevCluster:
         handle.workdir, handle.logdir, handle.config_path = config_path.parent, logdir, config_path
         handle.config = cfg.load(config_path)
         handle.procs = {}
+        handle.wrap = {}
         return handle
 
     @property
@@ -97,7 +119,7 @@ class DevCluster:
     def start(self, service: str, node: str | None = None) -> subprocess.Popen[bytes]:
         argv = [sys.executable, "-m", MODULES[service], "--config", str(self.config_path)]
         if node is not None:
-            argv += ["--node", node]
+            argv = self.wrap.get(node, []) + argv + ["--node", node]
         log = (self.logdir / f"{node or 'front'}-{service}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
