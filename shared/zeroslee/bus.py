@@ -251,6 +251,14 @@ class FireEvent(Message, frozen=True, tag=True):
     payload: bytes
 
 
+class DialogEnded(Message, frozen=True, tag=True):
+    """The SIP RA gave up on a dialog it had reported (e.g. it answered the INVITE with an
+    error itself): the router ends the activity and removes the RA's `keys` with it."""
+
+    dialog: str
+    keys: list[str] = []
+
+
 class DeliveryFailed(Message, frozen=True, tag=True):
     """The router could not deliver the event for `tx`; sip-ra answers with `status`."""
 
@@ -283,6 +291,7 @@ Any = (
     | EndActivity
     | StartActivity
     | FireEvent
+    | DialogEnded
     | Vote
     | VoteReply
     | Renew

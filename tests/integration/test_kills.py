@@ -8,6 +8,8 @@ hang, never a silent loss. The history check: every INFO the cluster acknowledge
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,16 +37,52 @@ def revive(cluster: DevCluster, what: str, node: str | None) -> None:
     cluster.wait_live(cluster.config.node_ids, timeout=30)
 
 
-@pytest.mark.parametrize("phase", ["after-answer", "mid-info"])
+@pytest.fixture
+def fast_cluster(tmp_path: Path) -> Iterator[DevCluster]:
+    """T1 = 0.1 s: a 2xx nobody ACKs (its call was given up for another) ends in 6.4 s."""
+    cluster = DevCluster(tmp_path, t1=0.1)
+    cluster.start_all()
+    try:
+        cluster.wait_ready()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("phase", ["mid-invite", "after-ack", "mid-info"])
 @pytest.mark.parametrize(("what", "node"), TARGETS, ids=[f"{w}-{n}" for w, n in TARGETS])
-def test_chat_survives_a_kill(cluster: DevCluster, what: str, node: str | None, phase: str) -> None:
+def test_chat_survives_a_kill(fast_cluster: DevCluster, what: str, node: str | None, phase: str) -> None:
+    cluster = fast_cluster
     nodes = cluster.config.node_ids
     ua1 = UserAgent("ua1", 6901, cluster.balancer_addr)
     ua2 = UserAgent("ua2", 6902, cluster.balancer_addr)
     acknowledged: list[bytes] = []  # INFO bodies the cluster answered 200
     try:
-        assert ua1.invite("k-room", call_id_on("node-1", nodes, "k1")).status == 200
         assert ua2.invite("k-room", call_id_on("node-2", nodes, "k2")).status == 200
+        if phase == "mid-invite":
+            joined: list[SipMessage | Exception] = []
+
+            def join() -> None:
+                try:
+                    joined.append(ua1.invite("k-room", call_id_on("node-1", nodes, "k1")))
+                except UaError as exc:  # no final response: a hang, recorded and failed on
+                    joined.append(exc)
+
+            inviter = threading.Thread(target=join)
+            inviter.start()
+            kill(cluster, what, node)
+            if what == "balancer":
+                cluster.start("balancer")
+            inviter.join(timeout=40)
+            [answer] = joined
+            status = answer.status if isinstance(answer, SipMessage | UaError) else 0
+            assert status, f"no final response: {answer}"
+            if status != 200:  # a clear error: the caller simply calls again
+                assert status >= 400
+                cluster.wait_ready(nodes=1, timeout=30)
+                assert ua1.invite("k-room", call_id_on("node-1", nodes, "k1b")).status == 200
+        else:
+            assert ua1.invite("k-room", call_id_on("node-1", nodes, "k1")).status == 200
         if phase == "mid-info":
             outcome: list[SipMessage | Exception] = []
 
@@ -67,7 +105,7 @@ def test_chat_survives_a_kill(cluster: DevCluster, what: str, node: str | None, 
                 acknowledged.append(b"in-flight")
             else:
                 assert result.status >= 400  # a clear SIP error, then the chat goes on
-        else:
+        elif phase == "after-ack":
             kill(cluster, what, node)
             if what == "balancer":
                 cluster.start("balancer")

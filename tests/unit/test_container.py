@@ -373,3 +373,12 @@ def test_lookup_of_stale_name_unbinds_it_even_when_the_handler_carries_on() -> N
     tx = Transaction(run.view, "node-1")
     container.deliver(tx, sip("OPTIONS", "t1"), "t1")
     assert tx.writes[keys.name("ghost")] is None
+
+
+def test_ending_a_dialog_without_bye_takes_its_participant_out_of_the_room() -> None:
+    run = Run()
+    run.deliver(sip("INVITE", "d1", created=True), "d1")
+    tx = Transaction(run.view, "node-1")
+    run.container.end(tx, "d1")
+    run.view.apply(tx, 9)
+    assert run.view.data == {}  # dialog, entity, room and its name: all gone

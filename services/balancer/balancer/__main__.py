@@ -28,6 +28,9 @@ class Front(asyncio.DatagramProtocol):
         summary = self.core.receive_datagram(data, addr, time.monotonic())
         if summary.startswith("rejected"):
             self.proc.reject("sip", summary, peer=f"{addr[0]}:{addr[1]}")
+        self.flush()
+
+    def flush(self) -> None:
         assert self.transport is not None
         for out, peer in self.core.datagrams_to_send():
             self.transport.sendto(out, peer)
@@ -46,7 +49,11 @@ class Front(asyncio.DatagramProtocol):
         live = self.core.liveness.live(now)
         if live != self.live:
             self.proc.log.info("live nodes", live=live, was=self.live)
+            lost = set(self.live) - set(live)
             self.live = live
+            if lost:
+                self.core.reroute(now)
+                self.flush()
         self.core.expire(now)
 
     def stats(self) -> dict[str, int | str | float]:

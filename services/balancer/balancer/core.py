@@ -30,11 +30,23 @@ SOFT_STATE_TTL = 32.0  # 64*T1: how long a transaction's node choice is remember
 
 
 @dataclass
+class PendingInvite:
+    """An INVITE we forwarded that has no final response yet: if its node dies, the UA
+    will not retransmit (it has our 100 Trying), so we forward it again to a survivor."""
+
+    node: str
+    data: bytes
+    call_id: str
+    expiry: float
+
+
+@dataclass
 class Balancer:
     address: Addr
     liveness: Liveness
     spread: bool = False
     soft: dict[str, tuple[str, float]] = field(default_factory=dict)  # branch -> (node, expiry)
+    invites: dict[str, PendingInvite] = field(default_factory=dict)  # our branch -> INVITE
     outbox: list[tuple[bytes, Addr]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     _turn: int = 0
@@ -100,10 +112,13 @@ class Balancer:
             msg.set("Max-Forwards", str(int(mf) - 1))
         if msg.method == "INVITE" and not parse_name_addr(msg.get("To") or "").tag:
             msg.prepend("Record-Route", f"<sip:{self.host};lr;zsnode={node}>")
-        msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={self._branch(branch, msg)}")
+        ours = self._branch(branch, msg)
+        msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={ours}")
+        data = msg.to_bytes()
         if msg.method == "INVITE":
             self._reply(msg, addr, 100, "Trying", strip_top_via=True)
-        self.outbox.append((msg.to_bytes(), self.liveness.nodes[node].addr))
+            self.invites[ours] = PendingInvite(node, data, msg.call_id, now + SOFT_STATE_TTL)
+        self.outbox.append((data, self.liveness.nodes[node].addr))
         self.count(f"to.{node}")
         return node
 
@@ -194,6 +209,8 @@ class Balancer:
             return "dropped"
         if msg.status == 100:
             return "100 absorbed"  # hop by hop (§16.7): we sent our own 100
+        if msg.status >= 200 and msg.cseq[1] == "INVITE":
+            self.invites.pop(parse_via(vias[0]).branch, None)
         if len(vias) < 2:
             self.count("response.no_next_via")
             return "dropped"
@@ -229,3 +246,37 @@ class Balancer:
     def expire(self, now: float) -> None:
         for branch in [b for b, (_, exp) in self.soft.items() if exp <= now]:
             del self.soft[branch]
+        for branch in [b for b, p in self.invites.items() if p.expiry <= now]:
+            del self.invites[branch]
+
+    def reroute(self, now: float) -> None:
+        """INVITEs whose node died before answering go to a survivor (which recognises a
+        call it already took, from the replicated state), or get 503 if none is left."""
+        live = self.liveness.live(now)
+        for branch, pending in list(self.invites.items()):
+            if pending.node in live:
+                continue
+            msg = parse(pending.data)
+            node = hashing.choose(pending.call_id, live)
+            if node is None:
+                del self.invites[branch]
+                vias = msg.get_all("Via")[1:]
+                nxt = parse_via(vias[0])
+                port = int(nxt.params["rport"]) if nxt.params.get("rport", "").isdigit() else (nxt.port or 5060)
+                self._reply(
+                    msg,
+                    (nxt.params.get("received") or nxt.host, port),
+                    503,
+                    "Service Unavailable",
+                    [("Retry-After", "5")],
+                    strip_top_via=True,
+                )
+                continue
+            routes = msg.get_all("Record-Route")
+            if routes and f"zsnode={pending.node}>" in routes[0]:
+                msg.remove("Record-Route")
+                msg.headers += [("Record-Route", routes[0].replace(f"zsnode={pending.node}>", f"zsnode={node}>"))]
+                msg.headers += [("Record-Route", r) for r in routes[1:]]
+            pending.node, pending.data = node, msg.to_bytes()
+            self.outbox.append((pending.data, self.liveness.nodes[node].addr))
+            self.count("rerouted.invite")

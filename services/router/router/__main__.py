@@ -89,6 +89,8 @@ class Router:
                     await self.sock.send_multipart([ident, bus.encode(bus.Pong(req, "router", True))])
                 case bus.StartActivity() | bus.FireEvent():
                     self.enqueue(message.activity, message, None)
+                case bus.DialogEnded():
+                    self.enqueue(message.dialog, message, None)  # after any delivery queued for it
                 case _:
                     self.proc.reject("unexpected", type(message).__name__, socket="router")
 
@@ -128,6 +130,10 @@ class Router:
         if isinstance(event, bus.EndActivity):
             await self.run(lambda tx: self.end(tx, activity), log.bind(event_type="EndActivity"))
             return
+        if isinstance(event, bus.DialogEnded):
+            ended = event
+            await self.run(lambda tx: self.end_dialog(tx, ended), log.bind(event_type="DialogEnded"))
+            return
         if isinstance(event, bus.StartActivity):
             started = event
             await self.run(lambda tx: self.start(tx, started), log.bind(event_type="StartActivity"))
@@ -157,10 +163,13 @@ class Router:
         tx.put(keys.activity(message.activity), encode(record))
         return Outcome([], [], [], [])
 
+    def end_dialog(self, tx: Transaction, ended: bus.DialogEnded) -> Outcome:
+        for key in ended.keys:  # the RA's data, even if no activity was ever created
+            tx.delete(key)
+        return self.end(tx, ended.dialog)
+
     def end(self, tx: Transaction, activity: str) -> Outcome:
-        self.container.ending = set()
-        self.container.end_activity(tx, activity)
-        return Outcome([], [], [], [])
+        return self.container.end(tx, activity, time.time())
 
     # --- transactions --------------------------------------------------------------
 

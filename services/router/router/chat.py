@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from router.sbb import Sbb, SbbContext, SipRequest, TimerEvent, on
+from router.sbb import ActivityEndEvent, Sbb, SbbContext, SipRequest, TimerEvent, on
 
 
 class MessageEvent(msgspec.Struct, frozen=True):
@@ -76,6 +76,12 @@ class ChatSbb(Sbb):
         if self.state.ringing is not None and event.timer_id == self.state.ring_timer:
             self.answer(self.state.ringing, ctx)
             self.state.ringing, self.state.ring_timer = None, ""
+
+    @on(ActivityEndEvent)
+    def on_end(self, event: ActivityEndEvent, ctx: SbbContext) -> None:
+        """Our dialog ended without a BYE (the RA gave up on it): leave the room too."""
+        if event.activity == self.state.dialog:
+            self.leave(ctx)
 
     @on(SipRequest, method="CANCEL")
     def on_cancel(self, event: SipRequest, ctx: SbbContext) -> None:

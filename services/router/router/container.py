@@ -108,6 +108,13 @@ class Container:
             outcome = self.deliver(tx, TimerEvent(timer.id, timer.activity, timer.fire_at), timer.activity, now)
         return outcome
 
+    def end(self, tx: Transaction, activity: str, now: float = 0.0) -> Outcome:
+        """End `activity` as a transaction of its own (management, or its RA gave up)."""
+        self.touched, self.responded, self.stale_names, self.ending, self.now = set(), set(), [], set(), now
+        self.end_activity(tx, activity)
+        self._collect_garbage(tx)
+        return Outcome([], [], [], [])
+
     def remove_stale_names(self, tx: Transaction) -> None:
         """Names found bound to an ended activity go (DESIGN §5). The shell calls this in
         a transaction of its own when the delivery that found them rolls back."""

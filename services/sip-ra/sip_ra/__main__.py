@@ -107,7 +107,7 @@ class SipRa(asyncio.DatagramProtocol):
             try:
                 await self.store.commit([(keys.dialog(d.id), 0)], [self.dialogs.write_of(d.id, d.encode()), *index])
             except CommitFailed as exc:
-                self.answer(event.tx, 503, "Service Unavailable", str(exc))
+                self.answer(event.tx, 503, "Service Unavailable", str(exc) or "store unavailable")
                 return
         elif outcome.new_dialog is not None:  # a UAC dialog confirmed by its 2xx
             if not await self.replace_dialog(outcome.new_dialog):
@@ -127,6 +127,12 @@ class SipRa(asyncio.DatagramProtocol):
         if pending is None:
             return
         request = pending.request
+        if why and status >= 300 and request.method == "INVITE" and pending.dialog is not None:
+            # We answer the INVITE ourselves (the router failed or was too slow): the dialog
+            # never was. Let the router end it, even if its delivery commits after all.
+            ended = bus.DialogEnded(pending.dialog.id, [keys.dialog(pending.dialog.id)])
+            self.spawn(self.tell_router(ended))
+            self.core.forget_dialog(pending.dialog.id)
         self.core.respond(tx, status, reason, time.monotonic(), **kw)  # type: ignore[arg-type]
         self.flush()
         if status >= 200:
@@ -139,6 +145,9 @@ class SipRa(asyncio.DatagramProtocol):
             )
 
     # --- router link ---------------------------------------------------------------
+
+    async def tell_router(self, message: bus.Message) -> None:
+        await self.router.send(bus.encode(message))
 
     async def serve_router(self) -> None:
         while True:
@@ -249,6 +258,9 @@ class SipRa(asyncio.DatagramProtocol):
                     "transaction", method=expired.method, status=expired.status, call_id=expired.call_id, why="timeout"
                 )
                 await self.router.send(bus.encode(expired))  # the services hear of it (408)
+            for ident in self.core.abandoned:  # never ACKed: we sent BYE; the services let go
+                await self.tell_router(bus.DialogEnded(ident, [keys.dialog(ident)]))
+            self.core.abandoned.clear()
             self.flush()
 
     async def beat(self) -> None:

@@ -113,6 +113,7 @@ class RaCore:
     outbox: list[tuple[bytes, Addr]] = field(default_factory=list)
     wakeups: list[tuple[float, str]] = field(default_factory=list)  # lazy heap
     reinvite_out: set[str] = field(default_factory=set)  # dialogs with our INVITE pending
+    abandoned: list[str] = field(default_factory=list)  # dialogs ended for want of an ACK
     reinvite_in: dict[str, str] = field(default_factory=dict)  # dialog -> pending server tx
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -527,8 +528,14 @@ class RaCore:
         if unacked is None or unacked.next_at > now:
             return
         if now >= unacked.give_up_at:
+            # §13.3.1.4: no ACK within 64*T1: confirm and then end the session with BYE.
             del self.unacked[ident]
             self.count("sip.ack_timeout")
+            dialog = self.dialogs.get(ident)
+            if dialog is not None:
+                self.send_in_dialog(_with(dialog, local_cseq=dialog.local_cseq + 1), "BYE", b"", "", now)
+                self.forget_dialog(ident)
+            self.abandoned.append(ident)
             return
         self.outbox.append((unacked.data, unacked.peer))
         unacked.interval = min(2 * unacked.interval, self.timers.t2)
