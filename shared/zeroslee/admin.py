@@ -56,6 +56,12 @@ def query(config: Config, prefix: str) -> list[tuple[str, int, bytes]]:
     raise SystemExit("no statestore answered")
 
 
+def query_node(config: Config, node: str, prefix: str) -> list[tuple[str, int, bytes]] | None:
+    """One store's replica under `prefix` (None if it does not answer)."""
+    reply = ask(config.node(node).store, bus.Query(1, prefix))
+    return reply.items if isinstance(reply, bus.QueryResult) else None
+
+
 def decode_record(raw: bytes) -> Any:
     try:
         return msgspec.msgpack.decode(raw)

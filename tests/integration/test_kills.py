@@ -125,6 +125,14 @@ def test_chat_survives_a_kill(fast_cluster: DevCluster, what: str, node: str | N
 
         if what != "balancer":
             revive(cluster, what, node)
+
+        def mirrors_agree() -> bool:
+            """The history check on the stores: every commit acknowledged so far is on both
+            (same keys, same versions, same bytes), whichever process was killed."""
+            one, two = (admin.query_node(cluster.config, n, "") for n in nodes)
+            return one is not None and one == two and bool(one)
+
+        eventually(mirrors_agree, timeout=15, what="both stores hold the same history")
         assert ua1.request("BYE").status == 200
         assert ua2.request("BYE").status == 200
         eventually(lambda: admin.query(cluster.config, "aci/") == [], timeout=15, what="all activities ended")

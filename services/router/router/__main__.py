@@ -25,6 +25,8 @@ from zeroslee.storeclient import CommitFailed, StoreClient
 
 MAX_ATTEMPTS = 12
 STORE_ATTEMPTS = 3
+JOURNAL_RETRY = 1.0  # seconds (times the try) before a journaled event is tried again
+JOURNAL_TRIES = 5
 TIMER = object()  # queue marker: the pending key is a timer record's
 
 Body = Callable[[Transaction], Outcome | None]
@@ -58,6 +60,7 @@ class Router:
         self.live: list[str] = []
         # Work of a node lost (or already down when we start) that is not adopted yet;
         # acted on once we have listened long enough to have heard every live node.
+        self.retries: dict[str, int] = {}  # journal key -> failed deliveries so far
         self.orphans = True
         self.started = time.monotonic()
         self.grace = 2 * proc.config.balancer.dead_after + 3 * proc.config.heartbeat_interval
@@ -154,7 +157,26 @@ class Router:
                 tx.delete(pending_key)
             return self.container.deliver(tx, event, activity, now=time.time())
 
-        await self.run(body, log, event)
+        delivered = await self.run(body, log, event)
+        if delivered or pending_key is None or not pending_key.startswith("evt/"):
+            self.retries.pop(pending_key or "", None)
+            return
+        # A journaled event whose delivery could not commit (store unavailable, conflicts, a
+        # failing handler) stays in the journal: try again later, a bounded number of times.
+        tries = self.retries[pending_key] = self.retries.get(pending_key, 0) + 1
+        if tries <= JOURNAL_TRIES:
+            self.proc.count("event.retried")
+            asyncio.get_running_loop().call_later(JOURNAL_RETRY * tries, self.enqueue, activity, event, pending_key)
+            return
+        self.proc.count("event.dropped")  # poison: out of the journal, so its activity can end
+        del self.retries[pending_key]
+        key = pending_key
+
+        def drop(tx: Transaction) -> Outcome:
+            tx.delete(key)
+            return Outcome([], [], [], [])
+
+        await self.run(drop, log.bind(event_type="DroppedEvent"))
 
     def start(self, tx: Transaction, message: bus.StartActivity) -> Outcome | None:
         if tx.get(keys.activity(message.activity)) is not None:
@@ -173,8 +195,9 @@ class Router:
 
     # --- transactions --------------------------------------------------------------
 
-    async def run(self, body: Body, log: structlog.typing.FilteringBoundLogger, event: object = None) -> None:
-        """Run `body` in a transaction on fresh data until its commit succeeds (bounded)."""
+    async def run(self, body: Body, log: structlog.typing.FilteringBoundLogger, event: object = None) -> bool:
+        """Run `body` in a transaction on fresh data until its commit succeeds (bounded).
+        False when it gave up (the failure was answered or logged)."""
         started = time.monotonic()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
@@ -182,20 +205,23 @@ class Router:
                     tx = Transaction(view, self.node.id)
                     outcome = body(tx)
             except ReplicaUnavailable:
-                return await self.fail(event, 503, "local replica not ready", log)
+                await self.fail(event, 503, "local replica not ready", log)
+                return False
             except HandlerFailed as failure:
                 self.proc.count("delivery.rolled_back")
                 await self.cleanup_after(failure, log)
-                return await self.fail(event, 500, str(failure), log)
+                await self.fail(event, 500, str(failure), log)
+                return False
             except SleeError as exc:
                 self.proc.count("delivery.rolled_back")
-                return await self.fail(event, 500, f"{type(exc).__name__}: {exc}", log)
+                await self.fail(event, 500, f"{type(exc).__name__}: {exc}", log)
+                return False
             if outcome is None:
-                return
+                return True
             if not tx.writes:  # read-only delivery: nothing to replicate
                 await self.after_commit(tx)
                 self.proc.count("delivery.ok")
-                return
+                return True
             try:
                 result = await self.commit(tx)
             except CommitFailed as exc:
@@ -203,7 +229,8 @@ class Router:
                 # fate is unknown, so re-run the delivery on fresh data, a bounded number of times.
                 self.proc.count("delivery.store_unavailable")
                 if attempt >= STORE_ATTEMPTS:
-                    return await self.fail(event, 503, str(exc), log)
+                    await self.fail(event, 503, str(exc), log)
+                    return False
                 continue
             if not result.ok:
                 self.proc.count("delivery.conflict")
@@ -222,8 +249,9 @@ class Router:
                 ms=round((time.monotonic() - started) * 1000, 2),
             )
             await self.after_commit(tx)
-            return
+            return True
         await self.fail(event, 500, "too many conflicts", log)
+        return False
 
     async def commit(self, tx: Transaction) -> bus.CommitResult:
         prefix_reads = [(p, c, v) for p, (c, v) in sorted(tx.prefix_reads.items())]
