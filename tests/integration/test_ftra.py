@@ -32,6 +32,7 @@ def test_counter_ra_gets_data_removed_fail_over_and_its_timer_on_the_survivor(cl
     try:
         eventually(lambda: ("data_removed", "doomed") in ra_events(cluster, "node-1"), what="node-1 saw the removal")
         eventually(lambda: admin.query(cluster.config, "aci/ra-act") == [], what="node-2 ended node-1's activity")
+        assert cluster.stats("router", "node-2").get("delivered.Tick") == 1  # fired on it first
         procs["node-1"].kill()
         procs["node-1"].wait()
         cluster.kill_node("node-1")

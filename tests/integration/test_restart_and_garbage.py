@@ -7,8 +7,8 @@ import socket
 import pytest
 import zmq
 
-from tests.conftest import call_id_on
-from zeroslee import admin
+from tests.conftest import call_id_on, eventually
+from zeroslee import admin, bus
 from zeroslee.devcluster import DevCluster
 from zeroslee.sipmsg import parse
 from zeroslee.ua import UserAgent
@@ -98,6 +98,19 @@ def test_garbage_on_every_bus_socket_is_counted_and_ignored(cluster: DevCluster)
             sock.close()
     finally:
         ctx.term()
+    # A well-formed message naming an event type no process can load: refused, not a crash.
+    ctx = zmq.Context()
+    try:
+        for n in cluster.config.nodes:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.connect(n.router)
+            sock.send(bus.encode(bus.FireEvent(0, "no-such-activity", "nowhere:Nothing", b"\x80")))
+            sock.close()
+    finally:
+        ctx.term()
+    for n in cluster.config.node_ids:
+        eventually(lambda n=n: int(cluster.stats("router", n).get("rejected.event", 0)) == 1, what="refused")
     # Each process answers a well-formed request afterwards, and counted the junk.
     assert int(cluster.stats("balancer").get("rejected.bus", 0)) == 4
     for n in cluster.config.node_ids:

@@ -3,7 +3,7 @@ general. Run one per node: `python -m tests.ra.counter_ra --node node-1 --config
 
 node-1 puts "job-1", "doomed" and "go", sets a fault-tolerant timer "alarm" and starts the
 activity "ra-act"; node-2 removes "doomed" (node-1 hears data_removed) and ends "ra-act"
-(an activity another node created). Every callback is logged as a JSON line ("ra" event),
+(an activity another node created), after firing a Tick on it. Every callback is logged as a JSON line ("ra" event),
 which the integration test reads.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.ra.events import Tick
 from zeroslee.ftra import FaultTolerance, FaultTolerantTimer, ReplicatedData, SleeEndpoint
 from zeroslee.runtime import Process, run
 from zeroslee.storeclient import StoreClient
@@ -55,6 +56,7 @@ async def main(proc: Process) -> None:
             while data.get("go") is None:
                 await asyncio.sleep(0.05)
             await data.remove("doomed")
+            await slee.fire("ra-act", Tick(1))  # on an activity node-1 created
             await slee.end_activity("ra-act")
             proc.log.info("ra", callback="ready", keys=data.keys())
 

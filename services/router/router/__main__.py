@@ -143,7 +143,11 @@ class Router:
             return
         if isinstance(event, bus.FireEvent):
             pending = PendingEvent(f"ra-{time.time_ns()}", event.activity, event.type, event.payload)
-            event = decode_event(pending)
+            try:
+                event = decode_event(pending)
+            except (ImportError, AttributeError, ValueError, msgspec.DecodeError) as exc:
+                self.proc.reject("event", exc, activity=activity, type=pending.type)  # bad input: no crash
+                return
         assert isinstance(event, msgspec.Struct)
         log = log.bind(event_type=type(event).__name__)
         if isinstance(event, SipRequest):
@@ -220,7 +224,7 @@ class Router:
                 return True
             if not tx.writes:  # read-only delivery: nothing to replicate
                 await self.after_commit(tx)
-                self.proc.count("delivery.ok")
+                self.count_delivery(event)
                 return True
             try:
                 result = await self.commit(tx)
@@ -236,8 +240,7 @@ class Router:
                 self.proc.count("delivery.conflict")
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))  # back off, then re-read
                 continue
-            self.proc.count("delivery.ok")
-            self.proc.count(f"delivered.{type(event).__name__ if event is not None else 'Internal'}")
+            self.count_delivery(event)
             log.info(
                 "delivered",
                 seq=result.seq,
@@ -252,6 +255,11 @@ class Router:
             return True
         await self.fail(event, 500, "too many conflicts", log)
         return False
+
+    def count_delivery(self, event: object) -> None:
+        """Routing statistics per event type (zeroslee-admin routing)."""
+        self.proc.count("delivery.ok")
+        self.proc.count(f"delivered.{type(event).__name__ if event is not None else 'Internal'}")
 
     async def commit(self, tx: Transaction) -> bus.CommitResult:
         prefix_reads = [(p, c, v) for p, (c, v) in sorted(tx.prefix_reads.items())]
