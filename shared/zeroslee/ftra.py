@@ -25,7 +25,7 @@ import msgspec
 import zmq
 
 from zeroslee import bus, hashing
-from zeroslee.liveness import Liveness
+from zeroslee.liveness import Liveness, adoption_dead_after
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats
 from zeroslee.storeclient import CommitFailed, StoreClient
@@ -160,7 +160,7 @@ class FaultTolerance:
         self.polled = 0.0
         self.data = data
         self.ra = ra
-        self.liveness = Liveness(proc.config.balancer.dead_after, proc.config.balancer.alive_after)
+        self.liveness = Liveness(adoption_dead_after(proc.config), proc.config.balancer.alive_after)
         self.live: list[str] = []
         self.known: dict[str, Entry] = {}
         self.fired: set[str] = set()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from zeroslee.config import Config
+
 Addr = tuple[str, int]
 
 
@@ -36,3 +38,10 @@ class Liveness:
 
     def live(self, now: float) -> list[str]:
         return sorted(n for n, s in self.nodes.items() if s.ready and now - s.last_seen <= self.dead_after)
+
+
+def adoption_dead_after(config: Config) -> float:
+    """How long a node must be silent before its work is taken over: longer than the
+    balancer's detection (which only moves traffic), so a node slowed down by load, whose
+    heartbeats arrive late, is not robbed of its activities and timers."""
+    return max(1.0, 2 * config.balancer.dead_after)

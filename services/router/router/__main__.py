@@ -18,7 +18,7 @@ from router.container import Container, Outcome, Service
 from router.records import ActivityRecord, PendingEvent, TimerRecord, Transaction, decode, decode_event, encode
 from router.sbb import HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
 from zeroslee import bus, keys
-from zeroslee.liveness import Liveness
+from zeroslee.liveness import Liveness, adoption_dead_after
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats, run
 from zeroslee.storeclient import CommitFailed, StoreClient
@@ -56,7 +56,7 @@ class Router:
         self.sip_ra = f"sip-ra:{proc.node}".encode()
         self.queues: dict[str, asyncio.Queue[tuple[object, str | None]]] = {}
         self.tasks: set[asyncio.Future[None]] = set()
-        self.liveness = Liveness(proc.config.balancer.dead_after, proc.config.balancer.alive_after)
+        self.liveness = Liveness(adoption_dead_after(proc.config), proc.config.balancer.alive_after)
         self.live: list[str] = []
         # Work of a node lost (or already down when we start) that is not adopted yet;
         # acted on once we have listened long enough to have heard every live node.
