@@ -135,7 +135,13 @@ def test_chat_survives_a_kill(fast_cluster: DevCluster, what: str, node: str | N
         eventually(mirrors_agree, timeout=15, what="both stores hold the same history")
         assert ua1.request("BYE").status == 200
         assert ua2.request("BYE").status == 200
-        eventually(lambda: admin.query(cluster.config, "aci/") == [], timeout=15, what="all activities ended")
+        try:
+            # 30 s: a journaled event whose delivery met the store's election is retried
+            # with a growing back-off (0.5 s, 1 s, 1.5 s...) before its room can end.
+            eventually(lambda: admin.query(cluster.config, "aci/") == [], timeout=30, what="all activities ended")
+        except AssertionError as exc:
+            left = [(k, v) for k, v, _ in admin.query(cluster.config, "")]
+            raise AssertionError(f"{exc}; left in the store: {left}") from exc
     finally:
         ua1.close()
         ua2.close()

@@ -17,6 +17,7 @@ CORES = [
     "services/router/router/sbb.py",
     "services/statestore/statestore/membership.py",
     "shared/zeroslee/sipmsg.py",
+    "shared/zeroslee/sipheaders.py",
     "shared/zeroslee/hashing.py",
 ]
 FORBIDDEN = {"asyncio", "zmq", "lmdb", "logging", "structlog", "time", "socket"}

@@ -25,7 +25,7 @@ from zeroslee.storeclient import CommitFailed, StoreClient
 
 MAX_ATTEMPTS = 12
 STORE_ATTEMPTS = 3
-JOURNAL_RETRY = 1.0  # seconds (times the try) before a journaled event is tried again
+JOURNAL_RETRY = 0.5  # seconds (times the try) before a journaled event is tried again
 JOURNAL_TRIES = 5
 TIMER = object()  # queue marker: the pending key is a timer record's
 
