@@ -52,18 +52,12 @@ class ReplicatedData:
         self.store = store
         self.removed_here: set[str] = set()
 
-    def store_key(self, key: str) -> str:
-        return self.prefix + key
-
     def write_of(self, key: str, value: bytes, owner: str | None = None) -> tuple[str, bytes]:
         """The (store key, record) pair that puts `value` under `key` in a larger commit."""
         return self.prefix + key, msgspec.msgpack.encode(Entry(owner or self.node, value))
 
     def read_entry(self, key: str) -> tuple[int, Entry | None]:
         """The entry and its version, for a versioned read-modify-write."""
-        return self._read(key)
-
-    def _read(self, key: str) -> tuple[int, Entry | None]:
         try:
             with self.store.replica.read() as view:
                 version, raw = view.get(self.prefix + key)
@@ -80,7 +74,7 @@ class ReplicatedData:
         return {k[len(self.prefix) :]: msgspec.msgpack.decode(raw, type=Entry) for k, _, raw in found}
 
     def get(self, key: str) -> bytes | None:
-        return entry.value if (entry := self._read(key)[1]) is not None else None
+        return entry.value if (entry := self.read_entry(key)[1]) is not None else None
 
     def keys(self) -> list[str]:
         return sorted(self.entries())
@@ -98,7 +92,7 @@ class ReplicatedData:
 
     async def take(self, key: str, entry: Entry) -> bool:
         """Become the owner of `key` unless it changed since read (one adopter wins)."""
-        version, current = self._read(key)
+        version, current = self.read_entry(key)
         if current != entry:
             return False
         moved = msgspec.msgpack.encode(msgspec.structs.replace(entry, owner=self.node))
@@ -109,7 +103,7 @@ class ReplicatedData:
 
     async def _write(self, key: str, value: bytes | None) -> None:
         for _ in range(8):
-            version, _ = self._read(key)
+            version, _ = self.read_entry(key)
             result = await self.store.commit([(self.prefix + key, version)], [(self.prefix + key, value)])
             if result.ok:
                 return

@@ -160,12 +160,3 @@ class Transaction:
                 else:
                     present.add(key)
         return sorted(present)
-
-    def commit_message(self, req: int) -> bus.Commit:
-        return bus.Commit(
-            req=req,
-            reads=sorted(self.reads.items()),
-            writes=sorted(self.writes.items()),
-            prefix_reads=[(p, c, v) for p, (c, v) in sorted(self.prefix_reads.items())],
-            origin="router",
-        )
