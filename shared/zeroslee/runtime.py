@@ -82,6 +82,7 @@ def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], need
         task = asyncio.create_task(main(proc))
         stop = asyncio.create_task(proc.stopping.wait())
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        arm_shutdown_watchdog(service)
         task.cancel()
         try:
             await task
@@ -98,6 +99,22 @@ def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], need
 
     if asyncio.run(runner()):
         raise SystemExit(70)  # EX_SOFTWARE: a bug; the cluster fails this node over
+
+
+SHUTDOWN_GRACE = 5  # seconds a stopping process may take before it exits anyway
+
+
+def arm_shutdown_watchdog(service: str) -> None:
+    """A stop must not hang (a stuck shutdown once held a process past its supervisor's
+    patience). SIGALRM fires even if the event loop is blocked; everything a service
+    owns is in the replicated store, so exiting is safe. Said on stderr, then exit 0."""
+
+    def expire(signum: int, frame: object) -> None:
+        os.write(2, f'{{"event": "shutdown stalled", "service": "{service}", "level": "warning"}}\n'.encode())
+        os._exit(0)
+
+    signal.signal(signal.SIGALRM, expire)
+    signal.alarm(SHUTDOWN_GRACE)
 
 
 class Requester:
