@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Idempotent machine set-up: venv in .venv, the project and its test tools, SIPp.
+# Idempotent machine set-up: venv in .venv, the project, its test and bench tools, SIPp,
+# sipsak and Kamailio (the bench's baseline proxy).
 # Re-runs only when pyproject.toml changes; after that it needs no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stamp=.venv/.setup-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
-if [ -f "$stamp" ] && command -v sipp >/dev/null 2>&1 && command -v sipsak >/dev/null 2>&1; then
+have_peers() { command -v sipp && command -v sipsak && command -v kamailio; } >/dev/null 2>&1
+if [ -f "$stamp" ] && have_peers; then
   exit 0
 fi
 python=${PYTHON:-python3}
@@ -22,13 +24,14 @@ if [ ! -x .venv/bin/python ] && ! "$python" -m venv .venv; then
   rm -rf .venv
   "$python" -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
-# SIPp (Debian's sip-tester) is the reference peer; sipsak is a second, independent UA.
-if ! command -v sipp >/dev/null 2>&1 || ! command -v sipsak >/dev/null 2>&1; then
+.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+# SIPp (Debian's sip-tester) is the reference peer; sipsak is a second, independent UA;
+# Kamailio is the bench's baseline (started only by the bench, on loopback).
+if ! have_peers; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq sip-tester sipsak >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends sip-tester sipsak kamailio >/dev/null
 fi
 rm -f .venv/.setup-*
 touch "$stamp"

@@ -1,0 +1,1 @@
+"""The zeroslee benchmark harness (`make bench`); see bench/README.md."""

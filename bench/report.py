@@ -1,0 +1,157 @@
+"""The bench's outputs: a markdown table, PNG plots, the README's quote, profile summaries."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "setup": 1000,  # call setups/s, zero failures
+    "relay_p99": 10.0,  # ms at 500 relays/s
+    "commit_p99": 2.0,  # ms, synchronous replication
+    "gap": 300.0,  # ms, kill -9 to first relayed INFO
+    "memory": 4096,  # bytes per confirmed dialog
+}
+
+
+def _num(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        text = f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    else:
+        text = f"{value:,}"
+    return f"{text}{unit}"
+
+
+def _met(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+def relay_at(results: dict[str, Any], rate: int) -> dict[str, Any] | None:
+    rows = results.get("relay") or []
+    exact = [r for r in rows if r["offered"] == rate]
+    return exact[0] if exact else None
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, v = results.get("machine", {}), results.get("versions", {})
+    lines = [
+        f"### zeroslee bench ({results.get('mode')}, {results.get('started')})",
+        "",
+        f"Machine: {m.get('cores')} cores, {m.get('cpu')}, Linux {m.get('kernel')}. "
+        f"Python {v.get('python')}, pyzmq {v.get('pyzmq')} (libzmq {v.get('libzmq')}), "
+        f"{v.get('sipp')}, {v.get('kamailio')}. Everything, SIPp included, on this one machine.",
+        "",
+        "| figure | measured | target | |",
+        "|---|---|---|---|",
+    ]
+    setup = results.get("setup_rate")
+    if setup:
+        z = setup["zeroslee"]["best"]
+        lines.append(
+            f"| call setups/s, zero failures, 20 s steps (balancer + 2 replicating nodes) | {_num(z)} "
+            f"| ≥ {TARGETS['setup']:,} | {_met(z >= TARGETS['setup'])} |"
+        )
+        lines.append(f"| baseline: SIPp uac → SIPp uas | {_num(setup['sipp']['best'])} | | |")
+        lines.append(
+            f"| baseline: SIPp uac → Kamailio dispatcher → 2 SIPp uas | {_num(setup['kamailio']['best'])} | | |"
+        )
+        r = setup["ratios"]
+        lines.append(
+            f"| ratio zeroslee / SIPp, zeroslee / Kamailio | {_num(r['zeroslee/sipp'])}, "
+            f"{_num(r['zeroslee/kamailio'])} | | |"
+        )
+    for row in results.get("relay") or []:
+        target = row["offered"] == 500
+        lines.append(
+            f"| chat relay at {row['offered']}/s offered: relays/s; p50 / p99 / max ms; lost "
+            f"| {_num(row['relays_per_s'])}; {_num(row['p50_ms'])} / {_num(row['p99_ms'])} / {_num(row['max_ms'])}; "
+            f"{row['lost']} | {'p99 ≤ 10 ms' if target else ''} "
+            f"| {_met(row['p99_ms'] <= TARGETS['relay_p99']) if target else ''} |"
+        )
+    commit = results.get("commit")
+    if commit:
+        rep, one = commit["replicated"], commit["single"]
+        lines.append(
+            f"| commit p50 / p99, synchronous replication | {_num(rep['p50_ms'])} / {_num(rep['p99_ms'])} ms "
+            f"| p99 ≤ 2 ms | {_met(rep['p99_ms'] <= TARGETS['commit_p99'])} |"
+        )
+        lines.append(f"| commit p50 / p99, single store | {_num(one['p50_ms'])} / {_num(one['p99_ms'])} ms | | |")
+    fo = results.get("failover")
+    if fo:
+        gaps = ", ".join(_num(k["gap_ms"]) for k in fo["kills"])
+        ok = fo["gap_ms_max"] is not None and fo["gap_ms_max"] <= TARGETS["gap"] and fo["lost_total"] == 0
+        lines.append(
+            f"| failover gap, kill -9 node-1 to first relayed INFO ({len(fo['kills'])} kills); INFOs lost "
+            f"| {gaps} ms; {fo['lost_total']} lost | ≤ 300 ms, 0 lost | {_met(ok)} |"
+        )
+    mem = results.get("memory")
+    if mem:
+        per = mem["bytes_per_dialog"]
+        lines.append(
+            f"| bytes per confirmed dialog at {_num(mem['dialogs'])} dialogs, whole cluster (RSS + LMDB) "
+            f"| {_num(per)} ({_num(mem['rss_bytes_per_dialog'])} RSS + {_num(mem['lmdb_bytes_per_dialog'])} LMDB) "
+            f"| ≤ 4 KiB | {_met(per is not None and per <= TARGETS['memory'])} |"
+        )
+    lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setup = results.get("setup_rate")
+    if setup:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = ["SIPp → SIPp", "SIPp → Kamailio → SIPp", "SIPp → zeroslee"]
+        values = [setup["sipp"]["best"], setup["kamailio"]["best"], setup["zeroslee"]["best"]]
+        bars = ax.bar(labels, values, color=["#888888", "#4a7fb5", "#d9822b"])
+        ax.bar_label(bars, labels=[f"{v:,}" for v in values])
+        ax.axhline(TARGETS["setup"], color="red", linestyle="--", label="zeroslee target")
+        ax.set_ylabel("call setups/s, zero failures")
+        ax.set_title("Highest sustained call setup rate (same machine, same run)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "setup_rate.png", dpi=100)
+        plt.close(fig)
+    relay = results.get("relay")
+    if relay:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        x = [r["offered"] for r in relay]
+        for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max")):
+            ax.plot(x, [r[key] for r in relay], marker="o", label=label)
+        ax.axhline(TARGETS["relay_p99"], color="red", linestyle="--", label="p99 target")
+        ax.set_xlabel("offered chat relays/s")
+        ax.set_ylabel("INFO in to INFO out, ms")
+        ax.set_yscale("log")
+        ax.set_title("Chat relay latency against offered rate")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "relay_latency.png", dpi=100)
+        plt.close(fig)
+
+
+def profile_text(name: str, rate: int, summary: dict[str, Any]) -> str:
+    lines = [f"py-spy profile of {name} at {rate} call setups/s: {summary['samples']} samples", "", "self %:"]
+    lines += [f"  {pct:5.1f}  {frame}" for frame, pct in summary["self"]]
+    lines += ["", "inclusive %:"]
+    lines += [f"  {pct:5.1f}  {frame}" for frame, pct in summary["inclusive"]]
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def quote_in_readme(table: str, readme: Path) -> None:
+    text = readme.read_text()
+    block = f"{BEGIN}\n{table}{END}"
+    if BEGIN in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n## Benchmark\n\n" + block + "\n"
+    readme.write_text(text)

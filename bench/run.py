@@ -1,0 +1,553 @@
+"""`make bench`: every figure of the benchmark in one invocation (or a seconds-long smoke).
+
+Phases, each on a fresh cluster (balancer, witness, two replicating nodes, real
+processes) or fresh baseline peers, all on loopback:
+  setup     SIPp uac ramp: SIPp uas directly, Kamailio dispatcher, zeroslee
+  relay     chat relays at fixed offered rates: throughput and latency percentiles
+  commit    statestore commit latency, replicated (2 stores) and single store
+  failover  kill -9 node-1 mid-chat: gap to the first relayed INFO, INFOs lost
+  memory    bytes per confirmed dialog at N concurrent dialogs (RSS and LMDB)
+  profile   py-spy on the hot processes at the best zero-failure setup rate
+Every load is bounded in count and in time. Results: results.json, results.md, PNGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import zmq
+
+from bench import chatload, report, tools
+from zeroslee import bus, hashing
+from zeroslee.devcluster import DevCluster
+from zeroslee.replica import env_path
+
+BASE = 5900  # the bench cluster's ports: 5900-5939 (tests use 5500-5899, make cluster 5060-5125)
+UAC_PORT, UAS_PORTS, KAMAILIO_PORT = 6010, [6101, 6102], 6100
+HOT = [("", "balancer"), ("node-1", "sip-ra"), ("node-1", "router"), ("node-1", "statestore")]
+
+
+@dataclass
+class Plan:
+    smoke: bool
+    step: float  # seconds per ramp step (the issue's "sustained for at least 20 s")
+    zeroslee_rates: list[int]
+    baseline_rates: list[int]
+    relay_rates: list[int]
+    relay_seconds: float
+    commits: int
+    kills: int
+    dialogs: int
+    dialog_rate: int
+    profile_seconds: float
+
+
+FULL = Plan(
+    smoke=False,
+    step=20.0,
+    zeroslee_rates=[100, 200, 300, 400, 500, 600, 800, 1000, 1250, 1500, 2000],
+    baseline_rates=[1000, 2000, 4000, 8000, 12000, 16000, 24000],
+    relay_rates=[100, 250, 500, 750, 1000],
+    relay_seconds=10.0,
+    commits=5000,
+    kills=3,
+    dialogs=10_000,
+    dialog_rate=200,
+    profile_seconds=10.0,
+)
+SMOKE = Plan(
+    smoke=True,
+    step=2.0,
+    zeroslee_rates=[20, 40],
+    baseline_rates=[100],
+    relay_rates=[20, 50],
+    relay_seconds=1.5,
+    commits=200,
+    kills=1,
+    dialogs=50,
+    dialog_rate=50,
+    profile_seconds=2.0,
+)
+
+
+class Bench:
+    def __init__(self, plan: Plan, out: Path, work: Path) -> None:
+        self.plan, self.out, self.work = plan, out, work
+        self.commands: list[str] = []
+        self.results: dict[str, Any] = {}
+
+    def log(self, text: str) -> None:
+        print(f"bench: {text}", flush=True)
+
+    def cluster(self, name: str, nodes: int = 2) -> DevCluster:
+        c = DevCluster(self.work / name, base=BASE, nodes=nodes)
+        c.start_all()
+        try:
+            c.wait_ready(timeout=30, nodes=nodes)
+        except TimeoutError:
+            c.stop()
+            raise
+        return c
+
+    # --- 1. call setup rate ---------------------------------------------------------
+    def ramp(self, label: str, target: str, rates: list[int]) -> dict[str, Any]:
+        """Raise the rate until a step fails; then try once halfway to the failing rate."""
+        steps: list[dict[str, Any]] = []
+        best, failed_at = 0, 0
+        for rate in rates:
+            run, argv = tools.sipp_uac(target, rate, self.plan.step, self.work / f"{label}-{rate}", UAC_PORT)
+            self.note(argv)
+            steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": run.clean(self.plan.step)})
+            self.log(f"setup {label} {rate}/s: {run.successful}/{run.calls} ok, {run.failed} failed")
+            if not run.clean(self.plan.step):
+                failed_at = rate
+                break
+            best = rate
+        if failed_at and best and failed_at - best > max(50, best // 10):
+            mid = (best + failed_at) // 2
+            run, argv = tools.sipp_uac(target, mid, self.plan.step, self.work / f"{label}-{mid}", UAC_PORT)
+            steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": run.clean(self.plan.step)})
+            self.log(f"setup {label} {mid}/s: {run.successful}/{run.calls} ok, {run.failed} failed")
+            if run.clean(self.plan.step):
+                best = mid
+        return {"best": best, "first_failure": failed_at or None, "steps": steps}
+
+    def setup_rate(self) -> None:
+        out: dict[str, Any] = {}
+        uas = [tools.sipp_uas(port, self.work / f"uas-{port}") for port in UAS_PORTS]
+        for _, argv in uas:
+            self.note(argv)
+        try:
+            out["sipp"] = self.ramp("sipp", f"127.0.0.1:{UAS_PORTS[0]}", self.plan.baseline_rates)
+            kam, argv = tools.kamailio(KAMAILIO_PORT, UAS_PORTS, self.work / "kamailio")
+            self.note(argv)
+            try:
+                out["kamailio"] = self.ramp("kamailio", f"127.0.0.1:{KAMAILIO_PORT}", self.plan.baseline_rates)
+            finally:
+                tools.stop_group(kam)
+        finally:
+            for proc, _ in uas:
+                tools.stop(proc)
+        c = self.cluster("setup")
+        try:
+            host, port = c.balancer_addr
+            out["zeroslee"] = self.ramp("zeroslee", f"{host}:{port}", self.plan.zeroslee_rates)
+        finally:
+            c.stop()
+        z, s, k = out["zeroslee"]["best"], out["sipp"]["best"], out["kamailio"]["best"]
+        out["ratios"] = {
+            "zeroslee/sipp": round(z / s, 4) if s else None,
+            "zeroslee/kamailio": round(z / k, 4) if k else None,
+            "kamailio/sipp": round(k / s, 4) if s else None,
+        }
+        self.results["setup_rate"] = out
+
+    # --- 2. chat relay --------------------------------------------------------------
+    def relay(self) -> None:
+        c = self.cluster("relay")
+        try:
+            self.results["relay"] = asyncio.run(self._relay(c))
+        finally:
+            c.stop()
+
+    async def _relay(self, c: DevCluster) -> list[dict[str, Any]]:
+        nodes = c.config.node_ids
+        receiver = await chatload.open_ua("bob", c.balancer_addr, 6202)
+        sender = await chatload.open_ua("alice", c.balancer_addr, 6201)
+        await receiver.join("bench-room", call_id_on("node-2", nodes, "bob"))
+        await sender.join("bench-room", call_id_on("node-1", nodes, "alice"))
+        rows, first = [], 0
+        for rate in self.plan.relay_rates:
+            count = int(rate * self.plan.relay_seconds)
+            stream = chatload.Stream()
+            await chatload.send_stream(sender, rate, count, first, stream)
+            await chatload.drain(stream, receiver, 40.0)
+            lat = [(receiver.relayed[s] - t) * 1000 for s, t in stream.sent.items() if s in receiver.relayed]
+            arrivals = [receiver.relayed[s] for s in stream.sent if s in receiver.relayed]
+            span = (max(arrivals) - min(stream.sent.values())) if arrivals else 0.0
+            rows.append(
+                {
+                    "offered": rate,
+                    "sent": count,
+                    "relayed": len(lat),
+                    "lost": count - len(lat),
+                    "failed": sum(1 for st in stream.status.values() if st != 200),
+                    "relays_per_s": round(len(lat) / span, 1) if span else 0.0,
+                    "p50_ms": round(chatload.percentile(lat, 50), 2),
+                    "p99_ms": round(chatload.percentile(lat, 99), 2),
+                    "max_ms": round(max(lat), 2) if lat else None,
+                }
+            )
+            self.log(f"relay {rate}/s: {rows[-1]}")
+            first += count
+        rows[-1]["duplicates"] = receiver.duplicates
+        for ua in (sender, receiver):
+            await ua.leave()
+            assert ua.transport is not None
+            ua.transport.close()
+        return rows
+
+    # --- 3. commit latency ----------------------------------------------------------
+    def commit(self) -> None:
+        out: dict[str, Any] = {}
+        for label, nodes in (("replicated", 2), ("single", 1)):
+            c = self.cluster(f"commit-{nodes}", nodes=nodes)
+            try:
+                out[label] = commit_latency(c, self.plan.commits)
+            finally:
+                c.stop()
+            self.log(f"commit {label}: {out[label]}")
+        self.results["commit"] = out
+
+    # --- 4. failover gap ------------------------------------------------------------
+    def failover(self) -> None:
+        c = self.cluster("failover")
+        try:
+            kills = []
+            for k in range(self.plan.kills):
+                kills.append(asyncio.run(self._one_kill(c, k)))
+                self.log(f"failover kill {k + 1}: {kills[-1]}")
+                c.start_node("node-1")
+                c.wait_ready(timeout=30, nodes=2)
+                wait_in_sync(c, timeout=30)
+        finally:
+            c.stop()
+        gaps = [k["gap_ms"] for k in kills if k["gap_ms"] is not None]
+        self.results["failover"] = {
+            "kills": kills,
+            "gap_ms_max": max(gaps) if gaps else None,
+            "gap_ms_mean": round(sum(gaps) / len(gaps), 1) if gaps else None,
+            "lost_total": sum(k["lost"] for k in kills),
+        }
+
+    async def _one_kill(self, c: DevCluster, k: int) -> dict[str, Any]:
+        nodes = c.config.node_ids
+        primary = store_primary(c)
+        receiver = await chatload.open_ua("bob", c.balancer_addr, 6222 + 2 * k)
+        sender = await chatload.open_ua("alice", c.balancer_addr, 6221 + 2 * k)
+        room = f"failover-{k}"
+        await receiver.join(room, call_id_on("node-2", nodes, f"bob{k}"))
+        await sender.join(room, call_id_on("node-1", nodes, f"alice{k}"))
+        rate, before, after = 100, 1.0 if self.plan.smoke else 2.0, 3.0 if self.plan.smoke else 6.0
+        stream = chatload.Stream()
+        sending = asyncio.create_task(chatload.send_stream(sender, rate, int(rate * (before + after)), 0, stream))
+        await asyncio.sleep(before)  # the chat runs this long before the kill (offered load)
+        killed_at = time.monotonic()
+        await asyncio.to_thread(c.kill_node, "node-1")
+        await sending
+        await chatload.drain(stream, receiver, 40.0)
+        after_kill = [receiver.relayed[s] for s, t in stream.sent.items() if t >= killed_at and s in receiver.relayed]
+        lost = [s for s in stream.sent if s not in receiver.relayed]
+        for ua in (sender, receiver):
+            try:
+                await ua.leave()
+            except (TimeoutError, RuntimeError):
+                pass
+            assert ua.transport is not None
+            ua.transport.close()
+        return {
+            "primary_before": primary,
+            "gap_ms": round((min(after_kill) - killed_at) * 1000, 1) if after_kill else None,
+            "sent": len(stream.sent),
+            "lost": len(lost),
+            "duplicates": receiver.duplicates,
+            "not_200": sum(1 for st in stream.status.values() if st != 200),
+        }
+
+    # --- 5. memory per dialog -------------------------------------------------------
+    def memory(self) -> None:
+        c = self.cluster("memory")
+        try:
+            before_rss = cluster_rss(c)
+            before_db = lmdb_bytes(c)
+            n = self.plan.dialogs
+            argv = [
+                tools.need("sipp"),
+                "-sf",
+                str(tools.BENCH / "scenarios" / "hold.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(UAC_PORT),
+                "-r",
+                str(self.plan.dialog_rate),
+                "-m",
+                str(n),
+                "-l",
+                str(n),
+                "-buff_size",
+                str(tools.BUFF),
+                "-max_socket",
+                "100",
+                "-nostdin",
+                "-trace_stat",
+                "-timeout",
+                str(int(n / self.plan.dialog_rate + 120)),
+                "{}:{}".format(*c.balancer_addr),
+            ]
+            self.note(argv)
+            (self.work / "memory-sipp").mkdir(exist_ok=True)
+            sipp = subprocess.Popen(
+                argv, cwd=self.work / "memory-sipp", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                confirmed = wait_count(c, "sbb/", n, timeout=n / self.plan.dialog_rate + 60, proc=sipp)
+                after_rss, after_db = cluster_rss(c), lmdb_bytes(c)
+            finally:
+                tools.stop(sipp)
+        finally:
+            c.stop()
+        rss = sum(after_rss.values()) - sum(before_rss.values())
+        db = sum(after_db.values()) - sum(before_db.values())
+        self.results["memory"] = {
+            "dialogs": confirmed,
+            "rss_before": before_rss,
+            "rss_after": after_rss,
+            "lmdb_before": before_db,
+            "lmdb_after": after_db,
+            "rss_bytes_per_dialog": round(rss / confirmed) if confirmed else None,
+            "lmdb_bytes_per_dialog": round(db / confirmed) if confirmed else None,
+            "bytes_per_dialog": round((rss + db) / confirmed) if confirmed else None,
+            "bytes_per_dialog_per_node": round((rss + db) / confirmed / 2) if confirmed else None,
+        }
+        self.log(f"memory: {confirmed} dialogs, {self.results['memory']['bytes_per_dialog']} B/dialog")
+
+    # --- 6. profile -----------------------------------------------------------------
+    def profile(self) -> None:
+        rate = int(self.results.get("setup_rate", {}).get("zeroslee", {}).get("best") or self.plan.zeroslee_rates[0])
+        c = self.cluster("profile")
+        pdir = self.out / "profile"
+        pdir.mkdir(parents=True, exist_ok=True)
+        summaries: dict[str, Any] = {"rate": rate, "processes": {}}
+        try:
+            seconds = self.plan.profile_seconds
+            host, port = c.balancer_addr
+            load = subprocess.Popen(
+                [
+                    tools.need("sipp"),
+                    "-sn",
+                    "uac",
+                    f"{host}:{port}",
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    str(UAC_PORT),
+                    "-r",
+                    str(rate),
+                    "-m",
+                    str(int(rate * (seconds + 4))),
+                    "-buff_size",
+                    str(tools.BUFF),
+                    "-nostdin",
+                    "-timeout",
+                    str(int(seconds + 40)),
+                ],
+                cwd=self.work,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                spies = {}
+                for node, service in HOT:
+                    name = f"{node or 'front'}-{service}"
+                    spies[name] = (tools.py_spy(c.pid(service, node or None), seconds, self.work / f"{name}.raw"), name)
+                for proc, name in spies.values():
+                    _, err = proc.communicate(timeout=seconds + 30)
+                    raw = self.work / f"{name}.raw"
+                    if proc.returncode != 0 or not raw.exists():
+                        summaries["processes"][name] = {"error": err.decode(errors="replace")[-500:]}
+                        continue
+                    summary = tools.profile_summary(raw)
+                    summaries["processes"][name] = summary
+                    (pdir / f"{name}.txt").write_text(report.profile_text(name, rate, summary))
+            finally:
+                tools.stop(load)
+        finally:
+            c.stop()
+        self.results["profile"] = summaries
+
+    # --- bookkeeping ----------------------------------------------------------------
+    def note(self, argv: list[str]) -> None:
+        line = " ".join(str(a) for a in argv)
+        if line not in self.commands:
+            self.commands.append(line)
+
+
+def call_id_on(node: str, nodes: list[str], prefix: str) -> str:
+    """A Call-ID the balancer hashes onto `node` (with the balancer's own function)."""
+    for i in range(10_000):
+        candidate = f"{prefix}-{i}@bench"
+        if hashing.choose(candidate, nodes) == node:
+            return candidate
+    raise RuntimeError("no Call-ID hashes there")
+
+
+def ask(endpoint: str, message: bus.Message, timeout_ms: int = 5000) -> bus.Message | None:
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(bus.encode(message))
+        return bus.decode(sock.recv()) if sock.poll(timeout_ms) else None
+    finally:
+        sock.close()
+
+
+def store_primary(c: DevCluster) -> str:
+    for node in c.config.node_ids:
+        if c.stats("statestore", node).get("role") == "primary":
+            return node
+    return ""
+
+
+def wait_in_sync(c: DevCluster, timeout: float) -> None:
+    """Until one store is primary and every other is a backup at the same sequence."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = [c.stats("statestore", n) for n in c.config.node_ids]
+        roles = sorted(str(s.get("role")) for s in stats)
+        if roles == ["backup"] * (len(stats) - 1) + ["primary"] and len({s.get("seq") for s in stats}) == 1:
+            return
+        time.sleep(0.05)  # polling the stores' state, bounded by `timeout`
+    raise TimeoutError("the stores did not come back in sync")
+
+
+def wait_count(c: DevCluster, prefix: str, n: int, timeout: float, proc: subprocess.Popen[bytes]) -> int:
+    """Until the store holds `n` keys under `prefix` (SBB entities: confirmed dialogs)."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        reply = ask(c.config.nodes[0].store, bus.Query(1, prefix, limit=n + 1000))
+        count = len(reply.items) if isinstance(reply, bus.QueryResult) else count
+        if count >= n:
+            return count
+        time.sleep(0.5)  # polling the store, bounded by `timeout`
+    return count
+
+
+def commit_latency(c: DevCluster, n: int) -> dict[str, Any]:
+    """`n` one-at-a-time commits of one 200-byte write to the primary; p50/p99 in ms."""
+    primary = store_primary(c)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(c.config.node(primary).store)
+    payload = b"x" * 200
+    lat: list[float] = []
+    refused = 0
+    try:
+        for i in range(n + 1):
+            message = bus.Commit(i + 1, [], [(f"bench/commit/{i % 100}", payload if i < n else None)], [], "bench")
+            t0 = time.perf_counter()
+            sock.send(bus.encode(message))
+            if not sock.poll(5000):
+                raise TimeoutError("statestore did not answer a commit within 5 s")
+            result = bus.decode(sock.recv())
+            if i < n:
+                lat.append((time.perf_counter() - t0) * 1000)
+            if not (isinstance(result, bus.CommitResult) and result.ok):
+                refused += 1
+        for i in range(100):  # leave nothing behind
+            sock.send(bus.encode(bus.Commit(n + 2 + i, [], [(f"bench/commit/{i}", None)], [], "bench")))
+            if sock.poll(5000):
+                sock.recv()
+    finally:
+        sock.close()
+    return {
+        "commits": n,
+        "refused": refused,
+        "primary": primary,
+        "p50_ms": round(chatload.percentile(lat, 50), 3),
+        "p99_ms": round(chatload.percentile(lat, 99), 3),
+        "max_ms": round(max(lat), 3),
+        "commits_per_s": round(n / (sum(lat) / 1000), 1),
+    }
+
+
+def cluster_rss(c: DevCluster) -> dict[str, int]:
+    return {
+        f"{node or 'front'}/{svc}": tools.rss_bytes(p.pid) for (node, svc), p in c.procs.items() if p.poll() is None
+    }
+
+
+def lmdb_bytes(c: DevCluster) -> dict[str, int]:
+    """Bytes of LMDB pages in use (high-water mark) per node's store."""
+    out = {}
+    for node in c.config.node_ids:
+        env = lmdb.open(str(env_path(c.config.data_dir(node))), readonly=True, lock=False, max_dbs=16)
+        try:
+            out[node] = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        finally:
+            env.close()
+    return out
+
+
+def versions() -> dict[str, str]:
+    import msgspec
+    import structlog
+
+    return {
+        "python": platform.python_version(),
+        "pyzmq": zmq.pyzmq_version(),
+        "libzmq": zmq.zmq_version(),
+        "msgspec": msgspec.__version__,
+        "lmdb": lmdb.__version__,
+        "structlog": structlog.__version__,
+        "sipp": tools.version(["sipp", "-v"]) if shutil.which("sipp") else "not found",
+        "kamailio": tools.version(["kamailio", "-v"]) if shutil.which("kamailio") else "not found",
+        "py-spy": tools.version([tools.need("py-spy"), "--version"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="a few seconds per phase: proves the harness runs")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--phases", default="setup,relay,commit,failover,memory,profile")
+    parser.add_argument("--readme", action="store_true", help="quote the table in README.md")
+    args = parser.parse_args(argv)
+    plan = SMOKE if args.smoke else FULL
+    args.out.mkdir(parents=True, exist_ok=True)
+    phases: dict[str, Callable[[Bench], None]] = {
+        "setup": Bench.setup_rate,
+        "relay": Bench.relay,
+        "commit": Bench.commit,
+        "failover": Bench.failover,
+        "memory": Bench.memory,
+        "profile": Bench.profile,
+    }
+    with tempfile.TemporaryDirectory(prefix="zeroslee-bench-") as tmp:
+        bench = Bench(plan, args.out, Path(tmp))
+        started = time.time()
+        bench.results.update(
+            mode="smoke" if plan.smoke else "full",
+            started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            machine=tools.machine(),
+            versions=versions(),
+            invocation=" ".join([Path(sys.executable).name, "-m", "bench", *(argv or sys.argv[1:])]),
+        )
+        for name in args.phases.split(","):
+            bench.log(f"phase {name}")
+            phases[name](bench)
+        bench.results["seconds"] = round(time.time() - started, 1)
+        bench.results["commands"] = bench.commands
+    (args.out / "results.json").write_text(json.dumps(bench.results, indent=2) + "\n")
+    table = report.markdown(bench.results)
+    (args.out / "results.md").write_text(table)
+    report.plots(bench.results, args.out)
+    if args.readme:
+        report.quote_in_readme(table, Path(__file__).resolve().parent.parent / "README.md")
+    print(table)
+    return 0

@@ -1,0 +1,266 @@
+"""The outside programs the bench drives: SIPp, Kamailio, py-spy, and /proc readings.
+
+Every process started here is stopped by its PID (`stop`), never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+BUFF = 4 * 1024 * 1024  # SIPp's 64 KiB default drops packets from about 4,000 calls/s
+
+
+def need(program: str) -> str:
+    """A program's path: the project's venv first (py-spy), then $PATH (sipp, kamailio)."""
+    beside = Path(sys.executable).parent / program
+    path = str(beside) if beside.exists() else shutil.which(program)
+    if path is None:
+        raise SystemExit(f"bench: {program} is not installed (run `make bench`, which installs it)")
+    return path
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM by PID, SIGKILL if it outlives `timeout`; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def wait_udp(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Until something is bound to 127.0.0.1:`port` (UDP), or `proc` has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before binding UDP {port}")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return  # taken: the server is up
+        time.sleep(0.02)  # polling a condition, bounded by `timeout`
+    raise TimeoutError(f"nothing bound UDP port {port} within {timeout}s")
+
+
+@dataclass
+class SippRun:
+    offered: int  # calls per second asked of SIPp
+    calls: int
+    successful: int
+    failed: int
+    unexpected: int
+    retransmissions: int
+    elapsed: float  # seconds, SIPp's own clock
+    response_ms: float  # average of SIPp's response-time measure (INVITE to 200)
+
+    @property
+    def achieved(self) -> float:
+        return self.successful / self.elapsed if self.elapsed > 0 else 0.0
+
+    def clean(self, duration: float) -> bool:
+        """Zero failures, zero unexpected messages, every call placed, at the offered rate."""
+        return (
+            self.successful == self.calls
+            and self.failed == 0
+            and self.unexpected == 0
+            and self.elapsed >= duration * 0.95
+            and self.achieved >= self.offered * 0.9
+        )
+
+
+def _seconds(text: str) -> float:
+    """SIPp's 'HH:MM:SS' or 'HH:MM:SS:uuuuuu' in seconds."""
+    parts = text.split(":")
+    h, m, s = (int(x) for x in parts[:3])
+    return h * 3600 + m * 60 + s + (int(parts[3]) / 1e6 if len(parts) > 3 else 0.0)
+
+
+def _epoch(text: str) -> float:
+    """SIPp's 'date<TAB>time<TAB>epoch' timestamp field: the epoch seconds."""
+    return float(text.split("\t")[-1]) if text else 0.0
+
+
+def sipp_stats(cwd: Path) -> dict[str, str]:
+    """The last row of SIPp's -trace_stat file, by column name."""
+    files = sorted(cwd.glob("*_.csv"))
+    if not files:
+        return {}
+    rows = files[-1].read_text().splitlines()
+    return dict(zip(rows[0].split(";"), rows[-1].split(";"), strict=False))
+
+
+def sipp_uac(
+    target: str, rate: int, duration: float, cwd: Path, port: int = 6010, extra: tuple[str, ...] = ()
+) -> tuple[SippRun, list[str]]:
+    """SIPp's built-in uac (INVITE, 200, ACK, BYE) at `rate` calls/s for `duration` s."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    calls = max(1, int(rate * duration))
+    argv = [
+        need("sipp"),
+        "-sn",
+        "uac",
+        target,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-r",
+        str(rate),
+        "-m",
+        str(calls),
+        "-l",
+        str(max(rate * 10, 100)),
+        "-buff_size",
+        str(BUFF),
+        "-recv_timeout",
+        "10000",
+        "-timeout",
+        str(int(duration + 40)),
+        "-nostdin",
+        "-trace_stat",
+        "-fd",
+        "1",
+        *extra,
+    ]
+    subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=duration + 60)
+    stats = sipp_stats(cwd)
+    run = SippRun(
+        offered=rate,
+        calls=calls,
+        successful=int(stats.get("SuccessfulCall(C)", 0)),
+        failed=int(stats.get("FailedCall(C)", 0)),
+        unexpected=int(stats.get("FailedUnexpectedMessage(C)", 0)),
+        retransmissions=int(stats.get("Retransmissions(C)", 0)),
+        elapsed=_epoch(stats.get("CurrentTime", "")) - _epoch(stats.get("StartTime", "")),
+        response_ms=_seconds(stats.get("ResponseTime1(C)", "0:0:0")) * 1000,
+    )
+    return run, argv
+
+
+def sipp_uas(port: int, cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    cwd.mkdir(parents=True, exist_ok=True)
+    argv = [need("sipp"), "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-buff_size", str(BUFF), "-nostdin"]
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_udp(port, proc)
+    return proc, argv
+
+
+def kamailio(port: int, uas_ports: list[int], cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """Kamailio's dispatcher on loopback: Call-ID hash over `uas_ports`, record-routing."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    binary = need("kamailio")
+    modules = next(
+        (
+            p
+            for p in (Path("/usr/lib/x86_64-linux-gnu/kamailio/modules"), Path("/usr/lib/kamailio/modules"))
+            if p.is_dir()
+        ),
+        None,
+    )
+    if modules is None:
+        found = list(Path("/usr/lib").glob("*/kamailio/modules"))
+        if not found:
+            raise SystemExit("bench: kamailio's modules directory not found")
+        modules = found[0]
+    (cwd / "dispatcher.list").write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in uas_ports))
+    cfg = (BENCH / "kamailio.cfg.in").read_text()
+    cfg = cfg.replace("@PORT@", str(port)).replace("@MODULES@", str(modules))
+    cfg = cfg.replace("@LIST@", str(cwd / "dispatcher.list")).replace("@BUFF@", str(BUFF))
+    (cwd / "kamailio.cfg").write_text(cfg)
+    argv = [binary, "-f", str(cwd / "kamailio.cfg"), "-DD", "-E", "-m", "256", "-M", "16", "-P", str(cwd / "pid")]
+    with (cwd / "kamailio.log").open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_udp(port, proc)
+    return proc, argv
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Kamailio forks workers into its own session: signal that group, led by our PID."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """Sample `pid` for `seconds` into a collapsed-stack file (py-spy's raw format)."""
+    argv = [need("py-spy"), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200"]
+    argv += ["--format", "raw", "--output", str(out), "--nonblocking"]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def profile_summary(raw: Path, top: int = 20) -> dict[str, object]:
+    """Self and inclusive samples per function from a collapsed-stack file."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f for f in stack.split(";")
+        ]
+        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    return {
+        "samples": total,
+        "self": [(f, round(100 * n / total, 1)) for f, n in own.most_common(top)] if total else [],
+        "inclusive": [(f, round(100 * n / total, 1)) for f, n in inclusive.most_common(top)] if total else [],
+    }
+
+
+def short_frame(frame: str) -> str:
+    """py-spy's 'func (path/file.py:line)' as 'func (dir/file.py)': lines merged."""
+    name, sep, where = frame.partition(" (")
+    if not sep:
+        return frame
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    return f"{name} ({'/'.join(path.split('/')[-2:])})"
+
+
+def machine() -> dict[str, object]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {"cores": os.cpu_count(), "cpu": model, "kernel": os.uname().release}
+
+
+def version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not found"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].strip() if text else "unknown"

@@ -1,0 +1,60 @@
+"""The bench harness in smoke mode (seconds per phase), so it cannot rot.
+
+It asserts that every figure was produced, never how fast anything was (DESIGN §9)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["machine"]["cores"] and results["machine"]["cpu"]
+    assert all(v != "not found" for v in results["versions"].values()), results["versions"]
+    assert results["commands"], "the exact commands are recorded"
+
+    setup = results["setup_rate"]
+    for peer in ("sipp", "kamailio", "zeroslee"):
+        assert setup[peer]["best"] > 0, (peer, setup[peer]["steps"])
+    assert setup["ratios"]["zeroslee/sipp"] is not None
+    assert setup["ratios"]["zeroslee/kamailio"] is not None
+
+    assert len(results["relay"]) >= 1
+    for row in results["relay"]:
+        assert row["relayed"] > 0 and row["relays_per_s"] > 0
+        assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+
+    for mode in ("replicated", "single"):
+        commit = results["commit"][mode]
+        assert commit["refused"] == 0 and 0 < commit["p50_ms"] <= commit["p99_ms"]
+
+    failover = results["failover"]
+    assert failover["kills"] and all(k["gap_ms"] is not None for k in failover["kills"])
+    assert isinstance(failover["lost_total"], int)
+
+    memory = results["memory"]
+    assert memory["dialogs"] > 0 and memory["bytes_per_dialog"] is not None
+
+    profiles = results["profile"]["processes"]
+    assert profiles and all("samples" in p for p in profiles.values()), profiles
+    assert all((out / "profile" / f"{name}.txt").exists() for name in profiles)
+
+    table = (out / "results.md").read_text()
+    for figure in ("call setups/s", "chat relay", "commit p50", "failover gap", "bytes per confirmed dialog"):
+        assert figure in table
+    for png in ("setup_rate.png", "relay_latency.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
