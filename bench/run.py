@@ -18,10 +18,12 @@ import asyncio
 import json
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -193,6 +195,9 @@ class Bench:
             )
             self.log(f"relay {rate}/s: {rows[-1]}")
             first += count
+            if len(lat) < count // 2:
+                self.log(f"relay saturated at {rate}/s: higher offered rates not run")
+                break
         rows[-1]["duplicates"] = receiver.duplicates
         for ua in (sender, receiver):
             await ua.leave()
@@ -264,7 +269,7 @@ class Bench:
             "sent": len(stream.sent),
             "lost": len(lost),
             "duplicates": receiver.duplicates,
-            "not_200": sum(1 for st in stream.status.values() if st != 200),
+            "not_200": {str(st): n for st, n in Counter(stream.status.values()).items() if st != 200},
         }
 
     # --- 5. memory per dialog -------------------------------------------------------
@@ -517,8 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--phases", default="setup,relay,commit,failover,memory,profile")
     parser.add_argument("--readme", action="store_true", help="quote the table in README.md")
+    parser.add_argument("--keep", type=Path, help="keep the clusters' logs and data in this directory")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: every cluster is stopped by PID
     args.out.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Callable[[Bench], None]] = {
         "setup": Bench.setup_rate,
@@ -529,7 +536,9 @@ def main(argv: list[str] | None = None) -> int:
         "profile": Bench.profile,
     }
     with tempfile.TemporaryDirectory(prefix="zeroslee-bench-") as tmp:
-        bench = Bench(plan, args.out, Path(tmp))
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        bench = Bench(plan, args.out, work)
         started = time.time()
         bench.results.update(
             mode="smoke" if plan.smoke else "full",
