@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import platform
 import shutil
@@ -90,6 +91,8 @@ class Bench:
         self.plan, self.out, self.work = plan, out, work
         self.commands: list[str] = []
         self.results: dict[str, Any] = {}
+        self.profile_rate: int | None = None
+        self.only_zeroslee = False
 
     def log(self, text: str) -> None:
         print(f"bench: {text}", flush=True)
@@ -128,7 +131,11 @@ class Bench:
         return {"best": best, "first_failure": failed_at or None, "steps": steps}
 
     def setup_rate(self) -> None:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"sipp": {"best": 0}, "kamailio": {"best": 0}}
+        if self.only_zeroslee:
+            self.setup_zeroslee(out)
+            self.results["setup_rate"] = out
+            return
         uas = [tools.sipp_uas(port, self.work / f"uas-{port}") for port in UAS_PORTS]
         for _, argv in uas:
             self.note(argv)
@@ -143,12 +150,7 @@ class Bench:
         finally:
             for proc, _ in uas:
                 tools.stop(proc)
-        c = self.cluster("setup")
-        try:
-            host, port = c.balancer_addr
-            out["zeroslee"] = self.ramp("zeroslee", f"{host}:{port}", self.plan.zeroslee_rates)
-        finally:
-            c.stop()
+        self.setup_zeroslee(out)
         z, s, k = out["zeroslee"]["best"], out["sipp"]["best"], out["kamailio"]["best"]
         out["ratios"] = {
             "zeroslee/sipp": round(z / s, 4) if s else None,
@@ -156,6 +158,14 @@ class Bench:
             "kamailio/sipp": round(k / s, 4) if s else None,
         }
         self.results["setup_rate"] = out
+
+    def setup_zeroslee(self, out: dict[str, Any]) -> None:
+        c = self.cluster("setup")
+        try:
+            host, port = c.balancer_addr
+            out["zeroslee"] = self.ramp("zeroslee", f"{host}:{port}", self.plan.zeroslee_rates)
+        finally:
+            c.stop()
 
     # --- 2. chat relay --------------------------------------------------------------
     def relay(self) -> None:
@@ -332,7 +342,8 @@ class Bench:
 
     # --- 6. profile -----------------------------------------------------------------
     def profile(self) -> None:
-        rate = int(self.results.get("setup_rate", {}).get("zeroslee", {}).get("best") or self.plan.zeroslee_rates[0])
+        best = self.results.get("setup_rate", {}).get("zeroslee", {}).get("best")
+        rate = int(self.profile_rate or best or self.plan.zeroslee_rates[0])
         c = self.cluster("profile")
         pdir = self.out / "profile"
         pdir.mkdir(parents=True, exist_ok=True)
@@ -522,9 +533,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--phases", default="setup,relay,commit,failover,memory,profile")
     parser.add_argument("--readme", action="store_true", help="quote the table in README.md")
+    parser.add_argument("--profile-rate", type=int, help="the profile phase's call rate (default: the best setup rate)")
+    parser.add_argument("--only-zeroslee", action="store_true", help="setup phase: skip the baselines (no ratios)")
+    parser.add_argument("--rates", help="zeroslee's setup ramp, e.g. 400,500 (default: the plan's)")
     parser.add_argument("--keep", type=Path, help="keep the clusters' logs and data in this directory")
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
+    if args.rates:
+        plan = dataclasses.replace(plan, zeroslee_rates=[int(r) for r in args.rates.split(",")])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: every cluster is stopped by PID
     args.out.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Callable[[Bench], None]] = {
@@ -539,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         bench = Bench(plan, args.out, work)
+        bench.profile_rate = args.profile_rate
+        bench.only_zeroslee = args.only_zeroslee
         started = time.time()
         bench.results.update(
             mode="smoke" if plan.smoke else "full",

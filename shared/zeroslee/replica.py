@@ -13,8 +13,9 @@ followed by the payload bytes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lmdb
 
@@ -63,6 +64,12 @@ class Replica:
         except lmdb.MapResizedError:
             env.set_mapsize(0)  # the writer grew the map; adopt the new size
             txn = env.begin(db=self._db)
+        except lmdb.ReadersFullError:
+            env.reader_check()  # slots of processes killed mid-read; then one more try
+            try:
+                txn = env.begin(db=self._db)
+            except lmdb.ReadersFullError as exc:
+                raise ReplicaUnavailable("every LMDB reader slot is taken") from exc
         return ReadView(txn)
 
     def close(self) -> None:
@@ -81,7 +88,12 @@ class ReadView:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # A read-only LMDB transaction keeps its reader slot until the Python object is
+        # freed, not just aborted; a view caught in a reference cycle (a delivery's
+        # records) would hold it until the cyclic GC ran, and under load the slots ran
+        # out (MDB_READERS_FULL). Dropping our reference frees the slot now.
         self.txn.abort()
+        del self.txn
 
     def get(self, key: str) -> tuple[int, bytes | None]:
         raw = self.txn.get(key.encode())
@@ -95,10 +107,10 @@ class ReadView:
         cursor = self.txn.cursor()
         if not cursor.set_range(start):
             return found
-        for raw_key, raw in cursor:
-            key = bytes(raw_key)
+        version_of = VERSION.unpack_from
+        entries = cast(Iterator[tuple[bytes, bytes]], iter(cursor))  # bytes: the txn uses no buffers
+        for key, raw in entries:
             if not key.startswith(start) or len(found) >= limit:
                 break
-            version, payload = unpack(bytes(raw))
-            found.append((key.decode(), version, payload))
+            found.append((key.decode(), version_of(raw)[0], raw[8:]))
         return found

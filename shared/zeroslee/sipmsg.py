@@ -197,6 +197,9 @@ class SipMessage:
 
 
 def split_list(value: str) -> list[str]:
+    if "," not in value:  # the common case (one Via, one Route per line): nothing to split
+        stripped = value.strip()
+        return [stripped] if stripped else []
     parts: list[str] = []
     depth_angle = 0
     quoted = escaped = False

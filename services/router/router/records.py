@@ -132,6 +132,9 @@ class Transaction:
     messages: list[bus.Message] = field(default_factory=list)
     fired: list[PendingEvent] = field(default_factory=list)
     timers: list[TimerRecord] = field(default_factory=list)  # set in this delivery
+    # The view is one snapshot, so a range read once need not be read again (a delivery
+    # looks at a busy room's attachments several times): prefix -> [(key, version)].
+    scanned: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
     def get(self, key: str) -> bytes | None:
         if key in self.writes:
@@ -149,10 +152,12 @@ class Transaction:
     def scan(self, prefix: str, guard: bool = False) -> list[str]:
         """Keys under `prefix` as this transaction sees them. `guard` makes the commit
         fail if anything under the prefix changes meanwhile (a decision on a range)."""
-        found = self.view.scan(prefix)
+        found = self.scanned.get(prefix)
+        if found is None:
+            found = self.scanned[prefix] = [(k, v) for k, v, _ in self.view.scan(prefix)]
         if guard and prefix not in self.prefix_reads:
-            self.prefix_reads[prefix] = (len(found), max((v for _, v, _ in found), default=0))
-        present = {k for k, _, _ in found}
+            self.prefix_reads[prefix] = (len(found), max((v for _, v in found), default=0))
+        present = {k for k, _ in found}
         for key, value in self.writes.items():
             if key.startswith(prefix):
                 if value is None:
