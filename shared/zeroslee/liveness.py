@@ -16,7 +16,6 @@ class NodeState:
     ready: bool = False
     last_seen: float = -1e9
     streak: int = 0  # consecutive ready heartbeats, for hysteresis
-    exited: bool = False  # its process is known to have exited (until its next heartbeat)
 
 
 @dataclass
@@ -34,23 +33,11 @@ class Liveness:
         if now - state.last_seen > self.dead_after:
             state.streak = 0
         state.last_seen = now
-        state.exited = False
         state.streak = state.streak + 1 if ready else 0
         state.ready = state.streak >= self.alive_after or (state.ready and ready)
 
-    def gone(self, node: str) -> None:
-        """The node's process is known to have exited: down now, and up again only after
-        `alive_after` fresh heartbeats."""
-        state = self.nodes.get(node)
-        if state is not None:
-            state.ready, state.streak, state.exited = False, 0, True
-
     def live(self, now: float) -> list[str]:
         return sorted(n for n, s in self.nodes.items() if s.ready and now - s.last_seen <= self.dead_after)
-
-    def reachable(self, now: float) -> list[str]:
-        """Nodes still heartbeating, ready or not (a fallback when none is live)."""
-        return sorted(n for n, s in self.nodes.items() if not s.exited and now - s.last_seen <= self.dead_after)
 
 
 def adoption_dead_after(config: Config) -> float:

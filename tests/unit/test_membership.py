@@ -55,17 +55,6 @@ def test_a_backup_whose_primary_falls_silent_promotes_itself_with_a_new_epoch() 
     assert two.epoch == 2 and two.role is Role.PRIMARY
 
 
-def test_a_backup_whose_primary_exited_campaigns_without_waiting_for_silence() -> None:
-    two = store("node-2")
-    two.observe("node-1", "primary", 1, 10, now=0.1, backups=("node-2",))
-    two.decide(my_seq=10, now=0.1)
-    two.fire(Input.SNAPSHOT_INSTALLED)
-    two.exited("node-1")  # its port refused: 0.5 s before silence would have told
-    assert two.decide(my_seq=10, now=0.15) == (Action.CAMPAIGN, None)
-    two.observe("node-1", "starting", 1, 10, now=0.5)  # a restarted process answers: alive again
-    assert two.is_alive("node-1", now=0.5)
-
-
 def test_a_backup_dropped_by_its_primary_resyncs() -> None:
     two = store("node-2")
     two.observe("node-1", "primary", 1, 10, now=0.1, backups=("node-2",))

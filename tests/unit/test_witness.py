@@ -31,21 +31,3 @@ def test_no_vote_for_a_backup_the_primary_dropped() -> None:
 def test_a_deposed_primary_cannot_renew() -> None:
     w = Witness(WitnessState(epoch=4, primary="node-2", in_sync=["node-1"]), lease_wait=1.2)
     assert not w.renew("node-1", 3, [], now=0.0)
-
-
-def test_the_lease_of_a_primary_whose_process_exited_ends_at_once() -> None:
-    w = Witness(WitnessState(), lease_wait=1.2)
-    w.vote("node-1", 1, now=0.0)
-    assert w.renew("node-1", 1, ["node-2"], now=1.0)
-    w.exited("node-2")  # not the primary: changes nothing
-    assert not w.vote("node-2", 2, now=1.1)
-    w.exited("node-1")  # its port refuses connections: it serves nothing any more
-    assert w.vote("node-2", 3, now=1.1)
-
-
-def test_an_exited_primary_does_not_let_an_out_of_sync_backup_in() -> None:
-    w = Witness(WitnessState(), lease_wait=1.2)
-    w.vote("node-1", 1, now=0.0)
-    w.renew("node-1", 1, [], now=1.0)
-    w.exited("node-1")
-    assert not w.vote("node-2", 2, now=1.1)

@@ -16,7 +16,7 @@ import zmq
 from statestore.membership import Action, Input, Membership, Role
 from statestore.storage import Storage
 from zeroslee import bus
-from zeroslee.runtime import Process, Requester, run, watch_exits
+from zeroslee.runtime import Process, Requester, run
 
 MAX_GROUP = 256  # commits acknowledged together at most
 FAILOVER_WAIT = 2.0  # how long a commit waits for an election before it is refused
@@ -58,7 +58,6 @@ class Statestore:
         self.backups: set[str] = set()
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.stepping = asyncio.Lock()
         self.synced = asyncio.Event()
         self.settled = asyncio.Event()  # set while PRIMARY or BACKUP
         self.was_member = False  # has held a full mirror in this incarnation
@@ -279,15 +278,6 @@ class Statestore:
         self.storage.apply_batch(msg.seq, msg.batch)
         return bus.Replicated(msg.req, node, m.epoch, self.storage.seq)
 
-    def peer_exited(self, node: str) -> None:
-        """A peer store's process exited: decide now rather than at the next poll (whose
-        Hello to the dead peer would first have to time out)."""
-        self.members.exited(node)
-        self.peers[node].fail_waiting()  # commits forwarded to it: their fate is the router's to resolve
-        task = asyncio.get_running_loop().create_task(self.step())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
     async def poll_peers(self) -> None:
         interval = self.proc.config.heartbeat_interval
         while True:
@@ -357,10 +347,6 @@ class Statestore:
             self.proc.log.info("elected", epoch=epoch, votes=votes, of=m.voters)
 
     async def step(self) -> None:
-        async with self.stepping:  # the poll loop and an exit notice never decide at once
-            await self._step()
-
-    async def _step(self) -> None:
         before = self.members.role
         if self.members.role is Role.PRIMARY:
             await self.renew()
@@ -418,8 +404,6 @@ class Statestore:
             group.create_task(self.serve_peers())
             group.create_task(self.primary_worker())
             group.create_task(self.poll_peers())
-            others = {n.id: n.peer for n in self.proc.config.nodes if n.id != self.members.me}
-            group.create_task(watch_exits(self.proc, others, self.peer_exited))
 
 
 async def main(proc: Process) -> None:

@@ -121,13 +121,6 @@ class Membership:
     def observe(self, node: str, role: str, epoch: int, seq: int, now: float, backups: tuple[str, ...] = ()) -> None:
         self.peers[node] = PeerView(Role(role), epoch, seq, now, backups)
 
-    def exited(self, node: str) -> None:
-        """`node`'s store process is known to have exited (its port refuses): it is not
-        alive from now on, without waiting `dead_after`; its next answer revives it."""
-        view = self.peers.get(node)
-        if view is not None:
-            view.last_seen = -1e9
-
     def is_alive(self, node: str, now: float) -> bool:
         view = self.peers.get(node)
         return view is not None and now - view.last_seen <= self.dead_after

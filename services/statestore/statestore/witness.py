@@ -9,10 +9,6 @@ Rules:
   store that merely lost touch with the primary cannot take over from a live primary.
 - It votes only for the last primary or a store the primary last reported in sync: a
   backup the primary dropped (and went on without) may lack acknowledged commits.
-- When the primary's process is known to have exited (its port refuses connections:
-  `runtime.watch_exits`), its lease ends at once: a dead process serves nothing, so an
-  in-sync backup need not wait out the lease. A partitioned primary refuses nothing, so
-  it keeps its lease until it expires, as before.
 """
 
 from __future__ import annotations
@@ -44,11 +40,6 @@ class Witness:
         self.state = WitnessState(epoch, candidate, [])
         self.renewed_at = now  # the new primary holds the lease from now
         return True
-
-    def exited(self, store: str) -> None:
-        """`store`'s process exited: if it held the lease, the lease is over."""
-        if store == self.state.primary:
-            self.renewed_at = -1e9
 
     def renew(self, primary: str, epoch: int, in_sync: list[str], now: float) -> bool:
         """The primary of the current epoch extends its lease; anyone else is told no
