@@ -278,6 +278,7 @@ class Bench:
             "gap_ms": round((min(after_kill) - killed_at) * 1000, 1) if after_kill else None,
             "sent": len(stream.sent),
             "lost": len(lost),
+            "lost_seqs": {seq: stream.status.get(seq, 0) for seq in lost[:20]},  # seq -> its final status
             "duplicates": receiver.duplicates,
             "not_200": {str(st): n for st, n in Counter(stream.status.values()).items() if st != 200},
         }

@@ -225,6 +225,7 @@ class SendRequest(Message, frozen=True, tag=True):
     origin: str = ""  # who asked (for the log line), e.g. the SBB id
     from_uri: str = ""
     to_uri: str = ""
+    outgoing: str = ""  # its journal key (`keys.outgoing`): the RA deletes it as it sends
 
 
 class EndActivity(Message, frozen=True, tag=True):

@@ -177,7 +177,7 @@ class FaultTolerance:
                 self.ra.data_removed(key)  # removed by another node
         self.data.removed_here &= set(entries)
         self.known = entries
-        live = self.liveness.live(time.monotonic())
+        live = self.liveness.steady(time.monotonic())
         if set(self.live) - set(live):
             self.orphans = True  # a node we saw alive is gone: its entries need owners
         self.live = live

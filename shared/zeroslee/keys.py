@@ -55,6 +55,11 @@ def pending_event(activity_id: str, event_id: str) -> str:
     return f"evt/{activity_id}/{event_id}"
 
 
+def outgoing(dialog_id: str, request_id: str) -> str:
+    """A request an SBB sent on a dialog, journaled until the SIP RA sends it (`Outgoing`)."""
+    return f"out/{dialog_id}/{request_id}"
+
+
 def dialog(dialog_id: str) -> str:
     """A SIP dialog: the SIP RA's replicated data entry (`ftra.ReplicatedData("sip")`)."""
     return f"ra/sip/{dialog_id}"

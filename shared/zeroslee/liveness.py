@@ -16,6 +16,9 @@ class NodeState:
     ready: bool = False
     last_seen: float = -1e9
     streak: int = 0  # consecutive ready heartbeats, for hysteresis
+    exited: bool = False  # its process is known to have exited (until its next heartbeat)
+    unready_since: float = -1e9  # when its heartbeats stopped saying ready
+    beat_ready: bool = False  # what its last heartbeat said
 
 
 @dataclass
@@ -30,14 +33,44 @@ class Liveness:
     def heartbeat(self, node: str, ready: bool, addr: Addr, now: float) -> None:
         state = self.nodes.setdefault(node, NodeState(addr))
         state.addr = addr
-        if now - state.last_seen > self.dead_after:
+        fresh = now - state.last_seen > self.dead_after  # the first beat after a silence
+        if fresh:
             state.streak = 0
+        if not ready and (fresh or state.beat_ready):
+            state.unready_since = now
+        state.beat_ready = ready
         state.last_seen = now
+        state.exited = False
         state.streak = state.streak + 1 if ready else 0
         state.ready = state.streak >= self.alive_after or (state.ready and ready)
 
+    def gone(self, node: str) -> None:
+        """The node's process is known to have exited: down now, and up again only after
+        `alive_after` fresh heartbeats."""
+        state = self.nodes.get(node)
+        if state is not None:
+            state.ready, state.streak, state.exited = False, 0, True
+
     def live(self, now: float) -> list[str]:
         return sorted(n for n, s in self.nodes.items() if s.ready and now - s.last_seen <= self.dead_after)
+
+    def steady(self, now: float) -> list[str]:
+        """Nodes that keep their work (activities, timers, dialogs): live, or heartbeating
+        but not ready for less than `dead_after`. A node slowed down by load, whose router
+        answers its RA's ping late for a moment, must not be robbed of its work: the
+        adoption it would trigger loads the survivors and spreads the overload (seen at
+        200 calls/s: routers and RAs adopting each other's dialogs in turn, for good)."""
+        return sorted(
+            n
+            for n, s in self.nodes.items()
+            if not s.exited
+            and now - s.last_seen <= self.dead_after
+            and (s.ready or now - s.unready_since <= self.dead_after)
+        )
+
+    def reachable(self, now: float) -> list[str]:
+        """Nodes still heartbeating, ready or not (a fallback when none is live)."""
+        return sorted(n for n, s in self.nodes.items() if not s.exited and now - s.last_seen <= self.dead_after)
 
 
 def adoption_dead_after(config: Config) -> float:

@@ -19,6 +19,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from zeroslee import bus, log
 from zeroslee.config import Config, load, parse_hostport
@@ -47,6 +48,14 @@ class Process:
         """Count and log one piece of bad input, then carry on."""
         self.count(f"rejected.{what}")
         self.log.warning("rejected", what=what, error=str(error)[:200], **where)
+
+    def decode(self, data: bytes, socket: str) -> bus.Message | None:
+        """A bus message, or None for junk (counted and logged as `rejected.bus`)."""
+        try:
+            return bus.decode(data)
+        except bus.BadMessage as exc:
+            self.reject("bus", exc, socket=socket)
+            return None
 
     def socket(self, kind: int) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(kind)
@@ -161,6 +170,12 @@ class Requester:
         finally:
             self._waiting.pop(req, None)
 
+    def fail_waiting(self) -> None:
+        """The peer is known to be gone: every request waiting on it times out now."""
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(TimeoutError("peer exited"))
+
     async def read_forever(self) -> None:
         while True:
             data = await self.sock.recv()
@@ -177,23 +192,92 @@ class Requester:
                 self.proc.count("bus.unmatched_reply")  # its request timed out already
 
 
-async def follow_heartbeats(proc: Process, liveness: Liveness, tick: Callable[[], Awaitable[None]]) -> None:
+async def follow_heartbeats(
+    proc: Process,
+    liveness: Liveness,
+    tick: Callable[[], Awaitable[None]],
+    on_disconnect: Callable[[str], None] | None = None,
+) -> None:
     """Feed every node's heartbeats into `liveness`; call `tick` after each beat and at
-    least once per heartbeat interval (so silence is noticed too)."""
+    least once per heartbeat interval (so silence is noticed too).
+
+    With `on_disconnect`, the connection to each node's heartbeat publisher is watched
+    too: when the publisher's process exits, its kernel closes the TCP connection and
+    `on_disconnect(node)` runs at once, long before the heartbeats' silence would tell.
+    A network partition closes nothing, so silence remains the rule that always holds."""
     sub = proc.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
+    watcher: asyncio.Task[None] | None = None
+    if on_disconnect is not None:
+        by_endpoint = {node.heartbeat: node.id for node in proc.config.nodes}
+        watcher = asyncio.ensure_future(_disconnects(proc, sub, by_endpoint, on_disconnect))
     for node in proc.config.nodes:
         sub.connect(node.heartbeat)
+    try:
+        while True:
+            try:
+                beats = [await asyncio.wait_for(sub.recv(), proc.config.heartbeat_interval)]
+                # Take every beat already queued before judging: after our own loop stalled
+                # (load), the first beat read is one node's, and the others' would still
+                # wait in the socket while their silence looked like a death.
+                while len(beats) < 1000:
+                    try:
+                        beats.append(await sub.recv(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            except TimeoutError:
+                beats = []
+            for data in beats:
+                beat = proc.decode(data, "heartbeat")
+                if isinstance(beat, bus.NodeHeartbeat):
+                    liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
+            await tick()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+
+
+async def _disconnects(
+    proc: Process, sock: zmq.asyncio.Socket, names: dict[str, str], on_disconnect: Callable[[str], None]
+) -> None:
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     while True:
-        try:
-            beat = bus.decode(await asyncio.wait_for(sub.recv(), proc.config.heartbeat_interval))
-            if isinstance(beat, bus.NodeHeartbeat):
-                liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
-        except TimeoutError:
-            pass
-        except bus.BadMessage as exc:
-            proc.reject("bus", exc, socket="heartbeat")
-        await tick()
+        event = parse_monitor_message(await monitor.recv_multipart())
+        name = names.get(event["endpoint"].decode(errors="replace"))
+        if name is not None:
+            proc.count("heartbeat.disconnected")
+            on_disconnect(name)
+
+
+async def watch_exits(proc: Process, endpoints: dict[str, str], on_exit: Callable[[str], None]) -> None:
+    """Call `on_exit(name)` when the process bound at `endpoints[name]` has exited.
+
+    Evidence, not suspicion: the TCP connection to it closed AND the next connection
+    attempt was refused, i.e. nothing listens on its port any more. A process that is
+    alive but unreachable (a partition) closes nothing and refuses nothing, so this never
+    fires for it; leases and silence remain the rules for that case. A connection reset
+    by the network while the process lives is followed by a successful reconnect, not a
+    refusal, so it does not fire either. The sockets only connect; they never send."""
+
+    async def watch(name: str, endpoint: str) -> None:
+        sock = proc.socket(zmq.DEALER)
+        sock.setsockopt(zmq.RECONNECT_IVL, 20)  # ms: how soon a refusal can be seen
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED)
+        sock.connect(endpoint)
+        dropped = False  # disconnected, and no refusal seen yet
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                dropped = True
+            elif event == zmq.EVENT_CONNECTED:
+                dropped = False
+            elif event == zmq.EVENT_CONNECT_RETRIED and dropped:
+                dropped = False
+                proc.count("peer.exited")
+                proc.log.info("peer process exited", peer=name)
+                on_exit(name)
+
+    await asyncio.gather(*(watch(name, endpoint) for name, endpoint in endpoints.items()))
 
 
 async def serve_control(
@@ -204,10 +288,8 @@ async def serve_control(
     sock.bind(endpoint)
     while True:
         ident, data = await sock.recv_multipart()
-        try:
-            message = bus.decode(data)
-        except bus.BadMessage as exc:
-            proc.reject("bus", exc, socket="control")
+        message = proc.decode(data, "control")
+        if message is None:
             continue
         if isinstance(message, bus.StatsRequest):
             reply: bus.Message = bus.StatsReply(message.req, proc.service, proc.node or "", stats())

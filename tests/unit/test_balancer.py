@@ -84,11 +84,36 @@ def test_retransmission_reaches_the_node_the_first_copy_reached_despite_a_new_no
 
 def test_no_live_node_means_503_and_ack_is_dropped() -> None:
     b = balancer(live=())
-    b.receive_datagram(request("OPTIONS"), UA, 0.0)
+    b.receive_datagram(request("OPTIONS"), UA, 1.0)  # every node silent for 1 s
     [(msg, addr)] = sent(b)
     assert msg.status == 503 and addr == UA
-    b.receive_datagram(request("ACK", to_tag="x"), UA, 0.0)
+    b.receive_datagram(request("ACK", to_tag="x"), UA, 1.0)
     assert sent(b) == []
+
+
+def test_with_no_node_ready_a_node_still_heartbeating_gets_the_request_not_the_ua_a_503() -> None:
+    b = balancer(live=())  # both heartbeat "not ready" (say, a store election under way)
+    node = b.receive_datagram(request("OPTIONS", call_id="abc"), UA, 0.1)
+    [(msg, addr)] = sent(b)
+    assert msg.method == "OPTIONS" and addr == NODES[node]
+    b.liveness.gone(node)  # its process exited: not even a fallback any more
+    other = b.receive_datagram(request("OPTIONS", call_id="abc", branch="z9hG4bKua2"), UA, 0.1)
+    assert other != node
+
+
+def test_an_unanswered_info_goes_to_the_survivor_at_once_when_its_node_dies() -> None:
+    b = balancer()
+    node = b.receive_datagram(request("INFO", call_id="abc", to_tag="t"), UA, 0.0)
+    [(first, _)] = sent(b)
+    b.liveness.gone(node)
+    b.reroute(0.01)
+    [(again, addr)] = sent(b)
+    survivor = ({"node-1", "node-2"} - {node}).pop()
+    assert addr == NODES[survivor] and again.get_all("Via") == first.get_all("Via")
+    assert b.counters["rerouted.INFO"] == 1
+    response = again.to_bytes().replace(b"INFO sip:room@example.com SIP/2.0", b"SIP/2.0 200 OK", 1)
+    b.receive_datagram(response, NODES[survivor], 0.02)
+    assert b.pending == {}  # answered: nothing left to re-forward
 
 
 def test_liveness_needs_two_ready_beats_and_ends_after_silence() -> None:
@@ -100,6 +125,18 @@ def test_liveness_needs_two_ready_beats_and_ends_after_silence() -> None:
     assert live.live(0.6) == []
     live.heartbeat("n", False, ("127.0.0.1", 1), 0.7)
     assert live.live(0.7) == []
+
+
+def test_liveness_gone_is_down_at_once_and_a_late_beat_does_not_revive_it() -> None:
+    live = Liveness(dead_after=0.4, alive_after=2)
+    for t in (0.0, 0.1):
+        live.heartbeat("n", True, ("127.0.0.1", 1), t)
+    live.gone("n")  # its publisher's connection closed: the process exited
+    assert live.live(0.15) == []
+    live.heartbeat("n", True, ("127.0.0.1", 1), 0.16)  # a beat that was already queued
+    assert live.live(0.16) == []
+    live.heartbeat("n", True, ("127.0.0.1", 1), 0.26)  # the restarted process, twice
+    assert live.live(0.26) == ["n"]
 
 
 def test_response_loses_our_via_and_goes_to_the_received_rport_of_the_next() -> None:
@@ -133,3 +170,33 @@ def test_unparsable_request_with_enough_headers_gets_400() -> None:
     assert summary.startswith("rejected")
     [(msg, addr)] = sent(b)
     assert msg.status == 400 and addr == UA
+
+
+def test_a_node_that_is_only_not_ready_keeps_its_unanswered_requests() -> None:
+    # A node slowed down by load says "not ready" for a beat: new calls go elsewhere, but
+    # what it is working on is not sent a second time to the other node (that doubled the
+    # load and raced the first copy: 481s and 503s at 200 calls/s).
+    b = balancer()
+    node = b.receive_datagram(request("BYE", call_id="abc", to_tag="t"), UA, 0.0)
+    sent(b)
+    b.liveness.heartbeat(node, False, NODES[node], 0.05)
+    assert node not in b.liveness.live(0.06)
+    b.reroute(0.06)
+    assert sent(b) == [] and "rerouted.BYE" not in b.counters
+    b.liveness.gone(node)
+    b.reroute(0.07)
+    assert [m.method for m, _ in sent(b)] == ["BYE"]
+
+
+def test_steady_keeps_a_briefly_unready_node_and_drops_one_unready_for_long() -> None:
+    live = Liveness(dead_after=1.0, alive_after=2)
+    for t in (0.0, 0.1):
+        live.heartbeat("n", True, ("127.0.0.1", 1), t)
+    for t in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1):
+        live.heartbeat("n", False, ("127.0.0.1", 1), t)  # its router answers late
+        assert live.live(t) == []
+        assert live.steady(t) == ["n"]  # not robbed of its work for a moment of load
+    live.heartbeat("n", False, ("127.0.0.1", 1), 1.3)
+    assert live.steady(1.3) == []  # not ready for over `dead_after`: its work moves
+    live.gone("n")
+    assert live.steady(1.3) == []

@@ -8,7 +8,7 @@ import pytest
 from router.chat import ChatSbb, MessageEvent
 from router.container import Container, Service
 from router.context import Context
-from router.records import ActivityRecord, TimerRecord, Transaction, encode, timer_expiries
+from router.records import ActivityRecord, Outgoing, TimerRecord, Transaction, decode, encode, timer_expiries
 from router.sbb import (
     ActivityEndEvent,
     ActivityEnding,
@@ -104,7 +104,17 @@ def test_info_fires_message_event_only_as_a_post_commit_effect() -> None:
     assert pending.activity == room
     assert keys.pending_event(room, pending.id) in tx.writes  # journaled in the same commit
     relay = run.deliver(MessageEvent(b"hello", "text/plain", sender=_sbb_of(run, "d2")), room)
-    assert relay.messages == [bus.SendRequest("d1", "INFO", "text/plain", b"hello", _sbb_of(run, "d1"))]
+    [request] = relay.messages
+    assert isinstance(request, bus.SendRequest)
+    journal = request.outgoing
+    assert request == bus.SendRequest("d1", "INFO", "text/plain", b"hello", _sbb_of(run, "d1"), outgoing=journal)
+    # The request is journaled with the delivery (no text lost if the node dies before its
+    # RA sends it), under a key of the dialog, holding this very request.
+    assert journal.startswith("out/d1/")
+    raw = relay.writes[journal]
+    assert raw is not None
+    outgoing = decode(raw, Outgoing)
+    assert bus.decode(outgoing.request) == request
 
 
 def _sbb_of(run: Run, dialog: str) -> str:

@@ -55,6 +55,17 @@ def test_a_backup_whose_primary_falls_silent_promotes_itself_with_a_new_epoch() 
     assert two.epoch == 2 and two.role is Role.PRIMARY
 
 
+def test_a_backup_whose_primary_exited_campaigns_without_waiting_for_silence() -> None:
+    two = store("node-2")
+    two.observe("node-1", "primary", 1, 10, now=0.1, backups=("node-2",))
+    two.decide(my_seq=10, now=0.1)
+    two.fire(Input.SNAPSHOT_INSTALLED)
+    two.exited("node-1")  # its port refused: 0.5 s before silence would have told
+    assert two.decide(my_seq=10, now=0.15) == (Action.CAMPAIGN, None)
+    two.observe("node-1", "starting", 1, 10, now=0.5)  # a restarted process answers: alive again
+    assert two.is_alive("node-1", now=0.5)
+
+
 def test_a_backup_dropped_by_its_primary_resyncs() -> None:
     two = store("node-2")
     two.observe("node-1", "primary", 1, 10, now=0.1, backups=("node-2",))
@@ -108,3 +119,17 @@ def test_a_primary_out_of_touch_with_a_majority_fences_itself() -> None:
     assert one.decide(my_seq=5, now=2.0) == (Action.NONE, None)
     one.decide(my_seq=5, now=2.1)
     assert one.role is Role.STARTING  # no one for 1.1 s > lease: stepped down
+
+
+def test_a_refused_candidate_campaigns_above_the_epoch_it_was_refused_in() -> None:
+    # Peers report their role's epoch, not the epochs they voted in: a candidate refused
+    # because the voter already voted in epoch 2 must not ask for epoch 2 again forever.
+    two = store("node-2")
+    two.observe("node-1", "primary", 1, 5, now=0.0)
+    two.decide(my_seq=5, now=0.0)
+    two.exited("node-1")
+    assert two.decide(my_seq=5, now=0.1) == (Action.CAMPAIGN, None)
+    assert two.candidate_epoch == 2
+    two.refused(2)
+    assert two.decide(my_seq=5, now=0.2) == (Action.CAMPAIGN, None)
+    assert two.candidate_epoch == 3

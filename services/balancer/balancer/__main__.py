@@ -42,7 +42,11 @@ class Front(asyncio.DatagramProtocol):
         async def tick() -> None:
             self.report_changes()
 
-        await follow_heartbeats(self.proc, self.core.liveness, tick)
+        def disconnected(node: str) -> None:
+            self.core.liveness.gone(node)
+            self.report_changes()
+
+        await follow_heartbeats(self.proc, self.core.liveness, tick, on_disconnect=disconnected)
 
     def report_changes(self) -> None:
         now = time.monotonic()

@@ -30,9 +30,12 @@ SOFT_STATE_TTL = 32.0  # 64*T1: how long a transaction's node choice is remember
 
 
 @dataclass
-class PendingInvite:
-    """An INVITE we forwarded that has no final response yet: if its node dies, the UA
-    will not retransmit (it has our 100 Trying), so we forward it again to a survivor."""
+class PendingRequest:
+    """A request we forwarded that has no final response yet. If its node dies we forward
+    it again to a survivor at once: for an INVITE the UA will not retransmit (it has our
+    100 Trying); for any other request its retransmission would come only after T1 or
+    more, and meanwhile later requests of the dialog would overtake it (a CSeq out of
+    order, 500 by §12.2.2)."""
 
     node: str
     data: bytes
@@ -46,7 +49,7 @@ class Balancer:
     liveness: Liveness
     spread: bool = False
     soft: dict[str, tuple[str, float]] = field(default_factory=dict)  # branch -> (node, expiry)
-    invites: dict[str, PendingInvite] = field(default_factory=dict)  # our branch -> INVITE
+    pending: dict[str, PendingRequest] = field(default_factory=dict)  # our branch -> request
     outbox: list[tuple[bytes, Addr]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     _turn: int = 0
@@ -117,13 +120,17 @@ class Balancer:
         data = msg.to_bytes()
         if msg.method == "INVITE":
             self._reply(msg, addr, 100, "Trying", strip_top_via=True)
-            self.invites[ours] = PendingInvite(node, data, msg.call_id, now + SOFT_STATE_TTL)
+        if msg.method != "ACK":  # ACK has no response: nothing tells us it arrived
+            self.pending[ours] = PendingRequest(node, data, msg.call_id, now + SOFT_STATE_TTL)
         self.outbox.append((data, self.liveness.nodes[node].addr))
         self.count(f"to.{node}")
         return node
 
     def _choose(self, msg: SipMessage, hint: str | None, branch: str, now: float) -> str | None:
-        live = self.liveness.live(now)
+        # With no node ready (e.g. the survivor's store is being elected), a node that is
+        # still heartbeating gets the request rather than the UA a 503 from us: it waits
+        # for its store or answers for itself.
+        live = self.liveness.live(now) or self.liveness.reachable(now)
         if not live:
             return None
         remembered = self.soft.get(branch)
@@ -209,8 +216,8 @@ class Balancer:
             return "dropped"
         if msg.status == 100:
             return "100 absorbed"  # hop by hop (§16.7): we sent our own 100
-        if msg.status >= 200 and msg.cseq[1] == "INVITE":
-            self.invites.pop(parse_via(vias[0]).branch, None)
+        if msg.status >= 200:
+            self.pending.pop(parse_via(vias[0]).branch, None)
         if len(vias) < 2:
             self.count("response.no_next_via")
             return "dropped"
@@ -246,20 +253,24 @@ class Balancer:
     def expire(self, now: float) -> None:
         for branch in [b for b, (_, exp) in self.soft.items() if exp <= now]:
             del self.soft[branch]
-        for branch in [b for b, p in self.invites.items() if p.expiry <= now]:
-            del self.invites[branch]
+        for branch in [b for b, p in self.pending.items() if p.expiry <= now]:
+            del self.pending[branch]
 
     def reroute(self, now: float) -> None:
-        """INVITEs whose node died before answering go to a survivor (which recognises a
-        call it already took, from the replicated state), or get 503 if none is left."""
-        live = self.liveness.live(now)
-        for branch, pending in list(self.invites.items()):
-            if pending.node in live:
+        """Requests whose node died before answering go to a survivor (which recognises a
+        request it already took, from the replicated state), or get 503 if none is left."""
+        # Only from a node that is gone (exited, or silent): one that is heartbeating but
+        # not ready (slowed by load, its store electing) still works on what it has, and
+        # a second copy on another node would double the load and race the first.
+        alive = self.liveness.reachable(now)
+        live = self.liveness.live(now) or alive
+        for branch, pending in list(self.pending.items()):
+            if pending.node in alive:
                 continue
             msg = parse(pending.data)
             node = hashing.choose(pending.call_id, live)
             if node is None:
-                del self.invites[branch]
+                del self.pending[branch]
                 vias = msg.get_all("Via")[1:]
                 nxt = parse_via(vias[0])
                 port = int(nxt.params["rport"]) if nxt.params.get("rport", "").isdigit() else (nxt.port or 5060)
@@ -279,4 +290,4 @@ class Balancer:
                 msg.headers += [("Record-Route", r) for r in routes[1:]]
             pending.node, pending.data = node, msg.to_bytes()
             self.outbox.append((pending.data, self.liveness.nodes[node].addr))
-            self.count("rerouted.invite")
+            self.count(f"rerouted.{msg.method}")

@@ -15,7 +15,16 @@ import zmq
 
 from router.adoption import adoptions
 from router.container import Container, Outcome, Service
-from router.records import ActivityRecord, PendingEvent, TimerRecord, Transaction, decode, decode_event, encode
+from router.records import (
+    ActivityRecord,
+    Outgoing,
+    PendingEvent,
+    TimerRecord,
+    Transaction,
+    decode,
+    decode_event,
+    encode,
+)
 from router.sbb import HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
 from zeroslee import bus, keys
 from zeroslee.liveness import Liveness, adoption_dead_after
@@ -27,6 +36,8 @@ MAX_ATTEMPTS = 12
 STORE_ATTEMPTS = 3
 JOURNAL_RETRY = 0.5  # seconds (times the try) before a journaled event is tried again
 JOURNAL_TRIES = 5
+TIMER_SLACK = 0.002  # seconds added to a timer's delay (see `schedule`)
+OUTGOING_SWEEP = 2.0  # seconds between looks for journaled requests our RA never sent
 TIMER = object()  # queue marker: the pending key is a timer record's
 
 Body = Callable[[Transaction], Outcome | None]
@@ -62,6 +73,8 @@ class Router:
         # acted on once we have listened long enough to have heard every live node.
         self.retries: dict[str, int] = {}  # journal key -> failed deliveries so far
         self.orphans = True
+        self.outgoing_seen: set[str] = set()  # our journaled requests at the last sweep
+        self.next_sweep = 0.0
         self.started = time.monotonic()
         self.grace = 2 * proc.config.balancer.dead_after + 3 * proc.config.heartbeat_interval
 
@@ -300,7 +313,9 @@ class Router:
     def schedule(self, timer: TimerRecord) -> None:
         """Fire `timer` when due; the firing transaction re-reads it, so a timer cancelled
         or already fired (its record gone or moved on) does nothing."""
-        delay = max(0.0, timer.fire_at - time.time())
+        # uvloop's timers have millisecond resolution and may wake a little early: an early
+        # wake-up finds the timer not yet due and re-arms it (a wasted delivery), so aim late.
+        delay = max(0.0, timer.fire_at - time.time()) + TIMER_SLACK
         key = keys.timer(timer.activity, timer.id)
         asyncio.get_running_loop().call_later(delay, self.enqueue, timer.activity, TIMER, key)
 
@@ -323,7 +338,7 @@ class Router:
         await follow_heartbeats(self.proc, self.liveness, self.check_losses)
 
     async def check_losses(self) -> None:
-        live = self.liveness.live(time.monotonic())
+        live = self.liveness.steady(time.monotonic())
         if live != self.live:
             lost = sorted(set(self.live) - set(live))
             self.live = live
@@ -333,10 +348,34 @@ class Router:
         settled = time.monotonic() - self.started > self.grace
         if self.orphans and settled and self.node.id in self.live:
             self.orphans = not await self.adopt()  # retried until one pass fully succeeds
+        if time.monotonic() >= self.next_sweep:
+            self.next_sweep = time.monotonic() + OUTGOING_SWEEP
+            await self.sweep_outgoing()
+
+    async def sweep_outgoing(self) -> None:
+        """Our own journaled requests still there a whole sweep later: the RA never got
+        them (it restarted: our ROUTER socket drops what is addressed to a peer that is
+        not connected) or could not commit them. Hand them over again; the RA's version
+        check on the journal entry keeps a slow first copy and this one from both going."""
+        present: set[str] = set()
+        for key, raw in self.scan("out/"):
+            outgoing = decode(raw, Outgoing)
+            if outgoing.node != self.node.id:
+                continue
+            present.add(key)
+            if key in self.outgoing_seen:
+                self.proc.count("outgoing.resent")
+                await self.sock.send_multipart([self.sip_ra, outgoing.request])
+        self.outgoing_seen = present
 
     async def adopt(self) -> bool:
         """Take over our share of dead nodes' activities and timers; True if all went."""
-        found = adoptions(self.node.id, self.live, self.scan("aci/"), self.scan("tmr/"))
+        found = adoptions(
+            self.node.id, self.live, self.scan("aci/"), self.scan("tmr/"), self.scan("evt/"), self.scan("out/")
+        )
+        for _, outgoing in found.outgoing:
+            self.proc.count("adopted.outgoing")  # journaled by a dead node, maybe never sent
+            await self.sock.send_multipart([self.sip_ra, outgoing.request])
         complete = True
         for key, activity in found.activities:
             moved = msgspec.structs.replace(activity, owner=self.node.id)
@@ -347,6 +386,9 @@ class Router:
                     self.enqueue(activity.id, decode_event(decode(raw, PendingEvent)), pending_key)
             else:
                 complete = False
+        for pending_key, event in found.events:
+            self.proc.count("adopted.events")  # fired by a dead node on a live node's activity
+            self.enqueue(event.activity, decode_event(event), pending_key)
         for key, timer in found.timers:
             moved_timer = msgspec.structs.replace(timer, owner=self.node.id)
             if await self.take(key, encode(moved_timer)):

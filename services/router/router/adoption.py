@@ -5,13 +5,20 @@ rendezvous hash of the activity id over the live nodes: the dead node's work is 
 over the survivors, and every survivor computes the same answer without talking. The
 adopter records itself as owner (a versioned commit, so two adopters cannot both win),
 re-arms the timers and delivers the activities' journaled events.
+
+An event is delivered by the node that fired it (the seed: "routed on Node-2 only"), which
+need not own the activity. So the journaled events a dead node fired on an activity that a
+live node owns are orphans too: the same rendezvous winner delivers them (at least once;
+a delivery deletes the journal entry in its commit, so a second attempt finds nothing).
+So are the SIP requests a dead node's deliveries sent but its RA had not sent yet
+(`Outgoing`): the rendezvous winner of the dialog hands them to its own RA.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from router.records import ActivityRecord, TimerRecord, decode
+from router.records import ActivityRecord, Outgoing, PendingEvent, TimerRecord, decode
 from zeroslee import hashing
 
 
@@ -21,20 +28,40 @@ class Adoption:
 
     activities: list[tuple[str, ActivityRecord]] = field(default_factory=list)
     timers: list[tuple[str, TimerRecord]] = field(default_factory=list)
+    events: list[tuple[str, PendingEvent]] = field(default_factory=list)  # on live nodes' activities
+    outgoing: list[tuple[str, Outgoing]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.activities or self.timers)
+        return bool(self.activities or self.timers or self.events or self.outgoing)
 
 
 def adoptions(
-    me: str, live: list[str], activities: list[tuple[str, bytes]], timers: list[tuple[str, bytes]]
+    me: str,
+    live: list[str],
+    activities: list[tuple[str, bytes]],
+    timers: list[tuple[str, bytes]],
+    events: list[tuple[str, bytes]],
+    outgoing: list[tuple[str, bytes]],
 ) -> Adoption:
     """Records owned by nodes not in `live` whose rendezvous winner is `me`."""
     found = Adoption()
+    orphaned: set[str] = set()  # activities whose owner is dead: adopted with their events
     for key, raw in activities:
         activity = decode(raw, ActivityRecord)
-        if activity.owner not in live and hashing.choose(activity.id, live) == me:
-            found.activities.append((key, activity))
+        if activity.owner not in live:
+            orphaned.add(activity.id)
+            if hashing.choose(activity.id, live) == me:
+                found.activities.append((key, activity))
+    for key, raw in events:
+        event = decode(raw, PendingEvent)
+        dead_firer = event.node != "" and event.node not in live
+        if dead_firer and event.activity not in orphaned and hashing.choose(event.activity, live) == me:
+            found.events.append((key, event))
+    for key, raw in outgoing:
+        request = decode(raw, Outgoing)
+        dialog = key.split("/")[1]  # keys.outgoing: out/<dialog>/<id>
+        if request.node not in live and hashing.choose(dialog, live) == me:
+            found.outgoing.append((key, request))
     for key, raw in timers:
         timer = decode(raw, TimerRecord)
         if timer.owner not in live and hashing.choose(timer.activity, live) == me:

@@ -14,6 +14,7 @@ import msgspec
 from router.records import (
     ActivityRecord,
     Attachment,
+    Outgoing,
     PendingEvent,
     TimerRecord,
     Transaction,
@@ -138,7 +139,9 @@ class Context:
         record = self._require_activity(activity)
         if record.ending or activity in self.container.ending:
             raise ActivityEnding(f"activity {activity} is ending: no new events")
-        pending = PendingEvent("e" + secrets.token_hex(8), activity, event_type_name(event), encode(event))
+        pending = PendingEvent(
+            "e" + secrets.token_hex(8), activity, event_type_name(event), encode(event), self.tx.node
+        )
         self.tx.put(keys.pending_event(activity, pending.id), encode(pending))
         self.tx.fired.append(pending)
 
@@ -165,12 +168,17 @@ class Context:
     def invite(self, dialog: str, from_uri: str, to_uri: str, body: bytes = b"", content_type: str = "") -> None:
         """Call `to_uri` on a dialog from `create_dialog`; responses come as `SipResponse`."""
         self._require_activity(dialog)
-        self.tx.messages.append(
-            bus.SendRequest(dialog, "INVITE", content_type, body, self.sbb_id, from_uri=from_uri, to_uri=to_uri)
-        )
+        self._send(bus.SendRequest(dialog, "INVITE", content_type, body, self.sbb_id, from_uri=from_uri, to_uri=to_uri))
 
     def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None:
-        self.tx.messages.append(bus.SendRequest(dialog, method, content_type, body, self.sbb_id))
+        self._send(bus.SendRequest(dialog, method, content_type, body, self.sbb_id))
+
+    def _send(self, request: bus.SendRequest) -> None:
+        """Journal the request with this delivery (`Outgoing`); it leaves after the commit."""
+        key = keys.outgoing(request.dialog, secrets.token_hex(8))
+        request = msgspec.structs.replace(request, outgoing=key)
+        self.tx.put(key, encode(Outgoing(self.tx.node, bus.encode(request))))
+        self.tx.messages.append(request)
 
     def _require_activity(self, activity: str) -> ActivityRecord:
         raw = self.tx.get(keys.activity(activity))

@@ -90,6 +90,17 @@ class PendingEvent(msgspec.Struct):
     activity: str
     type: str  # "module:QualName"
     payload: bytes
+    node: str = ""  # the node that fired it and delivers it; "" in records of older versions
+
+
+class Outgoing(msgspec.Struct):
+    """A SIP request an SBB sent, journaled with the delivery that sent it and deleted by
+    the commit in which the SIP RA takes the dialog's next CSeq to send it. If the node dies
+    between the two, a survivor hands it to its own RA: sent at least once, and the RA's
+    version check on this key makes a second copy find it gone (DESIGN §4: no text lost)."""
+
+    node: str  # the node whose RA was asked to send it
+    request: bytes  # the bus-encoded `SendRequest`
 
 
 class View(Protocol):

@@ -20,6 +20,7 @@ from zeroslee.storeclient import CommitFailed, StoreClient
 
 ROUTER_ANSWER_TIMEOUT = 8.0  # a request the router never answers gets 500 after this
 COMMIT_ATTEMPTS = 8
+MAX_BATCH = 64  # requests of one dialog that take their CSeqs in one commit
 
 
 class SipRa(asyncio.DatagramProtocol):
@@ -41,6 +42,7 @@ class SipRa(asyncio.DatagramProtocol):
         self.router_seen = 0.0
         self.ping_id = 0
         self.tasks: set[asyncio.Future[None]] = set()
+        self.sending: dict[str, list[bus.SendRequest]] = {}  # dialog -> requests waiting to send
         self.answer_timers: dict[str, asyncio.TimerHandle] = {}
 
     # --- UDP -----------------------------------------------------------------------
@@ -171,7 +173,7 @@ class SipRa(asyncio.DatagramProtocol):
                 case bus.DeliveryFailed(tx=tx, status=status, reason=reason):
                     self.answer(tx, status, "", why=reason)
                 case bus.SendRequest():
-                    self.spawn(self.send_in_dialog(message))
+                    self.send_in_dialog(message)
                 case bus.Pong():
                     pass
                 case _:
@@ -194,6 +196,31 @@ class SipRa(asyncio.DatagramProtocol):
                 return False
         return False
 
+    def journal_of(self, cmd: bus.SendRequest) -> tuple[str, int] | None:
+        """The version of `cmd`'s journal entry in our replica, 0 if the replica has none
+        (or is not readable), None if `cmd` is not journaled."""
+        if not cmd.outgoing:
+            return None
+        try:
+            with self.store.replica.read() as view:
+                version, _ = view.get(cmd.outgoing)
+        except ReplicaUnavailable:
+            version = 0
+        return cmd.outgoing, version
+
+    async def sent_already(self, key: str, also_absent: tuple[str, ...] = ()) -> bool | None:
+        """Our replica lacks journal entry `key`: sent already, or does our replica lag the
+        commit that journaled it? The primary decides, by a version check that writes
+        nothing, or deletes `key` if it must be gone with every key of `also_absent`.
+        True: gone (or deleted); False: the primary has it (our replica lags: re-read);
+        None: the store did not answer (the router's sweep asks again later)."""
+        reads = [(key, 0)] + [(k, 0) for k in also_absent]
+        writes: list[tuple[str, bytes | None]] = [(key, None)] if also_absent else []
+        try:
+            return (await self.store.commit(reads, writes)).ok
+        except CommitFailed:
+            return None
+
     async def send_initial_invite(self, cmd: bus.SendRequest) -> None:
         """The INVITE that creates a UAC dialog: replicate the dialog, then send it via the
         balancer, which record-routes it so the callee's requests come back through it."""
@@ -201,46 +228,118 @@ class SipRa(asyncio.DatagramProtocol):
         dialog = uac_dialog(
             cmd.dialog, cmd.from_uri, cmd.to_uri, self.node.id, f"<sip:{self.node.sip}>", host, self.node.sip
         )
-        try:
-            result = await self.store.commit(
-                [(keys.dialog(dialog.id), 0)], [self.dialogs.write_of(dialog.id, dialog.encode())]
-            )
-        except CommitFailed as exc:
-            self.proc.log.warning("INVITE not sent", dialog=dialog.id, error=str(exc))
-            return
-        if result.ok:
-            self.core.send_in_dialog(dialog, "INVITE", cmd.body, cmd.content_type, time.monotonic())
-            self.flush()
-            self.proc.count("sent.INVITE")
-
-    async def send_in_dialog(self, cmd: bus.SendRequest) -> None:
-        """Load the dialog from the replica, take the next local CSeq, then send (§12.2.1.1)."""
-        if cmd.to_uri:
-            return await self.send_initial_invite(cmd)
-        key = keys.dialog(cmd.dialog)
         for _ in range(COMMIT_ATTEMPTS):
-            version, entry = self.dialogs.read_entry(cmd.dialog)
-            if entry is None:
-                self.proc.count("send.no_dialog")
-                self.proc.log.warning("send on unknown dialog", dialog=cmd.dialog, method=cmd.method)
-                return
-            stored = Dialog.decode(entry.value)
-            dialog = msgspec.structs.replace(stored, local_cseq=stored.local_cseq + 1)
+            reads = [(keys.dialog(dialog.id), 0)]
+            writes: list[tuple[str, bytes | None]] = [self.dialogs.write_of(dialog.id, dialog.encode())]
+            journal = self.journal_of(cmd)
+            if journal is not None:
+                if journal[1] == 0:
+                    gone = await self.sent_already(journal[0])
+                    if gone is None or gone:
+                        return
+                    continue
+                reads.append(journal)
+                writes.append((journal[0], None))
             try:
-                # Sending on another node's dialog is an ordinary transaction: the owner stays.
-                result = await self.store.commit(
-                    [(key, version)], [self.dialogs.write_of(dialog.id, dialog.encode(), entry.owner)]
-                )
+                result = await self.store.commit(reads, writes)
             except CommitFailed as exc:
-                self.proc.count("send.commit_failed")
-                self.proc.log.warning("send failed", dialog=cmd.dialog, error=str(exc))
+                self.proc.log.warning("INVITE not sent", dialog=dialog.id, error=str(exc))
                 return
             if result.ok:
-                self.core.send_in_dialog(dialog, cmd.method, cmd.body, cmd.content_type, time.monotonic())
+                self.core.send_in_dialog(dialog, "INVITE", cmd.body, cmd.content_type, time.monotonic())
                 self.flush()
-                self.proc.count(f"sent.{cmd.method}")
+                self.proc.count("sent.INVITE")
                 return
-        self.proc.count("send.conflict_exhausted")
+            if keys.dialog(dialog.id) in result.conflicts:
+                return  # sent already: the dialog exists
+
+    def send_in_dialog(self, cmd: bus.SendRequest) -> None:
+        """Queue `cmd` behind the requests its dialog is already sending: one dialog's
+        requests take their CSeqs here one batch at a time, so a burst (a busy chat room
+        relaying to one member) costs one commit, not one conflict after another."""
+        if cmd.to_uri:
+            self.spawn(self.send_initial_invite(cmd))
+            return
+        queued = self.sending.get(cmd.dialog)
+        if queued is not None:
+            queued.append(cmd)
+            return
+        self.sending[cmd.dialog] = [cmd]
+        self.spawn(self.drain_sends(cmd.dialog))
+
+    async def drain_sends(self, dialog: str) -> None:
+        try:
+            while self.sending[dialog]:
+                batch, self.sending[dialog] = self.sending[dialog][:MAX_BATCH], self.sending[dialog][MAX_BATCH:]
+                await self.send_batch(dialog, batch)
+        finally:
+            del self.sending[dialog]
+
+    async def send_batch(self, dialog_id: str, cmds: list[bus.SendRequest]) -> None:
+        """Load the dialog from the replica, take the next local CSeqs, then send (§12.2.1.1).
+        The commit that takes the CSeqs deletes the requests' journal entries: a copy of a
+        request handed to us again (a survivor's sweep) finds it gone and is not sent twice."""
+        key = keys.dialog(dialog_id)
+        for _ in range(COMMIT_ATTEMPTS):
+            ready: list[bus.SendRequest] = []
+            reads: list[tuple[str, int]] = []
+            writes: list[tuple[str, bytes | None]] = []
+            for cmd in cmds:
+                journal = self.journal_of(cmd)
+                if journal is not None and journal[1] == 0:
+                    self.spawn(self.send_unjournaled(cmd))  # sent already, or our replica lags
+                    continue
+                ready.append(cmd)
+                if journal is not None:
+                    reads.append(journal)
+                    writes.append((journal[0], None))
+            cmds = ready
+            if not cmds:
+                return
+            version, entry = self.dialogs.read_entry(dialog_id)
+            if entry is None:
+                self.proc.count("send.no_dialog", len(cmds))
+                self.proc.log.warning("send on unknown dialog", dialog=dialog_id, methods=[c.method for c in cmds])
+                for cmd in cmds:  # forget them, if the dialog really is gone
+                    if cmd.outgoing:
+                        await self.sent_already(cmd.outgoing, also_absent=(key,))
+                return
+            stored = Dialog.decode(entry.value)
+            dialog = msgspec.structs.replace(stored, local_cseq=stored.local_cseq + len(cmds))
+            # Sending on another node's dialog is an ordinary transaction: the owner stays.
+            reads.append((key, version))
+            writes.append(self.dialogs.write_of(dialog.id, dialog.encode(), entry.owner))
+            try:
+                result = await self.store.commit(reads, writes)
+            except CommitFailed as exc:
+                self.proc.count("send.commit_failed", len(cmds))
+                self.proc.log.warning("send failed", dialog=dialog_id, error=str(exc))
+                return  # journaled: the router's sweep hands them to us again
+            if result.ok:
+                now = time.monotonic()
+                for i, cmd in enumerate(cmds, start=1):
+                    numbered = msgspec.structs.replace(stored, local_cseq=stored.local_cseq + i)
+                    self.core.send_in_dialog(numbered, cmd.method, cmd.body, cmd.content_type, now)
+                    self.proc.count(f"sent.{cmd.method}")
+                self.core.dialogs[dialog.id] = dialog
+                self.flush()
+                return
+        self.proc.count("send.conflict_exhausted", len(cmds))
+
+    async def send_unjournaled(self, cmd: bus.SendRequest) -> None:
+        """`cmd`'s journal entry is not in our replica: if the primary has it, our replica
+        lags the commit that wrote it; send it once the replica has caught up."""
+        for tries in range(1, COMMIT_ATTEMPTS + 1):
+            gone = await self.sent_already(cmd.outgoing)
+            if gone is None or gone:
+                self.proc.count("send.sent_already" if gone else "send.commit_failed")
+                return
+            await asyncio.sleep(0.005 * tries)  # back off while the replica applies the commit
+            journal = self.journal_of(cmd)
+            if journal is not None and journal[1] != 0:
+                self.send_in_dialog(cmd)
+                return
+        self.proc.count("send.replica_lagging")  # the router's sweep hands it to us again
 
     # --- timers and liveness -------------------------------------------------------
 

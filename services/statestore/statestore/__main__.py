@@ -16,7 +16,7 @@ import zmq
 from statestore.membership import Action, Input, Membership, Role
 from statestore.storage import Storage
 from zeroslee import bus
-from zeroslee.runtime import Process, Requester, run
+from zeroslee.runtime import Process, Requester, run, watch_exits
 
 MAX_GROUP = 256  # commits acknowledged together at most
 FAILOVER_WAIT = 2.0  # how long a commit waits for an election before it is refused
@@ -58,10 +58,13 @@ class Statestore:
         self.backups: set[str] = set()
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.stepping = asyncio.Lock()
         self.synced = asyncio.Event()
         self.settled = asyncio.Event()  # set while PRIMARY or BACKUP
         self.was_member = False  # has held a full mirror in this incarnation
         self.left_at = 0.0  # when it last stopped being primary or backup
+        self.confirmed_epoch = 0  # the epoch whose lease the witness last renewed for us
+        self.unreported_drop = False  # a backup was dropped outside a commit group
 
     # --- serving -------------------------------------------------------------------
 
@@ -189,9 +192,13 @@ class Statestore:
             self.storage.apply_batch(first, batch)
             in_sync = set(self.backups)
             await self.replicate(first, batch)
-            if self.backups != in_sync and not await self.renew():
-                # We dropped a backup but could not tell the witness: acknowledging now could
-                # lose these commits if we die. Their fate is unknown to the clients; step down.
+            unconfirmed = self.witness is not None and self.confirmed_epoch != self.members.epoch
+            dropped = self.backups != in_sync or self.unreported_drop
+            if (dropped or unconfirmed) and not await self.renew():
+                # We dropped a backup but could not tell the witness, or the witness has not
+                # confirmed our election (it may have voted for another store since):
+                # acknowledging now could lose these commits if we die. Their fate is
+                # unknown to the clients; step down.
                 self.members.fire(Input.LEASE_LOST)
                 for pending, _, _ in accepted:
                     self.settle(pending, bus.CommitResult(pending.message.req, ok=False, error="primary fenced"))
@@ -278,6 +285,27 @@ class Statestore:
         self.storage.apply_batch(msg.seq, msg.batch)
         return bus.Replicated(msg.req, node, m.epoch, self.storage.seq)
 
+    def peer_exited(self, node: str) -> None:
+        """A peer store's process exited: decide now rather than at the next poll (whose
+        Hello to the dead peer would first have to time out)."""
+        self.members.exited(node)
+        if self.members.role is Role.PRIMARY and node in self.backups:
+            # Its replication acks can never come: go on without it now rather than stall
+            # the next commit for `replicate_timeout`. The witness hears of it before any
+            # further commit is acknowledged (apply_group), as for a drop on a missed ack.
+            self.backups.discard(node)
+            self.unreported_drop = self.witness is not None
+            self.proc.log.warning("backup dropped", backup=node, reason="process exited")
+        self.peers[node].fail_waiting()  # commits forwarded to it: their fate is the router's to resolve
+        self.spawn(self.decide_now())
+
+    async def decide_now(self) -> None:
+        """Ask the live peers first: every candidate must judge from fresh sequence numbers,
+        or two could each think itself the most up to date and split the vote."""
+        live = self.members.live_peers(time.monotonic())
+        await asyncio.gather(*(self.hello(node) for node in live))
+        await self.step()
+
     async def poll_peers(self) -> None:
         interval = self.proc.config.heartbeat_interval
         while True:
@@ -304,12 +332,16 @@ class Statestore:
             return True
         m = self.members
         message = bus.Renew(self.witness.next_id(), m.me, m.epoch, sorted(self.backups))
+        reported = set(self.backups)
         try:
             reply = await self.witness.request(message, self.proc.config.heartbeat_interval * 2)
         except TimeoutError:
             return False
         if isinstance(reply, bus.RenewReply) and reply.ok:
             m.touched("witness", time.monotonic())
+            self.confirmed_epoch = message.epoch
+            if reported == self.backups:
+                self.unreported_drop = False
             return True
         if isinstance(reply, bus.RenewReply) and reply.epoch > m.epoch:
             m.fire(Input.LEASE_LOST)  # deposed: a newer primary was elected meanwhile
@@ -332,7 +364,11 @@ class Statestore:
                 reply = await link.request(vote, self.proc.config.heartbeat_interval * 3)
             except TimeoutError:
                 return False
-            return isinstance(reply, bus.VoteReply) and reply.granted
+            if not isinstance(reply, bus.VoteReply):
+                return False
+            if not reply.granted:
+                m.refused(reply.epoch)
+            return reply.granted
 
         votes = 1 + sum(await asyncio.gather(*(ask(link) for link in links)))
         if votes < m.majority:
@@ -347,6 +383,10 @@ class Statestore:
             self.proc.log.info("elected", epoch=epoch, votes=votes, of=m.voters)
 
     async def step(self) -> None:
+        async with self.stepping:  # the poll loop and an exit notice never decide at once
+            await self._step()
+
+    async def _step(self) -> None:
         before = self.members.role
         if self.members.role is Role.PRIMARY:
             await self.renew()
@@ -356,6 +396,7 @@ class Statestore:
             if self.members.role is Role.PRIMARY:
                 self.storage.set_epoch(self.members.epoch)
                 self.backups.clear()
+                await self.renew()  # the witness's confirmation, before any commit is acknowledged
         elif action is Action.JOIN and target is not None:
             self.synced.clear()
             await self.join(target)
@@ -404,6 +445,8 @@ class Statestore:
             group.create_task(self.serve_peers())
             group.create_task(self.primary_worker())
             group.create_task(self.poll_peers())
+            others = {n.id: n.peer for n in self.proc.config.nodes if n.id != self.members.me}
+            group.create_task(watch_exits(self.proc, others, self.peer_exited))
 
 
 async def main(proc: Process) -> None:

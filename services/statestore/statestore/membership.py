@@ -90,6 +90,7 @@ class Membership:
     voted: int = 0  # the highest epoch this store voted in (the shell persists it)
     contact: dict[str, float] = field(default_factory=dict)  # voter -> last answer
     candidate_epoch: int = 0
+    refused_at: int = 0  # the highest epoch a voter told us it already voted in
 
     @property
     def majority(self) -> int:
@@ -118,8 +119,20 @@ class Membership:
         self.primary = self.me
         return self.fire(Input.ELECTED)
 
+    def refused(self, epoch: int) -> None:
+        """A voter refused us, having voted in `epoch` already: our next campaign goes above
+        it (a store's status shows its role's epoch, not the epochs it voted in)."""
+        self.refused_at = max(self.refused_at, epoch)
+
     def observe(self, node: str, role: str, epoch: int, seq: int, now: float, backups: tuple[str, ...] = ()) -> None:
         self.peers[node] = PeerView(Role(role), epoch, seq, now, backups)
+
+    def exited(self, node: str) -> None:
+        """`node`'s store process is known to have exited (its port refuses): it is not
+        alive from now on, without waiting `dead_after`; its next answer revives it."""
+        view = self.peers.get(node)
+        if view is not None:
+            view.last_seen = -1e9
 
     def is_alive(self, node: str, now: float) -> bool:
         view = self.peers.get(node)
@@ -169,7 +182,8 @@ class Membership:
         chosen = max(electable, key=lambda n: (self._seq_of(n, my_seq), -self.order.index(n)))
         if chosen != self.me:
             return Action.NONE, None
-        self.candidate_epoch = max([self.epoch, self.voted] + [v.epoch for v in self.peers.values()]) + 1
+        seen = [self.epoch, self.voted, self.refused_at] + [v.epoch for v in self.peers.values()]
+        self.candidate_epoch = max(seen) + 1
         return Action.CAMPAIGN, None
 
     def _outranks(self, other: str) -> bool:

@@ -9,6 +9,16 @@ Rules:
   store that merely lost touch with the primary cannot take over from a live primary.
 - It votes only for the last primary or a store the primary last reported in sync: a
   backup the primary dropped (and went on without) may lack acknowledged commits.
+- A vote does not make its candidate primary: the candidate may still lose (another store
+  refused it). So the stores eligible before the vote stay eligible until the new primary's
+  first renewal; a primary acknowledges no commit before that renewal (statestore
+  `apply_group`), so none of them can lack an acknowledged commit. Without this, a lost
+  vote would leave the loser the only store the witness accepts, and an election that the
+  loser cannot win would stall the cluster for good.
+- When the primary's process is known to have exited (its port refuses connections:
+  `runtime.watch_exits`), its lease ends at once: a dead process serves nothing, so an
+  in-sync backup need not wait out the lease. A partitioned primary refuses nothing, so
+  it keeps its lease until it expires, as before.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ class WitnessState(msgspec.Struct):
     epoch: int = 0  # the highest epoch voted in
     primary: str = ""  # who got that vote
     in_sync: list[str] = []  # the primary's backups at its last renewal
+    open: bool = False  # no primary has renewed yet: every store is eligible
 
 
 class Witness:
@@ -35,11 +46,23 @@ class Witness:
             return False
         if now - self.renewed_at < self.lease_wait and candidate != s.primary:
             return False  # the current primary is alive
-        if s.primary and candidate != s.primary and candidate not in s.in_sync:
+        if not self.eligible(candidate):
             return False  # it may lack commits the primary acknowledged without it
-        self.state = WitnessState(epoch, candidate, [])
-        self.renewed_at = now  # the new primary holds the lease from now
+        carried = sorted({s.primary, *s.in_sync} - {"", candidate})
+        self.state = WitnessState(epoch, candidate, carried, open=s.open or not s.primary)
+        # No lease yet: the candidate may have lost. If it won, it renews before it
+        # acknowledges anything, and a renewal for this epoch fails once we voted higher.
+        self.renewed_at = -1e9
         return True
+
+    def eligible(self, candidate: str) -> bool:
+        s = self.state
+        return s.open or not s.primary or candidate == s.primary or candidate in s.in_sync
+
+    def exited(self, store: str) -> None:
+        """`store`'s process exited: if it held the lease, the lease is over."""
+        if store == self.state.primary:
+            self.renewed_at = -1e9
 
     def renew(self, primary: str, epoch: int, in_sync: list[str], now: float) -> bool:
         """The primary of the current epoch extends its lease; anyone else is told no
@@ -48,6 +71,6 @@ class Witness:
         if epoch != s.epoch or primary != s.primary:
             return False
         self.renewed_at = now
-        if sorted(in_sync) != sorted(s.in_sync):
+        if s.open or sorted(in_sync) != sorted(s.in_sync):
             self.state = WitnessState(s.epoch, s.primary, sorted(in_sync))
         return True

@@ -7,16 +7,18 @@ any vote or in-sync change is acknowledged. Sockets: ROUTER `[witness] endpoint`
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
 
 import msgspec
 import zmq
+import zmq.asyncio
 
 from statestore.witness import Witness, WitnessState
 from zeroslee import bus
-from zeroslee.runtime import Process, run
+from zeroslee.runtime import Process, run, watch_exits
 
 
 def load_state(path: Path) -> WitnessState:
@@ -42,6 +44,13 @@ async def main(proc: Process) -> None:
     sock = proc.socket(zmq.ROUTER)
     sock.bind(cfg.endpoint)
     proc.log.info("witness", epoch=witness.state.epoch, primary=witness.state.primary)
+    peers = {node.id: node.peer for node in proc.config.nodes}
+    async with asyncio.TaskGroup() as group:
+        group.create_task(watch_exits(proc, peers, witness.exited))
+        group.create_task(serve(proc, sock, witness, path))
+
+
+async def serve(proc: Process, sock: zmq.asyncio.Socket, witness: Witness, path: Path) -> None:
     while True:
         ident, data = await sock.recv_multipart()
         try:
