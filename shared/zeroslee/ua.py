@@ -158,6 +158,42 @@ class UserAgent:
         headers = [("Content-Type", content_type)] if body else []
         return self.transact(self._request(method, call.remote_target, call, headers, body))
 
+    def burst(self, method: str, bodies: list[bytes], timeout: float = 10.0) -> list[SipMessage]:
+        """Send one in-dialog request per body back to back (consecutive CSeqs, each its
+        own transaction, none waiting for another), retransmit each until its final
+        response (Timer E), and return the final responses in sending order."""
+        call = self.call
+        if call is None:
+            raise UaError("no call")
+        pending: dict[str, bytes] = {}
+        order: list[str] = []
+        for body in bodies:
+            call.cseq += 1
+            msg = self._request(method, call.remote_target, call, [("Content-Type", "text/plain")], body)
+            branch = parse_via(msg.get_all("Via")[0]).branch
+            pending[branch] = msg.to_bytes()
+            order.append(branch)
+            self.sock.sendto(pending[branch], self.proxy)
+        finals: dict[str, SipMessage] = {}
+        deadline = time.monotonic() + timeout
+        interval = self.t1
+        resend_at = time.monotonic() + interval
+        while len(finals) < len(order):
+            if time.monotonic() >= deadline:
+                raise UaError(f"{self.name}: {len(order) - len(finals)} of {len(order)} {method}s unanswered")
+            incoming = self._recv(max(0.001, min(resend_at, deadline) - time.monotonic()))
+            if incoming is not None and not incoming.is_request and incoming.status >= 200:
+                branch = parse_via(incoming.get_all("Via")[0]).branch
+                if branch in pending and incoming.cseq[1] == method:
+                    finals[branch] = incoming
+            if time.monotonic() >= resend_at:
+                for branch, data in pending.items():
+                    if branch not in finals:
+                        self.sock.sendto(data, self.proxy)
+                interval = min(interval * 2, 4.0)
+                resend_at = time.monotonic() + interval
+        return [finals[branch] for branch in order]
+
     def pump(self, timeout: float) -> None:
         """Receive (and answer) whatever arrives within `timeout`."""
         self._recv(timeout)
