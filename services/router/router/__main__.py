@@ -27,7 +27,7 @@ from router.records import (
     encode,
 )
 from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
-from zeroslee import bus, keys
+from zeroslee import bus, hashing, keys
 from zeroslee.liveness import Liveness, adoption_dead_after
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats, run
@@ -196,6 +196,7 @@ class Router:
                     to=outcome.delivered_to,
                     created=outcome.created,
                     loaded_remote=outcome.loaded_remote,
+                    **({"call_id": event.call_id, "cseq": event.cseq} if isinstance(event, SipRequest) else {}),
                 )
             await self.after_commit(tx)
             for _, pending_key in batch:
@@ -232,7 +233,7 @@ class Router:
         assert isinstance(event, msgspec.Struct)
         log = log.bind(event_type=type(event).__name__)
         if isinstance(event, SipRequest):
-            log = log.bind(call_id=event.call_id, method=event.method)
+            log = log.bind(call_id=event.call_id, method=event.method, cseq=event.cseq)
 
         def body(tx: Transaction) -> Outcome | None:
             if pending_key is not None:
@@ -420,15 +421,20 @@ class Router:
             self.next_sweep = time.monotonic() + OUTGOING_SWEEP
             await self.sweep_outgoing()
 
+    def inherits(self, node: str, key: str) -> bool:
+        """Whether we take over `node`'s work on `key`: it is dead and we win the hash."""
+        return node not in self.live and hashing.choose(key, self.live) == self.node.id
+
     async def sweep_outgoing(self) -> None:
-        """Our own journaled requests still there a whole sweep later: the RA never got
-        them (it restarted: our ROUTER socket drops what is addressed to a peer that is
-        not connected) or could not commit them. Hand them over again; the RA's version
+        """Our own journaled requests, and those of dead nodes we adopted, still there a
+        whole sweep later: the RA never got them (it restarted: our ROUTER socket drops
+        what is addressed to a peer that is not connected) or could not commit them (the
+        store was electing). Hand them over again; the RA's version
         check on the journal entry keeps a slow first copy and this one from both going."""
         present: set[str] = set()
         for key, raw in self.scan("out/"):
             outgoing = decode(raw, Outgoing)
-            if outgoing.node != self.node.id:
+            if outgoing.node != self.node.id and not self.inherits(outgoing.node, key.split("/")[1]):
                 continue
             present.add(key)
             if key in self.outgoing_seen:
