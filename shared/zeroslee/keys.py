@@ -60,6 +60,11 @@ def outgoing(dialog_id: str, request_id: str) -> str:
     return f"out/{dialog_id}/{request_id}"
 
 
+def dialog_of_outgoing(key: str) -> str:
+    """The dialog an `outgoing` key belongs to."""
+    return key.split(SEP)[1]
+
+
 def dialog(dialog_id: str) -> str:
     """A SIP dialog: the SIP RA's replicated data entry (`ftra.ReplicatedData("sip")`)."""
     return f"ra/sip/{dialog_id}"

@@ -14,7 +14,7 @@ import msgspec
 import structlog
 import zmq
 
-from router.adoption import adoptions
+from router.adoption import adoptions, inherits
 from router.container import Container, Outcome, Service
 from router.records import (
     ActivityRecord,
@@ -27,7 +27,7 @@ from router.records import (
     encode,
 )
 from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
-from zeroslee import bus, hashing, keys
+from zeroslee import bus, keys
 from zeroslee.liveness import Liveness, adoption_dead_after
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats, run
@@ -160,49 +160,35 @@ class Router:
         the commit is shared. False if nothing was committed because one of them failed
         (its handler raised, the store refused): the caller then delivers them one by
         one, which answers or retries each on its own."""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            outcomes: list[tuple[msgspec.Struct, Outcome]] = []
-            try:
-                with self.store.replica.read() as view:
-                    tx = Transaction(view, self.node.id)
-                    for event, pending_key in batch:
-                        assert isinstance(event, msgspec.Struct)
-                        if pending_key is not None:
-                            if tx.get(pending_key) is None:
-                                self.proc.count("event.duplicate")
-                                continue
-                            tx.delete(pending_key)
-                        outcomes.append((event, self.container.deliver(tx, event, activity, now=time.time())))
-            except (ReplicaUnavailable, HandlerFailed, SleeError):
-                return False
-            if tx.writes:
-                try:
-                    result = await self.commit(tx)
-                except CommitFailed:
-                    return False  # fate unknown: one by one re-runs each on fresh data
-                if not result.ok:
-                    self.proc.count("delivery.conflict")
-                    await asyncio.sleep(random.uniform(0, 0.002 * attempt))
-                    continue
-            self.proc.count("delivery.batches")
-            for event, outcome in outcomes:
-                self.count_delivery(event)
-                structlog.get_logger().info(
-                    "delivered",
-                    activity=activity,
-                    event_type=type(event).__name__,
-                    batch=len(batch),
-                    attempts=attempt,
-                    to=outcome.delivered_to,
-                    created=outcome.created,
-                    loaded_remote=outcome.loaded_remote,
-                    **({"call_id": event.call_id, "cseq": event.cseq} if isinstance(event, SipRequest) else {}),
-                )
-            await self.after_commit(tx)
-            for _, pending_key in batch:
-                self.retries.pop(pending_key or "", None)
-            return True
-        return False
+
+        def body(tx: Transaction) -> Outcome:
+            done = [o for event, key in batch if (o := self.deliver_one(tx, activity, event, key)) is not None]
+            return Outcome(
+                [sbb for o in done for sbb in o.delivered_to],
+                [sbb for o in done for sbb in o.created],
+                [sbb for o in done for sbb in o.loaded_remote],
+                [name for o in done for name in o.stale_names],
+            )
+
+        first = type(batch[0][0]).__name__
+        log = structlog.get_logger().bind(activity=activity, event_type=first, batch=len(batch))
+        if not await self.run(body, log, together=[event for event, _ in batch]):
+            return False
+        self.proc.count("delivery.batches")
+        for _, pending_key in batch:
+            self.retries.pop(pending_key or "", None)
+        return True
+
+    def deliver_one(self, tx: Transaction, activity: str, event: object, pending_key: str | None) -> Outcome | None:
+        """Deliver `event` in `tx`; None if it is a journaled event delivered already
+        (at least once, dedup by its journal key, which the delivery deletes)."""
+        assert isinstance(event, msgspec.Struct)
+        if pending_key is not None:
+            if tx.get(pending_key) is None:
+                self.proc.count("event.duplicate")
+                return None
+            tx.delete(pending_key)
+        return self.container.deliver(tx, event, activity, now=time.time())
 
     async def handle(self, activity: str, event: object, pending_key: str | None) -> None:
         log = structlog.get_logger().bind(activity=activity)
@@ -235,15 +221,7 @@ class Router:
         if isinstance(event, SipRequest):
             log = log.bind(call_id=event.call_id, method=event.method, cseq=event.cseq)
 
-        def body(tx: Transaction) -> Outcome | None:
-            if pending_key is not None:
-                if tx.get(pending_key) is None:
-                    self.proc.count("event.duplicate")
-                    return None  # delivered already (journal: at least once, dedup by key)
-                tx.delete(pending_key)
-            return self.container.deliver(tx, event, activity, now=time.time())
-
-        delivered = await self.run(body, log, event)
+        delivered = await self.run(lambda tx: self.deliver_one(tx, activity, event, pending_key), log, event)
         if delivered or pending_key is None or not pending_key.startswith("evt/"):
             self.retries.pop(pending_key or "", None)
             return
@@ -281,32 +259,32 @@ class Router:
 
     # --- transactions --------------------------------------------------------------
 
-    async def run(self, body: Body, log: structlog.typing.FilteringBoundLogger, event: object = None) -> bool:
+    async def run(
+        self,
+        body: Body,
+        log: structlog.typing.FilteringBoundLogger,
+        event: object = None,
+        together: list[object] | None = None,
+    ) -> bool:
         """Run `body` in a transaction on fresh data until its commit succeeds (bounded).
-        False when it gave up (the failure was answered or logged)."""
+        False when it gave up (the failure was answered or logged). With `together` (the
+        events a batch's `body` delivers), any failure returns False at once, answering
+        nothing: the caller then delivers the events one by one."""
         started = time.monotonic()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with self.store.replica.read() as view:
                     tx = Transaction(view, self.node.id)
                     outcome = body(tx)
-            except ReplicaUnavailable:
-                await self.fail(event, 503, "local replica not ready", log)
-                return False
-            except HandlerFailed as failure:
-                self.proc.count("delivery.rolled_back")
-                await self.cleanup_after(failure, log)
-                await self.fail(event, 500, str(failure), log)
-                return False
-            except SleeError as exc:
-                self.proc.count("delivery.rolled_back")
-                await self.fail(event, 500, f"{type(exc).__name__}: {exc}", log)
+            except (ReplicaUnavailable, HandlerFailed, SleeError) as exc:
+                if together is None:
+                    await self.refused(exc, event, log)
                 return False
             if outcome is None:
                 return True
             if not tx.writes:  # read-only delivery: nothing to replicate
                 await self.after_commit(tx)
-                self.count_delivery(event)
+                self.count_delivery(event, together)
                 return True
             try:
                 result = await self.commit(tx)
@@ -314,6 +292,8 @@ class Router:
                 # The store refused or timed out (e.g. its primary just died): the commit's
                 # fate is unknown, so re-run the delivery on fresh data, a bounded number of times.
                 self.proc.count("delivery.store_unavailable")
+                if together is not None:
+                    return False
                 if attempt >= STORE_ATTEMPTS:
                     await self.fail(event, 503, str(exc), log)
                     return False
@@ -322,7 +302,7 @@ class Router:
                 self.proc.count("delivery.conflict")
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))  # back off, then re-read
                 continue
-            self.count_delivery(event)
+            self.count_delivery(event, together)
             log.info(
                 "delivered",
                 seq=result.seq,
@@ -335,13 +315,27 @@ class Router:
             )
             await self.after_commit(tx)
             return True
-        await self.fail(event, 500, "too many conflicts", log)
+        if together is None:
+            await self.fail(event, 500, "too many conflicts", log)
         return False
 
-    def count_delivery(self, event: object) -> None:
+    async def refused(self, exc: Exception, event: object, log: structlog.typing.FilteringBoundLogger) -> None:
+        """A delivery that could not run: answer it (a SIP request) and log it."""
+        if isinstance(exc, ReplicaUnavailable):
+            await self.fail(event, 503, "local replica not ready", log)
+            return
+        self.proc.count("delivery.rolled_back")
+        if isinstance(exc, HandlerFailed):
+            await self.cleanup_after(exc, log)
+            await self.fail(event, 500, str(exc), log)
+        else:
+            await self.fail(event, 500, f"{type(exc).__name__}: {exc}", log)
+
+    def count_delivery(self, event: object, together: list[object] | None = None) -> None:
         """Routing statistics per event type (zeroslee-admin routing)."""
-        self.proc.count("delivery.ok")
-        self.proc.count(f"delivered.{type(event).__name__ if event is not None else 'Internal'}")
+        for one in together if together is not None else [event]:
+            self.proc.count("delivery.ok")
+            self.proc.count(f"delivered.{type(one).__name__ if one is not None else 'Internal'}")
 
     async def commit(self, tx: Transaction) -> bus.CommitResult:
         prefix_reads = [(p, c, v) for p, (c, v) in sorted(tx.prefix_reads.items())]
@@ -421,10 +415,6 @@ class Router:
             self.next_sweep = time.monotonic() + OUTGOING_SWEEP
             await self.sweep_outgoing()
 
-    def inherits(self, node: str, key: str) -> bool:
-        """Whether we take over `node`'s work on `key`: it is dead and we win the hash."""
-        return node not in self.live and hashing.choose(key, self.live) == self.node.id
-
     async def sweep_outgoing(self) -> None:
         """Our own journaled requests, and those of dead nodes we adopted, still there a
         whole sweep later: the RA never got them (it restarted: our ROUTER socket drops
@@ -434,7 +424,8 @@ class Router:
         present: set[str] = set()
         for key, raw in self.scan("out/"):
             outgoing = decode(raw, Outgoing)
-            if outgoing.node != self.node.id and not self.inherits(outgoing.node, key.split("/")[1]):
+            mine = outgoing.node == self.node.id
+            if not mine and not inherits(self.node.id, self.live, outgoing.node, keys.dialog_of_outgoing(key)):
                 continue
             present.add(key)
             if key in self.outgoing_seen:

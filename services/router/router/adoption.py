@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from router.records import ActivityRecord, Outgoing, PendingEvent, TimerRecord, decode
-from zeroslee import hashing
+from zeroslee import hashing, keys
 
 
 @dataclass
@@ -33,6 +33,12 @@ class Adoption:
 
     def __bool__(self) -> bool:
         return bool(self.activities or self.timers or self.events or self.outgoing)
+
+
+def inherits(me: str, live: list[str], owner: str, key: str) -> bool:
+    """Whether `me` takes over `owner`'s work on `key`: the owner is dead and `me` wins
+    the rendezvous hash of `key` over the live nodes."""
+    return owner not in live and hashing.choose(key, live) == me
 
 
 def adoptions(
@@ -50,20 +56,19 @@ def adoptions(
         activity = decode(raw, ActivityRecord)
         if activity.owner not in live:
             orphaned.add(activity.id)
-            if hashing.choose(activity.id, live) == me:
+            if inherits(me, live, activity.owner, activity.id):
                 found.activities.append((key, activity))
     for key, raw in events:
         event = decode(raw, PendingEvent)
-        dead_firer = event.node != "" and event.node not in live
-        if dead_firer and event.activity not in orphaned and hashing.choose(event.activity, live) == me:
+        fired_here = event.node != "" and event.activity not in orphaned  # "": an older record
+        if fired_here and inherits(me, live, event.node, event.activity):
             found.events.append((key, event))
     for key, raw in outgoing:
         request = decode(raw, Outgoing)
-        dialog = key.split("/")[1]  # keys.outgoing: out/<dialog>/<id>
-        if request.node not in live and hashing.choose(dialog, live) == me:
+        if inherits(me, live, request.node, keys.dialog_of_outgoing(key)):
             found.outgoing.append((key, request))
     for key, raw in timers:
         timer = decode(raw, TimerRecord)
-        if timer.owner not in live and hashing.choose(timer.activity, live) == me:
+        if inherits(me, live, timer.owner, timer.activity):
             found.timers.append((key, timer))
     return found

@@ -196,17 +196,17 @@ class SipRa(asyncio.DatagramProtocol):
                 return False
         return False
 
-    def journal_of(self, cmd: bus.SendRequest) -> tuple[str, int] | None:
-        """The version of `cmd`'s journal entry in our replica, 0 if the replica has none
-        (or is not readable), None if `cmd` is not journaled."""
-        if not cmd.outgoing:
-            return None
+    def journal_versions(self, cmds: list[bus.SendRequest]) -> dict[str, int]:
+        """The version of each journaled request's entry in our replica (one read), 0 if
+        the replica has none (or is not readable)."""
+        wanted = [cmd.outgoing for cmd in cmds if cmd.outgoing]
+        if not wanted:
+            return {}
         try:
             with self.store.replica.read() as view:
-                version, _ = view.get(cmd.outgoing)
+                return {key: view.get(key)[0] for key in wanted}
         except ReplicaUnavailable:
-            version = 0
-        return cmd.outgoing, version
+            return dict.fromkeys(wanted, 0)
 
     async def sent_already(self, key: str, also_absent: tuple[str, ...] = ()) -> bool | None:
         """Our replica lacks journal entry `key`: sent already, or does our replica lag the
@@ -231,15 +231,13 @@ class SipRa(asyncio.DatagramProtocol):
         for _ in range(COMMIT_ATTEMPTS):
             reads = [(keys.dialog(dialog.id), 0)]
             writes: list[tuple[str, bytes | None]] = [self.dialogs.write_of(dialog.id, dialog.encode())]
-            journal = self.journal_of(cmd)
-            if journal is not None:
-                if journal[1] == 0:
-                    gone = await self.sent_already(journal[0])
-                    if gone is None or gone:
-                        return
-                    continue
-                reads.append(journal)
-                writes.append((journal[0], None))
+            if cmd.outgoing:
+                version = self.journal_versions([cmd])[cmd.outgoing]
+                if version == 0:
+                    self.spawn(self.send_unjournaled(cmd))  # sent already, or our replica lags
+                    return
+                reads.append((cmd.outgoing, version))
+                writes.append((cmd.outgoing, None))
             try:
                 result = await self.store.commit(reads, writes)
             except CommitFailed as exc:
@@ -284,15 +282,15 @@ class SipRa(asyncio.DatagramProtocol):
             ready: list[bus.SendRequest] = []
             reads: list[tuple[str, int]] = []
             writes: list[tuple[str, bytes | None]] = []
+            versions = self.journal_versions(cmds)
             for cmd in cmds:
-                journal = self.journal_of(cmd)
-                if journal is not None and journal[1] == 0:
+                if cmd.outgoing and versions[cmd.outgoing] == 0:
                     self.spawn(self.send_unjournaled(cmd))  # sent already, or our replica lags
                     continue
                 ready.append(cmd)
-                if journal is not None:
-                    reads.append(journal)
-                    writes.append((journal[0], None))
+                if cmd.outgoing:
+                    reads.append((cmd.outgoing, versions[cmd.outgoing]))
+                    writes.append((cmd.outgoing, None))
             cmds = ready
             if not cmds:
                 return
@@ -335,8 +333,7 @@ class SipRa(asyncio.DatagramProtocol):
                 self.proc.count("send.sent_already" if gone else "send.commit_failed")
                 return
             await asyncio.sleep(0.005 * tries)  # back off while the replica applies the commit
-            journal = self.journal_of(cmd)
-            if journal is not None and journal[1] != 0:
+            if self.journal_versions([cmd])[cmd.outgoing] != 0:
                 self.send_in_dialog(cmd)
                 return
         self.proc.count("send.replica_lagging")  # the router's sweep hands it to us again
