@@ -21,6 +21,9 @@ class SipTimers(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+    # Overload control, not a timer: a node with this many requests awaiting its router
+    # answers new INVITEs 503 with Retry-After at once (sip-ra README, "Overload").
+    max_in_flight: int = 100
 
 
 class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -38,6 +38,7 @@ def cluster_toml(
     spread: bool = False,
     extra: str = "",
     hosts: dict[str, str] | None = None,
+    max_in_flight: int = 100,
 ) -> str:
     """A cluster file: balancer at `base`, node i's ports at base+10*i+1..6. `hosts` gives
     the address of "front" (balancer, witness) and of each node (default 127.0.0.1)."""
@@ -50,6 +51,7 @@ def cluster_toml(
         f"t1 = {t1}",
         f"t2 = {max(4 * t1, t1)}",
         f"t4 = {10 * t1}",
+        f"max_in_flight = {max_in_flight}",
         "[balancer]",
         f'sip = "{front}:{base}"',
         f'control = "tcp://{front}:{base + 9}"',
@@ -88,6 +90,7 @@ class DevCluster:
         extra: str = "",
         hosts: dict[str, str] | None = None,
         wrap: dict[str, list[str]] | None = None,
+        max_in_flight: int = 100,
     ) -> None:
         """`wrap[node]` prefixes that node's commands (e.g. `ip netns exec NS`)."""
         self.wrap = wrap or {}
@@ -95,7 +98,8 @@ class DevCluster:
         self.logdir = workdir / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "cluster.toml"
-        self.config_path.write_text(cluster_toml(workdir / "data", base, nodes, t1, spread, extra, hosts))
+        text = cluster_toml(workdir / "data", base, nodes, t1, spread, extra, hosts, max_in_flight)
+        self.config_path.write_text(text)
         self.config = cfg.load(self.config_path)
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
 

@@ -20,9 +20,10 @@ Addr = tuple[str, int]
 class UaError(Exception):
     """No final response (status 0), or a final response that is a failure."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, response: SipMessage | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.response = response
 
 
 @dataclass
@@ -142,7 +143,7 @@ class UserAgent:
         invite = self._request("INVITE", uri, call, [], b"")
         response = self.transact(invite)
         if response.status >= 300:
-            raise UaError(f"{self.name}: INVITE answered {response.status}", response.status)
+            raise UaError(f"{self.name}: INVITE answered {response.status}", response.status, response)
         call.remote_tag = parse_name_addr(response.get("To") or "").tag
         call.remote_target = parse_name_addr(response.get_all("Contact")[0]).uri
         call.route_set = list(reversed(response.get_all("Record-Route")))  # §12.1.2

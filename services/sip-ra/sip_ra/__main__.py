@@ -105,6 +105,9 @@ class SipRa(asyncio.DatagramProtocol):
         event = outcome.event
         if isinstance(event, bus.RequestReceived) and outcome.new_dialog is not None:
             d = outcome.new_dialog
+            if len(self.answer_timers) >= self.proc.config.sip.max_in_flight:
+                self.shed(event, d.id)
+                return
             index = [(k, d.id.encode()) for k in event.ra_keys]
             try:
                 await self.store.commit([(keys.dialog(d.id), 0)], [self.dialogs.write_of(d.id, d.encode()), *index])
@@ -120,6 +123,17 @@ class SipRa(asyncio.DatagramProtocol):
                 ROUTER_ANSWER_TIMEOUT, self.answer, event.tx, 500, "Server Internal Error", "router timeout"
             )
         await self.router.send(bus.encode(event))  # type: ignore[arg-type]
+
+    def shed(self, event: bus.RequestReceived, dialog: str) -> None:
+        """Overload: the router has `max_in_flight` requests to answer already. A new call
+        gets 503 with Retry-After now, before it costs a commit, so the calls we have keep
+        their latency and the node keeps answering its heartbeat pings. Without this, a
+        burst above capacity queued thousands of INVITEs (14 s per delivery), the UAs'
+        retransmissions added to it, and the node went on failing after the burst."""
+        self.proc.count("overload.rejected")
+        self.core.forget_dialog(dialog)  # never replicated: nothing to end elsewhere
+        self.core.respond(event.tx, 503, "Service Unavailable", time.monotonic(), headers=[("Retry-After", "1")])
+        self.flush()
 
     def answer(self, tx: str, status: int, reason: str, why: str = "", **kw: object) -> None:
         timer = self.answer_timers.pop(tx, None) if status >= 200 else None

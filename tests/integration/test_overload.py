@@ -1,0 +1,35 @@
+"""Overload control: a node with too many requests awaiting its router refuses new calls
+with 503 and Retry-After before they cost anything, and stays healthy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import call_id_on
+from zeroslee import admin
+from zeroslee.devcluster import DevCluster
+from zeroslee.ua import UaError, UserAgent
+
+
+def test_a_node_at_its_in_flight_limit_answers_new_calls_503_with_retry_after(tmp_path: Path) -> None:
+    # A limit of 0 puts every node permanently "at its limit": deterministic, where a real
+    # burst's effect would depend on this machine's speed (the bench measures that).
+    cluster = DevCluster(tmp_path, max_in_flight=0)
+    cluster.start_all()
+    ua = UserAgent("caller", 6931, cluster.balancer_addr)
+    try:
+        cluster.wait_ready()
+        nodes = cluster.config.node_ids
+        with pytest.raises(UaError) as refused:
+            ua.invite("room-9", call_id_on("node-1", nodes, "shed"))
+        assert refused.value.status == 503
+        assert refused.value.response is not None
+        assert refused.value.response.get("Retry-After") == "1"
+        assert admin.query(cluster.config, "") == []  # nothing was replicated for it
+        assert cluster.stats("sip-ra", "node-1").get("overload.rejected") == 1
+        cluster.wait_ready()  # both nodes still report ready: refusing is not failing
+    finally:
+        ua.close()
+        cluster.stop()
