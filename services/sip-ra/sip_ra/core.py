@@ -66,7 +66,9 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS"
 KNOWN_METHODS = frozenset(
     "INVITE ACK BYE CANCEL INFO OPTIONS REGISTER MESSAGE SUBSCRIBE NOTIFY REFER PRACK UPDATE PUBLISH".split()
 )
-MAX_PENDING = 2000  # requests waiting for the router; past this new calls get 503
+# A bound on the server transactions we hold (memory), whatever their state. Load is shed
+# much earlier by the shell, on the router's backlog (`[sip] max_in_flight`, sip-ra README).
+MAX_PENDING = 2000
 TRYING_AFTER = 0.2  # §17.2.1: send 100 if the TU has not answered an INVITE within 200 ms
 
 
