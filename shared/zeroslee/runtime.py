@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from zeroslee import bus, log
+from zeroslee.bussocket import BusSocket
 from zeroslee.config import Config, load, parse_hostport
 from zeroslee.liveness import Liveness
 
@@ -35,8 +35,9 @@ class Process:
         self.config = config
         self.node = node
         self.log = log.configure(service, node, config.log_level)
-        self.ctx = zmq.asyncio.Context()
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.ctx.setsockopt(zmq.LINGER, 0)
+        self.sockets: list[BusSocket] = []
         self.incarnation = time.time_ns()
         self.counters: dict[str, int] = {}
         self.stopping = asyncio.Event()
@@ -58,12 +59,14 @@ class Process:
             self.reject("bus", exc, socket=socket)
             return None
 
-    def socket(self, kind: int) -> zmq.asyncio.Socket:
-        sock = self.ctx.socket(kind)
-        sock.setsockopt(zmq.LINGER, 0)
+    def socket(self, kind: int) -> BusSocket:
+        sock = BusSocket(self.ctx, kind)
+        self.sockets.append(sock)
         return sock
 
     def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
         self.ctx.destroy(linger=0)
 
 
@@ -90,6 +93,7 @@ def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], need
             loop.add_signal_handler(sig, proc.stopping.set)
         proc.log.info("started", pid=os.getpid())
         tune_gc()
+        lag = asyncio.create_task(watch_loop_lag(proc))
         task = asyncio.create_task(main(proc))
         stop = asyncio.create_task(proc.stopping.wait())
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -104,6 +108,7 @@ def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], need
             proc.crashed = True
         finally:
             stop.cancel()
+            lag.cancel()
             proc.close()
             proc.log.info("stopped", counters=proc.counters)
         return proc.crashed
@@ -112,6 +117,27 @@ def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], need
         crashed = loop_runner.run(runner())
     if crashed:
         raise SystemExit(70)  # EX_SOFTWARE: a bug; the cluster fails this node over
+
+
+LAG_PERIOD = 0.1  # s between the loop-lag probe's wake-ups
+LAG_WARN = 0.02  # s late: worth a log line
+
+
+async def watch_loop_lag(proc: Process) -> None:
+    """Measure how late the event loop runs a timer: every SIP retransmission timer,
+    lease and heartbeat in this process is that late too. Counted (`loop.stalls`, and
+    `loop.lag_max_ms`) and logged when over 20 ms, so an operator can tell a stalled
+    process from a slow network."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LAG_PERIOD
+        await asyncio.sleep(LAG_PERIOD)
+        late = loop.time() - due
+        if late > LAG_WARN:
+            ms = round(late * 1000, 1)
+            proc.count("loop.stalls")
+            proc.counters["loop.lag_max_ms"] = max(proc.counters.get("loop.lag_max_ms", 0), int(ms))
+            proc.log.warning("event loop stalled", ms=ms)
 
 
 GC_YOUNG = 20_000  # allocations between young collections (CPython's default: 700)
@@ -257,7 +283,7 @@ async def follow_heartbeats(
 
 
 async def _disconnects(
-    proc: Process, sock: zmq.asyncio.Socket, names: dict[str, str], on_disconnect: Callable[[str], None]
+    proc: Process, sock: BusSocket, names: dict[str, str], on_disconnect: Callable[[str], None]
 ) -> None:
     monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     while True:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from statestore.witness import Witness, WitnessState
 from zeroslee import bus
+from zeroslee.bussocket import BusSocket
 from zeroslee.runtime import Process, run, watch_exits
 
 
@@ -50,7 +50,7 @@ async def main(proc: Process) -> None:
         group.create_task(serve(proc, sock, witness, path))
 
 
-async def serve(proc: Process, sock: zmq.asyncio.Socket, witness: Witness, path: Path) -> None:
+async def serve(proc: Process, sock: BusSocket, witness: Witness, path: Path) -> None:
     while True:
         ident, data = await sock.recv_multipart()
         try:
