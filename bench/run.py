@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -52,6 +53,7 @@ class Plan:
     relay_rates: list[int]
     relay_seconds: float
     commits: int
+    loaded_commit_rate: int  # chat relays/s offered while commit latency is measured under load
     kills: int
     dialogs: int
     dialog_rate: int
@@ -66,6 +68,7 @@ FULL = Plan(
     relay_rates=[100, 250, 500, 750, 1000],
     relay_seconds=10.0,
     commits=5000,
+    loaded_commit_rate=500,
     kills=3,
     dialogs=10_000,
     dialog_rate=200,
@@ -79,6 +82,7 @@ SMOKE = Plan(
     relay_rates=[20, 50],
     relay_seconds=1.5,
     commits=200,
+    loaded_commit_rate=50,
     kills=1,
     dialogs=50,
     dialog_rate=50,
@@ -108,12 +112,14 @@ class Bench:
         return c
 
     # --- 1. call setup rate ---------------------------------------------------------
-    def ramp(self, label: str, target: str, rates: list[int]) -> dict[str, Any]:
+    def ramp(self, label: str, target: str, rates: list[int], scenario: Path | None = None) -> dict[str, Any]:
         """Raise the rate until a step fails; then try once halfway to the failing rate."""
         steps: list[dict[str, Any]] = []
         best, failed_at = 0, 0
         for rate in rates:
-            run, argv = tools.sipp_uac(target, rate, self.plan.step, self.work / f"{label}-{rate}", UAC_PORT)
+            run, argv = tools.sipp_uac(
+                target, rate, self.plan.step, self.work / f"{label}-{rate}", UAC_PORT, scenario=scenario
+            )
             self.note(argv)
             steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": run.clean(self.plan.step)})
             self.log(f"setup {label} {rate}/s: {run.successful}/{run.calls} ok, {run.failed} failed")
@@ -123,7 +129,9 @@ class Bench:
             best = rate
         if failed_at and best and failed_at - best > max(50, best // 10):
             mid = (best + failed_at) // 2
-            run, argv = tools.sipp_uac(target, mid, self.plan.step, self.work / f"{label}-{mid}", UAC_PORT)
+            run, argv = tools.sipp_uac(
+                target, mid, self.plan.step, self.work / f"{label}-{mid}", UAC_PORT, scenario=scenario
+            )
             steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": run.clean(self.plan.step)})
             self.log(f"setup {label} {mid}/s: {run.successful}/{run.calls} ok, {run.failed} failed")
             if run.clean(self.plan.step):
@@ -151,21 +159,27 @@ class Bench:
             for proc, _ in uas:
                 tools.stop(proc)
         self.setup_zeroslee(out)
-        z, s, k = out["zeroslee"]["best"], out["sipp"]["best"], out["kamailio"]["best"]
+        z, zr = out["zeroslee"]["best"], out["zeroslee_rooms"]["best"]
+        s, k = out["sipp"]["best"], out["kamailio"]["best"]
         out["ratios"] = {
             "zeroslee/sipp": round(z / s, 4) if s else None,
             "zeroslee/kamailio": round(z / k, 4) if k else None,
+            "zeroslee_rooms/sipp": round(zr / s, 4) if s else None,
+            "zeroslee_rooms/kamailio": round(zr / k, 4) if k else None,
             "kamailio/sipp": round(k / s, 4) if s else None,
         }
         self.results["setup_rate"] = out
 
     def setup_zeroslee(self, out: dict[str, Any]) -> None:
-        c = self.cluster("setup")
-        try:
-            host, port = c.balancer_addr
-            out["zeroslee"] = self.ramp("zeroslee", f"{host}:{port}", self.plan.zeroslee_rates)
-        finally:
-            c.stop()
+        """Twice (DESIGN §9), each on a fresh cluster: SIPp's built-in uac, whose calls all
+        join one room (its "service" user); then one room per call (scenarios/rooms.xml)."""
+        for label, scenario in (("zeroslee", None), ("zeroslee_rooms", tools.BENCH / "scenarios" / "rooms.xml")):
+            c = self.cluster(f"setup-{label}")
+            try:
+                host, port = c.balancer_addr
+                out[label] = self.ramp(label, f"{host}:{port}", self.plan.zeroslee_rates, scenario)
+            finally:
+                c.stop()
 
     # --- 2. chat relay --------------------------------------------------------------
     def relay(self) -> None:
@@ -217,15 +231,43 @@ class Bench:
 
     # --- 3. commit latency ----------------------------------------------------------
     def commit(self) -> None:
+        """Idle, replicated and single store; then replicated again while the chat relays
+        500 INFOs/s through the same cluster (DESIGN §9: commit latency at that load)."""
         out: dict[str, Any] = {}
         for label, nodes in (("replicated", 2), ("single", 1)):
             c = self.cluster(f"commit-{nodes}", nodes=nodes)
             try:
                 out[label] = commit_latency(c, self.plan.commits)
+                if nodes == 2:
+                    out["replicated_loaded"] = asyncio.run(self._commit_under_chat(c))
+                    self.log(f"commit replicated_loaded: {out['replicated_loaded']}")
             finally:
                 c.stop()
             self.log(f"commit {label}: {out[label]}")
         self.results["commit"] = out
+
+    async def _commit_under_chat(self, c: DevCluster) -> dict[str, Any]:
+        nodes = c.config.node_ids
+        receiver = await chatload.open_ua("bob", c.balancer_addr, 6242)
+        sender = await chatload.open_ua("alice", c.balancer_addr, 6241)
+        await receiver.join("commit-room", call_id_on("node-2", nodes, "bob-c"))
+        await sender.join("commit-room", call_id_on("node-1", nodes, "alice-c"))
+        rate = self.plan.loaded_commit_rate
+        stream, done = chatload.Stream(), threading.Event()
+        count = int(rate * self.plan.relay_seconds)
+        sending = asyncio.create_task(chatload.send_stream(sender, rate, count, 0, stream))
+        await asyncio.sleep(0.5)  # the chat reaches its rate before the first measured commit
+        sending.add_done_callback(lambda _: done.set())
+        measured = asyncio.create_task(asyncio.to_thread(commit_latency, c, self.plan.commits, done))
+        result = await measured
+        await sending
+        await chatload.drain(stream, receiver, 40.0)
+        relayed = sum(1 for s in stream.sent if s in receiver.relayed)
+        for ua in (sender, receiver):
+            await ua.leave()
+            assert ua.transport is not None
+            ua.transport.close()
+        return {**result, "offered_relays_per_s": rate, "relayed": relayed, "sent": len(stream.sent)}
 
     # --- 4. failover gap ------------------------------------------------------------
     def failover(self) -> None:
@@ -287,7 +329,7 @@ class Bench:
     def memory(self) -> None:
         c = self.cluster("memory")
         try:
-            before_rss = cluster_rss(c)
+            before_rss, before_anon = cluster_rss(c), cluster_rss(c, "RssAnon")
             before_db = lmdb_bytes(c)
             n = self.plan.dialogs
             argv = [
@@ -321,24 +363,14 @@ class Bench:
             )
             try:
                 confirmed = wait_count(c, "sbb/", n, timeout=n / self.plan.dialog_rate + 60, proc=sipp)
-                after_rss, after_db = cluster_rss(c), lmdb_bytes(c)
+                after_rss, after_anon, after_db = cluster_rss(c), cluster_rss(c, "RssAnon"), lmdb_bytes(c)
             finally:
                 tools.stop(sipp)
         finally:
             c.stop()
-        rss = sum(after_rss.values()) - sum(before_rss.values())
-        db = sum(after_db.values()) - sum(before_db.values())
-        self.results["memory"] = {
-            "dialogs": confirmed,
-            "rss_before": before_rss,
-            "rss_after": after_rss,
-            "lmdb_before": before_db,
-            "lmdb_after": after_db,
-            "rss_bytes_per_dialog": round(rss / confirmed) if confirmed else None,
-            "lmdb_bytes_per_dialog": round(db / confirmed) if confirmed else None,
-            "bytes_per_dialog": round((rss + db) / confirmed) if confirmed else None,
-            "bytes_per_dialog_per_node": round((rss + db) / confirmed / 2) if confirmed else None,
-        }
+        self.results["memory"] = memory_figures(
+            confirmed, (before_rss, after_rss), (before_anon, after_anon), (before_db, after_db)
+        )
         self.log(f"memory: {confirmed} dialogs, {self.results['memory']['bytes_per_dialog']} B/dialog")
 
     # --- 6. profile -----------------------------------------------------------------
@@ -455,8 +487,9 @@ def wait_count(c: DevCluster, prefix: str, n: int, timeout: float, proc: subproc
     return count
 
 
-def commit_latency(c: DevCluster, n: int) -> dict[str, Any]:
-    """`n` one-at-a-time commits of one 200-byte write to the primary; p50/p99 in ms."""
+def commit_latency(c: DevCluster, n: int, until: threading.Event | None = None) -> dict[str, Any]:
+    """`n` one-at-a-time commits of one 200-byte write to the primary (fewer if `until`
+    is set first); p50/p99 in ms."""
     primary = store_primary(c)
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -466,6 +499,8 @@ def commit_latency(c: DevCluster, n: int) -> dict[str, Any]:
     refused = 0
     try:
         for i in range(n + 1):
+            if until is not None and until.is_set() and i < n:
+                n = i  # the load ended: the rest would not be measured under it
             message = bus.Commit(i + 1, [], [(f"bench/commit/{i % 100}", payload if i < n else None)], [], "bench")
             t0 = time.perf_counter()
             sock.send(bus.encode(message))
@@ -493,10 +528,58 @@ def commit_latency(c: DevCluster, n: int) -> dict[str, Any]:
     }
 
 
-def cluster_rss(c: DevCluster) -> dict[str, int]:
+def cluster_rss(c: DevCluster, field: str = "VmRSS") -> dict[str, int]:
     return {
-        f"{node or 'front'}/{svc}": tools.rss_bytes(p.pid) for (node, svc), p in c.procs.items() if p.poll() is None
+        f"{node or 'front'}/{svc}": tools.rss_bytes(p.pid, field)
+        for (node, svc), p in c.procs.items()
+        if p.poll() is None
     }
+
+
+Sample = dict[str, int]  # "node-1/router" or "node-1" -> bytes
+
+
+def memory_figures(
+    dialogs: int, rss: tuple[Sample, Sample], anon: tuple[Sample, Sample], db: tuple[Sample, Sample]
+) -> dict[str, Any]:
+    """Bytes per dialog, whole cluster and per node (DESIGN §9), counted two ways:
+    - `rss`: the growth of every process's VmRSS plus the LMDB pages in use. The store,
+      the router and the RA each map their node's LMDB file, so each resident page of it
+      is counted once per process that touched it, and once more as an LMDB page;
+    - `private`: the growth of every process's private memory (RssAnon) plus the LMDB
+      pages in use: each byte once. This is the figure the target is judged on."""
+
+    def grow(pair: tuple[Sample, Sample], node: str | None = None) -> int:
+        before, after = pair
+        return sum(v - before.get(k, 0) for k, v in after.items() if node is None or k.split("/")[0] == node)
+
+    def per(n: int) -> int | None:
+        return round(n / dialogs) if dialogs else None
+
+    nodes = sorted(db[1])
+    out: dict[str, Any] = {
+        "dialogs": dialogs,
+        "rss_before": rss[0],
+        "rss_after": rss[1],
+        "anon_before": anon[0],
+        "anon_after": anon[1],
+        "lmdb_before": db[0],
+        "lmdb_after": db[1],
+        "rss_bytes_per_dialog": per(grow(rss)),
+        "private_bytes_per_dialog": per(grow(anon)),
+        "lmdb_bytes_per_dialog": per(grow(db)),
+        "rss_plus_lmdb_per_dialog": per(grow(rss) + grow(db)),
+        "bytes_per_dialog": per(grow(anon) + grow(db)),
+        "per_node": {
+            node: {
+                "private_bytes_per_dialog": per(grow(anon, node)),
+                "lmdb_bytes_per_dialog": per(grow(db, node)),
+                "bytes_per_dialog": per(grow(anon, node) + grow(db, node)),
+            }
+            for node in [*nodes, "front"]
+        },
+    }
+    return out
 
 
 def lmdb_bytes(c: DevCluster) -> dict[str, int]:

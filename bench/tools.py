@@ -103,15 +103,21 @@ def sipp_stats(cwd: Path) -> dict[str, str]:
 
 
 def sipp_uac(
-    target: str, rate: int, duration: float, cwd: Path, port: int = 6010, extra: tuple[str, ...] = ()
+    target: str,
+    rate: int,
+    duration: float,
+    cwd: Path,
+    port: int = 6010,
+    extra: tuple[str, ...] = (),
+    scenario: Path | None = None,
 ) -> tuple[SippRun, list[str]]:
-    """SIPp's built-in uac (INVITE, 200, ACK, BYE) at `rate` calls/s for `duration` s."""
+    """SIPp's built-in uac (INVITE, 200, ACK, BYE), or the uac-like `scenario` file, at
+    `rate` calls/s for `duration` s."""
     cwd.mkdir(parents=True, exist_ok=True)
     calls = max(1, int(rate * duration))
     argv = [
         need("sipp"),
-        "-sn",
-        "uac",
+        *(["-sn", "uac"] if scenario is None else ["-sf", str(scenario)]),
         target,
         "-i",
         "127.0.0.1",
@@ -198,9 +204,11 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         proc.wait()
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory from /proc/PID/status: `VmRSS` (everything resident,
+    including the pages of the LMDB file it maps) or `RssAnon` (its private memory)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     return 0
 

@@ -28,19 +28,21 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     assert results["commands"], "the exact commands are recorded"
 
     setup = results["setup_rate"]
-    for peer in ("sipp", "kamailio", "zeroslee"):
+    for peer in ("sipp", "kamailio", "zeroslee", "zeroslee_rooms"):  # rooms: one room per call
         assert setup[peer]["best"] > 0, (peer, setup[peer]["steps"])
-    assert setup["ratios"]["zeroslee/sipp"] is not None
-    assert setup["ratios"]["zeroslee/kamailio"] is not None
+    for ratio in ("zeroslee/sipp", "zeroslee/kamailio", "zeroslee_rooms/sipp", "zeroslee_rooms/kamailio"):
+        assert setup["ratios"][ratio] is not None
 
     assert len(results["relay"]) >= 1
     for row in results["relay"]:
         assert row["relayed"] > 0 and row["relays_per_s"] > 0
         assert row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
 
-    for mode in ("replicated", "single"):
+    for mode in ("replicated", "single", "replicated_loaded"):
         commit = results["commit"][mode]
         assert commit["refused"] == 0 and 0 < commit["p50_ms"] <= commit["p99_ms"]
+    loaded = results["commit"]["replicated_loaded"]
+    assert loaded["commits"] > 0 and loaded["relayed"] > 0  # measured while the chat ran
 
     failover = results["failover"]
     assert failover["kills"] and all(k["gap_ms"] is not None for k in failover["kills"])
@@ -48,6 +50,8 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
 
     memory = results["memory"]
     assert memory["dialogs"] > 0 and memory["bytes_per_dialog"] is not None
+    assert memory["rss_plus_lmdb_per_dialog"] is not None
+    assert all(memory["per_node"][node]["bytes_per_dialog"] is not None for node in ("node-1", "node-2"))
 
     profiles = results["profile"]["processes"]
     assert profiles and all("samples" in p for p in profiles.values()), profiles
