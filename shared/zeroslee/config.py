@@ -24,6 +24,9 @@ class SipTimers(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Overload control, not a timer: a node with this many requests awaiting its router
     # answers new INVITEs 503 with Retry-After at once (sip-ra README, "Overload").
     max_in_flight: int = 100
+    # Memory, not a timer: how many dialogs an RA keeps decoded in memory (the most
+    # recently used); the others are read from the local replica when needed.
+    dialog_cache: int = 1024
 
 
 class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

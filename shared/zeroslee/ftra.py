@@ -19,7 +19,7 @@ The RA implements the `FaultTolerantRA` protocol and runs `FaultTolerance.run()`
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 import zmq
@@ -35,6 +35,16 @@ class Entry(msgspec.Struct, frozen=True):
     owner: str
     value: bytes
     fire_at: float = 0.0  # > 0: a fault-tolerant timer, due at this epoch time
+
+
+class EntryHead(msgspec.Struct, frozen=True):
+    """An entry without its value: what the periodic scan needs (decoding skips the value)."""
+
+    owner: str
+    fire_at: float = 0.0
+
+
+T = TypeVar("T", Entry, EntryHead)
 
 
 class FaultTolerantRA(Protocol):
@@ -66,12 +76,19 @@ class ReplicatedData:
         return version, (msgspec.msgpack.decode(raw, type=Entry) if raw is not None else None)
 
     def entries(self) -> dict[str, Entry]:
+        return self._scan(Entry)
+
+    def heads(self) -> dict[str, EntryHead]:
+        """Every entry's owner and timer, without copying out its value."""
+        return self._scan(EntryHead)
+
+    def _scan(self, kind: type[T]) -> dict[str, T]:
         try:
             with self.store.replica.read() as view:
                 found = view.scan(self.prefix)
         except ReplicaUnavailable:
             return {}
-        return {k[len(self.prefix) :]: msgspec.msgpack.decode(raw, type=Entry) for k, _, raw in found}
+        return {k[len(self.prefix) :]: msgspec.msgpack.decode(raw, type=kind) for k, _, raw in found}
 
     def get(self, key: str) -> bytes | None:
         return entry.value if (entry := self.read_entry(key)[1]) is not None else None
@@ -156,7 +173,9 @@ class FaultTolerance:
         self.ra = ra
         self.liveness = Liveness(adoption_dead_after(proc.config), proc.config.balancer.alive_after)
         self.live: list[str] = []
-        self.known: dict[str, Entry] = {}
+        # Keys only: this process holds no copy of the entries' values (at 10,000 dialogs
+        # a dict of whole entries cost 3 KB of private memory per dialog on every node).
+        self.known: set[str] = set()
         self.fired: set[str] = set()
         # Entries of nodes that are down when we start are orphans too, once we have
         # listened long enough to have heard every live node.
@@ -171,22 +190,23 @@ class FaultTolerance:
         if time.monotonic() - self.polled < self.poll_every:
             return
         self.polled = time.monotonic()
-        entries = self.data.entries()
-        for key in sorted(set(self.known) - set(entries)):
+        heads = self.data.heads()
+        for key in sorted(self.known - heads.keys()):
             if key not in self.data.removed_here:
                 self.ra.data_removed(key)  # removed by another node
-        self.data.removed_here &= set(entries)
-        self.known = entries
+        self.data.removed_here &= heads.keys()
+        self.fired &= heads.keys()
+        self.known = set(heads)
         live = self.liveness.steady(time.monotonic())
         if set(self.live) - set(live):
             self.orphans = True  # a node we saw alive is gone: its entries need owners
         self.live = live
         settled = time.monotonic() - self.started > self.grace  # every live node seen by now
         if self.orphans and settled and self.data.node in live:
-            self.orphans = not await self.adopt(entries)  # retried until all are adopted
+            self.orphans = not await self.adopt(self.data.entries())  # retried until all are adopted
         now = time.time()
-        for key, entry in entries.items():
-            if entry.owner == self.data.node and 0 < entry.fire_at <= now and key not in self.fired:
+        for key, head in heads.items():
+            if head.owner == self.data.node and 0 < head.fire_at <= now and key not in self.fired:
                 self.fired.add(key)
                 self.ra.timer_fired(key)
                 await self.data.remove(key)
@@ -196,7 +216,7 @@ class FaultTolerance:
         for key, entry in sorted(entries.items()):
             if entry.owner not in self.live and hashing.choose(key, self.live) == self.data.node:
                 if await self.data.take(key, entry):
-                    self.known[key] = msgspec.structs.replace(entry, owner=self.data.node)
+                    self.known.add(key)
                     self.ra.fail_over(key)
                 else:
                     complete = False

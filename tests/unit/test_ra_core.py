@@ -194,3 +194,32 @@ def test_uac_dialog_is_confirmed_by_its_2xx_and_then_follows_the_reversed_record
     [ack] = out(ra)
     assert ack.method == "ACK" and ack.cseq == (1, "ACK") and ack.get("Route") == confirmed.route_set[0]
     assert isinstance(outcome.event, bus.ResponseReceived) and outcome.event.status == 200
+
+
+def test_dialog_cache_keeps_the_most_recently_used() -> None:
+    from sip_ra.dialog import DialogCache
+
+    cache = DialogCache(2)
+    a, b, c = (Dialog(x, "c", "l", "r", "u", "v", "t", [], 1, 1, "node-1") for x in "abc")
+    cache["a"], cache["b"] = a, b
+    assert cache.get("a") is a  # a is now the most recent: b goes first
+    cache["c"] = c
+    assert "b" not in cache and cache.get("a") is a and cache.get("c") is c and len(cache) == 2
+
+
+def test_an_evicted_dialog_is_read_back_from_the_store() -> None:
+    """A one-dialog cache: a second call evicts the first, whose INFO is still answered
+    and delivered, from the dialog the store holds."""
+    store: dict[str, bytes] = {}
+    ra = RaCore("node-1", "127.0.0.1:5071", SipTimers(dialog_cache=1), store.get)
+    first = ra.receive_datagram(invite(call_id="c1"), UA, 0.0)
+    assert first.new_dialog is not None and first.event is not None
+    store.update(replicated(first.new_dialog, first.event, ServerResponse(1, "INVITE", 200)))
+    second = ra.receive_datagram(invite(call_id="c2", branch="z9hG4bK2"), UA, 0.0)
+    assert second.new_dialog is not None
+    assert first.new_dialog.id not in ra.dialogs
+    info = invite(call_id="c1", to_tag=first.new_dialog.local_tag, branch="z9hG4bK9", cseq=2).replace(
+        b"INVITE", b"INFO"
+    )
+    delivered = ra.receive_datagram(info, UA, 1.0).event
+    assert isinstance(delivered, bus.RequestReceived) and delivered.activity == first.new_dialog.id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -393,6 +394,7 @@ class SipRa(asyncio.DatagramProtocol):
         out: dict[str, int | str | float] = dict(self.proc.counters)
         out.update(self.core.counters)
         out.update(transactions=len(self.core.transactions), dialogs_cached=len(self.core.dialogs))
+        out.update(python_blocks=sys.getallocatedblocks())  # live objects, against RSS: fragmentation
         return out
 
 

@@ -35,6 +35,7 @@ import msgspec
 from sip_ra import transaction as txn
 from sip_ra.dialog import (
     Dialog,
+    DialogCache,
     ack_for_non_2xx,
     build_request,
     build_response,
@@ -110,7 +111,7 @@ class RaCore:
     transactions: dict[str, txn.Transaction] = field(default_factory=dict)
     pending: dict[str, Pending] = field(default_factory=dict)
     client_meta: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    dialogs: dict[str, Dialog] = field(default_factory=dict)
+    dialogs: DialogCache = field(init=False)
     unacked: dict[str, Unacked] = field(default_factory=dict)
     outbox: list[tuple[bytes, Addr]] = field(default_factory=list)
     wakeups: list[tuple[float, str]] = field(default_factory=list)  # lazy heap
@@ -118,6 +119,9 @@ class RaCore:
     abandoned: list[str] = field(default_factory=list)  # dialogs ended for want of an ACK
     reinvite_in: dict[str, str] = field(default_factory=dict)  # dialog -> pending server tx
     counters: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.dialogs = DialogCache(self.timers.dialog_cache)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -354,20 +358,20 @@ class RaCore:
             self.outbox.append((ack_for_non_2xx(tx.request, msg).to_bytes(), tx.peer))
         confirmed: Dialog | None = None
         if kind is txn.Input.RECV_2XX:
-            current = self.dialogs.get(dialog)
+            current = self.find_dialog(dialog)
             if current is not None and not current.remote_tag:
                 confirmed = self.dialogs[dialog] = confirmed_by(current, msg)  # §12.1.2
             self._ack_2xx(dialog, msg)  # every 2xx, retransmissions too (§13.2.2.4)
         if txn.Act.TO_TU not in actions or msg.status < 200:
             return Outcome(summary=f"{msg.status} absorbed")
-        if is_invite and dialog in self.dialogs:
+        if is_invite:
             self.reinvite_out.discard(dialog)
         event = bus.ResponseReceived(dialog, method, msg.status, msg.call_id, msg.get("Content-Type") or "", msg.body)
         return Outcome(event=event, new_dialog=confirmed, summary=f"{msg.status} {method}")
 
     def _ack_2xx(self, ident: str, response: SipMessage) -> None:
         """The UAC core ACKs a 2xx end to end, on the dialog's route (§13.2.2.4)."""
-        dialog = self.dialogs.get(ident)
+        dialog = self.find_dialog(ident)
         if dialog is None:
             return
         ack = build_request(dialog, "ACK", response.cseq[0], self.sip_host, [], b"")
@@ -399,7 +403,7 @@ class RaCore:
         return dialog
 
     def forget_dialog(self, ident: str) -> None:
-        self.dialogs.pop(ident, None)
+        self.dialogs.pop(ident)
         self.unacked.pop(ident, None)
         self.reinvite_out.discard(ident)
         self.reinvite_in.pop(ident, None)
@@ -533,7 +537,7 @@ class RaCore:
             # §13.3.1.4: no ACK within 64*T1: confirm and then end the session with BYE.
             del self.unacked[ident]
             self.count("sip.ack_timeout")
-            dialog = self.dialogs.get(ident)
+            dialog = self.find_dialog(ident)
             if dialog is not None:
                 self.send_in_dialog(_with(dialog, local_cseq=dialog.local_cseq + 1), "BYE", b"", "", now)
                 self.forget_dialog(ident)

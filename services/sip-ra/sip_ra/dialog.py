@@ -41,6 +41,39 @@ class Dialog(msgspec.Struct, frozen=True):
         return msgspec.msgpack.decode(data, type=Dialog)
 
 
+class DialogCache:
+    """The dialogs used lately, at most `capacity`, least recently used first out.
+
+    A copy, never the only one: every dialog is in the replicated store, which the core
+    reads on a miss (`RaCore.find_dialog`). Bounded so that an RA's memory does not grow
+    with the number of calls in progress (10,000 held calls cost ~2 KB each unbounded)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._dialogs: dict[str, Dialog] = {}  # insertion order = recency
+
+    def get(self, ident: str) -> Dialog | None:
+        dialog = self._dialogs.pop(ident, None)
+        if dialog is not None:
+            self._dialogs[ident] = dialog
+        return dialog
+
+    def __setitem__(self, ident: str, dialog: Dialog) -> None:
+        self._dialogs.pop(ident, None)
+        self._dialogs[ident] = dialog
+        if len(self._dialogs) > self.capacity:
+            del self._dialogs[next(iter(self._dialogs))]
+
+    def pop(self, ident: str) -> Dialog | None:
+        return self._dialogs.pop(ident, None)
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self._dialogs
+
+    def __len__(self) -> int:
+        return len(self._dialogs)
+
+
 def dialog_id(call_id: str, local_tag: str) -> str:
     """Cluster-unique and derivable from any in-dialog request (Call-ID + our tag)."""
     digest = hashlib.blake2b(f"{call_id}\x00{local_tag}".encode(), digest_size=12)
