@@ -78,6 +78,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{row['lost']} | {'p99 ≤ 10 ms' if target else ''} "
             f"| {_met(row['p99_ms'] <= TARGETS['relay_p99']) if target else ''} |"
         )
+    lines += cpu_rows(results)
     commit = results.get("commit")
     if commit:
         rep, one = commit["replicated"], commit["single"]
@@ -121,6 +122,34 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _busiest(cpu: dict[str, float]) -> str:
+    top = sorted(((v, k) for k, v in cpu.items() if k != "all"), reverse=True)[:3]
+    return ", ".join(f"{k} {v:.2f}" for v, k in top)
+
+
+def cpu_rows(results: dict[str, Any]) -> list[str]:
+    """Where the CPU goes: ms of CPU (all cluster processes) per relayed INFO at 500/s
+    and per call at the best clean setup step. Two cores give 2,000 ms per second."""
+    rows = []
+    relay = relay_at(results, 500)
+    if relay and relay.get("cpu_ms_per_relay"):
+        cpu = relay["cpu_ms_per_relay"]
+        rows.append(
+            f"| CPU per relayed INFO at 500/s, all processes (busiest) | {cpu['all']:.2f} ms ({_busiest(cpu)}) | | |"
+        )
+    for label in ("zeroslee", "zeroslee_rooms"):
+        ramp = (results.get("setup_rate") or {}).get(label) or {}
+        clean = [st for st in ramp.get("steps", []) if st.get("clean") and st.get("cpu_ms_per_call")]
+        if clean:
+            step = max(clean, key=lambda st: st["offered"])
+            cpu = step["cpu_ms_per_call"]
+            rows.append(
+                f"| CPU per call ({label}) at {step['offered']}/s, all processes (busiest) "
+                f"| {cpu['all']:.2f} ms ({_busiest(cpu)}) | | |"
+            )
+    return rows
 
 
 def plots(results: dict[str, Any], out: Path) -> None:

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import signal
@@ -26,10 +27,10 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 import zmq
@@ -38,7 +39,9 @@ from bench import chatload, report, tools
 from zeroslee import bus, hashing
 from zeroslee.devcluster import DevCluster
 from zeroslee.replica import DATA_DB, env_path
+from zeroslee.runtime import loop_factory
 
+T = TypeVar("T")
 BASE = 5900  # the bench cluster's ports: 5900-5939 (tests use 5500-5899, make cluster 5060-5125)
 UAC_PORT, UAS_PORTS, KAMAILIO_PORT = 6010, [6101, 6102], 6100
 HOT = [("", "balancer"), ("node-1", "sip-ra"), ("node-1", "router"), ("node-1", "statestore")]
@@ -112,16 +115,23 @@ class Bench:
         return c
 
     # --- 1. call setup rate ---------------------------------------------------------
-    def ramp(self, label: str, target: str, rates: list[int], scenario: Path | None = None) -> dict[str, Any]:
-        """Raise the rate until a step fails; then try once halfway to the failing rate."""
+    def ramp(
+        self, label: str, target: str, rates: list[int], scenario: Path | None = None, c: DevCluster | None = None
+    ) -> dict[str, Any]:
+        """Raise the rate until a step fails; then try once halfway to the failing rate.
+        With the cluster `c`, each step also records the CPU time each process spent per
+        successful call."""
         steps: list[dict[str, Any]] = []
         best, failed_at = 0, 0
         for rate in rates:
+            cpu_before = cluster_cpu(c) if c is not None else {}
             run, argv = tools.sipp_uac(
                 target, rate, self.plan.step, self.work / f"{label}-{rate}", UAC_PORT, scenario=scenario
             )
             self.note(argv)
             steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": run.clean(self.plan.step)})
+            if c is not None:
+                steps[-1]["cpu_ms_per_call"] = cpu_per(cpu_before, cluster_cpu(c), run.successful)
             self.log(f"setup {label} {rate}/s: {run.successful}/{run.calls} ok, {run.failed} failed")
             if not run.clean(self.plan.step):
                 failed_at = rate
@@ -177,7 +187,7 @@ class Bench:
             c = self.cluster(f"setup-{label}")
             try:
                 host, port = c.balancer_addr
-                out[label] = self.ramp(label, f"{host}:{port}", self.plan.zeroslee_rates, scenario)
+                out[label] = self.ramp(label, f"{host}:{port}", self.plan.zeroslee_rates, scenario, c)
             finally:
                 c.stop()
 
@@ -185,7 +195,7 @@ class Bench:
     def relay(self) -> None:
         c = self.cluster("relay")
         try:
-            self.results["relay"] = asyncio.run(self._relay(c))
+            self.results["relay"] = run_load(self._relay(c))
         finally:
             c.stop()
 
@@ -199,8 +209,10 @@ class Bench:
         for rate in self.plan.relay_rates:
             count = int(rate * self.plan.relay_seconds)
             stream = chatload.Stream()
+            cpu_before = cluster_cpu(c)
             await chatload.send_stream(sender, rate, count, first, stream)
             await chatload.drain(stream, receiver, 40.0)
+            cpu = cpu_per(cpu_before, cluster_cpu(c), len([s for s in stream.sent if s in receiver.relayed]))
             lat = [(receiver.relayed[s] - t) * 1000 for s, t in stream.sent.items() if s in receiver.relayed]
             arrivals = [receiver.relayed[s] for s in stream.sent if s in receiver.relayed]
             span = (max(arrivals) - min(stream.sent.values())) if arrivals else 0.0
@@ -215,6 +227,7 @@ class Bench:
                     "p50_ms": round(chatload.percentile(lat, 50), 2),
                     "p99_ms": round(chatload.percentile(lat, 99), 2),
                     "max_ms": round(max(lat), 2) if lat else None,
+                    "cpu_ms_per_relay": cpu,
                 }
             )
             self.log(f"relay {rate}/s: {rows[-1]}")
@@ -239,7 +252,7 @@ class Bench:
             try:
                 out[label] = commit_latency(c, self.plan.commits)
                 if nodes == 2:
-                    out["replicated_loaded"] = asyncio.run(self._commit_under_chat(c))
+                    out["replicated_loaded"] = run_load(self._commit_under_chat(c))
                     self.log(f"commit replicated_loaded: {out['replicated_loaded']}")
             finally:
                 c.stop()
@@ -275,7 +288,7 @@ class Bench:
         try:
             kills = []
             for k in range(self.plan.kills):
-                kills.append(asyncio.run(self._one_kill(c, k)))
+                kills.append(run_load(self._one_kill(c, k)))
                 self.log(f"failover kill {k + 1}: {kills[-1]}")
                 c.start_node("node-1")
                 c.wait_ready(timeout=30, nodes=2)
@@ -437,6 +450,13 @@ class Bench:
             self.commands.append(line)
 
 
+def run_load(load: Coroutine[Any, Any, T]) -> T:
+    """Our own load generators run on the services' event loop (uvloop where installed):
+    on stock asyncio the generator's own overhead was part of every latency measured."""
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(load)
+
+
 def call_id_on(node: str, nodes: list[str], prefix: str) -> str:
     """A Call-ID the balancer hashes onto `node` (with the balancer's own function)."""
     for i in range(10_000):
@@ -563,6 +583,25 @@ def commit_latency(c: DevCluster, n: int, until: threading.Event | None = None) 
         "max_ms": round(max(lat), 3),
         "commits_per_s": round(n / (sum(lat) / 1000), 1),
     }
+
+
+def cluster_cpu(c: DevCluster) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) each cluster process has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for (node, svc), p in c.procs.items():
+        if p.poll() is None:
+            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[f"{node or 'front'}/{svc}"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """Milliseconds of CPU per unit of work, per process and in total (`all`)."""
+    if n <= 0:
+        return {}
+    spent = {k: (v - before.get(k, 0.0)) * 1000 / n for k, v in after.items()}
+    return {**{k: round(v, 3) for k, v in spent.items()}, "all": round(sum(spent.values()), 3)}
 
 
 def cluster_rss(c: DevCluster, field: str = "VmRSS") -> dict[str, int]:

@@ -8,7 +8,7 @@ import time
 
 from balancer.core import Balancer
 from zeroslee.liveness import Liveness, NodeState
-from zeroslee.runtime import Process, follow_heartbeats, run, serve_control
+from zeroslee.runtime import Process, follow_heartbeats, run, serve_control, udp_socket
 
 
 class Front(asyncio.DatagramProtocol):
@@ -74,7 +74,8 @@ class Front(asyncio.DatagramProtocol):
 async def main(proc: Process) -> None:
     front = Front(proc)
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: front, local_addr=proc.config.balancer.sip_addr)
+    sock = udp_socket(proc, proc.config.balancer.sip_addr)
+    transport, _ = await loop.create_datagram_endpoint(lambda: front, sock=sock)
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(front.watch())

@@ -16,7 +16,7 @@ from sip_ra.dialog import Dialog, uac_dialog
 from zeroslee import bus, keys
 from zeroslee.ftra import FaultTolerance, ReplicatedData
 from zeroslee.replica import ReplicaUnavailable
-from zeroslee.runtime import Process, run, serve_control
+from zeroslee.runtime import Process, run, serve_control, udp_socket
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 ROUTER_ANSWER_TIMEOUT = 8.0  # a request the router never answers gets 500 after this
@@ -402,7 +402,7 @@ async def main(proc: Process) -> None:
     ra = SipRa(proc)
     loop = asyncio.get_running_loop()
     host, port = ra.node.sip_addr
-    transport, _ = await loop.create_datagram_endpoint(lambda: ra, local_addr=(host, port))
+    transport, _ = await loop.create_datagram_endpoint(lambda: ra, sock=udp_socket(proc, (host, port)))
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(ra.store.run())
