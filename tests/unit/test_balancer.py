@@ -200,3 +200,20 @@ def test_steady_keeps_a_briefly_unready_node_and_drops_one_unready_for_long() ->
     assert live.steady(1.3) == []  # not ready for over `dead_after`: its work moves
     live.gone("n")
     assert live.steady(1.3) == []
+
+
+def test_soft_state_expires_after_64_t1_in_order() -> None:
+    """Each transaction's node choice is forgotten 64*T1 (32 s) after it was made, the
+    oldest first."""
+    from balancer.core import SOFT_STATE_TTL
+
+    b = balancer()
+    for i, t in enumerate((0.0, 1.0, 2.0)):
+        b.liveness.heartbeat("node-1", True, NODES["node-1"], t)
+        b.liveness.heartbeat("node-2", True, NODES["node-2"], t)
+        b.receive_datagram(request(method="OPTIONS", call_id=f"c{i}", branch=f"z9hG4bKe{i}"), UA, t)
+    assert list(b.soft) == ["z9hG4bKe0", "z9hG4bKe1", "z9hG4bKe2"] and len(b.pending) == 3
+    b.expire(SOFT_STATE_TTL + 1.0)  # the first two are due, the third is not
+    assert list(b.soft) == ["z9hG4bKe2"] and len(b.pending) == 1
+    b.expire(SOFT_STATE_TTL + 2.0)
+    assert not b.soft and not b.pending
