@@ -232,12 +232,17 @@ class Requester:
 
     async def request(self, message: bus.Message, timeout: float) -> bus.Message:
         req: int = getattr(message, "req")  # noqa: B009 (every request type has one)
-        fut: asyncio.Future[bus.Message] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bus.Message] = loop.create_future()
         self._waiting[req] = fut
+        # One timer handle per request rather than asyncio.wait_for's task and callbacks:
+        # every commit, replication and vote comes through here.
+        timer = loop.call_later(timeout, _time_out, fut)
         try:
             await self.sock.send(bus.encode(message))
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
         finally:
+            timer.cancel()
             self._waiting.pop(req, None)
 
     def fail_waiting(self) -> None:
@@ -260,6 +265,11 @@ class Requester:
                 fut.set_result(message)
             else:
                 self.proc.count("bus.unmatched_reply")  # its request timed out already
+
+
+def _time_out(fut: asyncio.Future[bus.Message]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError("no reply in time"))
 
 
 async def follow_heartbeats(

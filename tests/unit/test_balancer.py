@@ -217,3 +217,31 @@ def test_soft_state_expires_after_64_t1_in_order() -> None:
     assert list(b.soft) == ["z9hG4bKe2"] and len(b.pending) == 1
     b.expire(SOFT_STATE_TTL + 2.0)
     assert not b.soft and not b.pending
+
+
+def test_invite_sent_again_after_its_200_passed_gets_no_100_trying() -> None:
+    """The UA lost the 200 and sends the INVITE again: the node answers it again, and a
+    100 Trying of ours could reach the UA after that 200 (SIPp counts it unexpected)."""
+    b = balancer()
+    node = b.receive_datagram(request(call_id="abc"), UA, 0.0)
+    forwarded = [m for m, _ in sent(b) if m.is_request][0]
+    ok = SipMessage(
+        status=200,
+        reason="OK",
+        headers=[(k, v) for k, v in forwarded.headers if k in ("Via", "From", "To", "Call-ID", "CSeq")],
+    )
+    b.receive_datagram(ok.to_bytes(), NODES[node], 0.1)
+    assert [m.status for m, _ in sent(b)] == [200]
+    b.receive_datagram(request(call_id="abc"), UA, 0.3)  # the same branch: a retransmission
+    again = sent(b)
+    assert [(m.method, addr) for m, addr in again] == [("INVITE", NODES[node])]  # forwarded, no 100
+    assert not b.pending
+
+
+def test_invite_sent_again_before_any_final_response_gets_100_trying_again() -> None:
+    b = balancer()
+    node = b.receive_datagram(request(call_id="abc"), UA, 0.0)
+    sent(b)
+    b.receive_datagram(request(call_id="abc"), UA, 0.3)
+    again = sent(b)
+    assert sorted((m.status or 0, addr) for m, addr in again) == [(0, NODES[node]), (100, UA)]

@@ -107,6 +107,7 @@ class Balancer:
         hint = self._pop_own_route(msg)
         vias = msg.get_all("Via")
         branch = parse_via(vias[0]).branch if vias else ""
+        seen = bool(branch) and branch in self.soft
         node = self._choose(msg, hint, branch, now)
         if node is None:
             if msg.method != "ACK":
@@ -121,9 +122,13 @@ class Balancer:
         ours = self._branch(branch, msg)
         msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={ours}")
         data = msg.to_bytes()
-        if msg.method == "INVITE":
+        # A retransmission of a request whose final response already passed us (the UA
+        # lost it; the node answers again): forwarded, but no 100 Trying, which could
+        # reach the UA after that final response, and no pending entry to re-forward.
+        answered = seen and ours not in self.pending
+        if msg.method == "INVITE" and not answered:
             self._reply(msg, addr, 100, "Trying", strip_top_via=True)
-        if msg.method != "ACK":  # ACK has no response: nothing tells us it arrived
+        if msg.method != "ACK" and not answered:  # ACK has no response: nothing tells us it arrived
             self.pending[ours] = PendingRequest(node, data, msg.call_id, now + SOFT_STATE_TTL)
             self.pending.move_to_end(ours)
         self.outbox.append((data, self.liveness.nodes[node].addr))
