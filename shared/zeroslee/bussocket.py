@@ -80,6 +80,7 @@ class BusSocket:
         """One single-frame message. With `zmq.NOBLOCK`, raises `zmq.Again` if none waits."""
         if flags & _NOBLOCK:
             return self.zmq.recv(_NOBLOCK)
+        self._drop_abandoned()
         if not self._readers:
             try:
                 data = self.zmq.recv(_NOBLOCK)
@@ -93,6 +94,7 @@ class BusSocket:
         return await fut
 
     async def recv_multipart(self) -> list[bytes]:
+        self._drop_abandoned()
         if not self._readers:
             try:
                 frames = self.zmq.recv_multipart(_NOBLOCK)
@@ -125,6 +127,12 @@ class BusSocket:
         await fut
 
     # --- the loop's side ----------------------------------------------------------
+    def _drop_abandoned(self) -> None:
+        """Forget readers whose wait was cancelled (a timeout): one left at the head would
+        send the next receive to the slow path, to wait for an edge that may not come."""
+        while self._readers and self._readers[0][0].done():
+            self._readers.popleft()
+
     def _recheck_senders(self) -> None:
         if self._senders:
             self._schedule_pump()
@@ -144,8 +152,7 @@ class BusSocket:
             events: int = sock.getsockopt(_EVENTS)  # type: ignore[assignment]
             moved = False
             if events & _POLLIN:
-                while self._readers and self._readers[0][0].done():  # cancelled (timed out)
-                    self._readers.popleft()
+                self._drop_abandoned()
                 if self._readers:
                     fut, multipart = self._readers.popleft()
                     fut.set_result(sock.recv_multipart(_NOBLOCK) if multipart else sock.recv(_NOBLOCK))

@@ -24,6 +24,10 @@ class SipTimers(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Overload control, not a timer: a node with this many requests awaiting its router
     # answers new INVITEs 503 with Retry-After at once (sip-ra README, "Overload").
     max_in_flight: int = 100
+    # The same for requests within a dialog (INFO, MESSAGE, re-INVITE...; never BYE or
+    # CANCEL, which end work): past it they get 503 rather than a place in a queue that
+    # would outlast the UA's retransmission timer.
+    max_in_flight_in_dialog: int = 400
     # Memory, not a timer: how many dialogs an RA keeps decoded in memory (the most
     # recently used); the others are read from the local replica when needed.
     dialog_cache: int = 1024

@@ -39,6 +39,7 @@ def cluster_toml(
     extra: str = "",
     hosts: dict[str, str] | None = None,
     max_in_flight: int = 100,
+    max_in_flight_in_dialog: int = 400,
 ) -> str:
     """A cluster file: balancer at `base`, node i's ports at base+10*i+1..6. `hosts` gives
     the address of "front" (balancer, witness) and of each node (default 127.0.0.1)."""
@@ -52,6 +53,7 @@ def cluster_toml(
         f"t2 = {max(4 * t1, t1)}",
         f"t4 = {10 * t1}",
         f"max_in_flight = {max_in_flight}",
+        f"max_in_flight_in_dialog = {max_in_flight_in_dialog}",
         "[balancer]",
         f'sip = "{front}:{base}"',
         f'control = "tcp://{front}:{base + 9}"',
@@ -91,6 +93,7 @@ class DevCluster:
         hosts: dict[str, str] | None = None,
         wrap: dict[str, list[str]] | None = None,
         max_in_flight: int = 100,
+        max_in_flight_in_dialog: int = 400,
     ) -> None:
         """`wrap[node]` prefixes that node's commands (e.g. `ip netns exec NS`)."""
         self.wrap = wrap or {}
@@ -98,7 +101,9 @@ class DevCluster:
         self.logdir = workdir / "logs"
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "cluster.toml"
-        text = cluster_toml(workdir / "data", base, nodes, t1, spread, extra, hosts, max_in_flight)
+        text = cluster_toml(
+            workdir / "data", base, nodes, t1, spread, extra, hosts, max_in_flight, max_in_flight_in_dialog
+        )
         self.config_path.write_text(text)
         self.config = cfg.load(self.config_path)
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}

@@ -33,3 +33,19 @@ def test_a_node_at_its_in_flight_limit_answers_new_calls_503_with_retry_after(tm
     finally:
         ua.close()
         cluster.stop()
+
+
+def test_a_node_at_its_in_dialog_limit_answers_info_503_but_still_ends_calls(tmp_path: Path) -> None:
+    cluster = DevCluster(tmp_path, max_in_flight_in_dialog=0)
+    cluster.start_all()
+    ua = UserAgent("talker", 6932, cluster.balancer_addr)
+    try:
+        cluster.wait_ready()
+        ua.invite("room-10", call_id_on("node-1", cluster.config.node_ids, "busy"))  # new calls: not limited
+        refused = ua.request("INFO", b"hello")
+        assert refused.status == 503 and refused.get("Retry-After") == "1"
+        assert cluster.stats("sip-ra", "node-1").get("overload.rejected_in_dialog") == 1
+        assert ua.request("BYE").status == 200  # ending a call is never refused for load
+    finally:
+        ua.close()
+        cluster.stop()

@@ -134,3 +134,21 @@ def test_monitor_reports_a_disconnect() -> None:
         assert monitor.zmq.closed  # closed with the socket it watches
 
     in_loop(body)
+
+
+def test_a_message_queued_behind_a_timed_out_reader_is_received_at_once() -> None:
+    """The message arrives while the only parked reader is one that already timed out, and
+    no event follows it: the next receive must still take it."""
+
+    async def body(ctx: zmq.Context[Any]) -> None:
+        server, client = pair(ctx, "inproc://abandoned")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(server.recv_multipart(), 0.05)
+        client.zmq.send(b"queued")  # straight into ZeroMQ: the loop has not looked yet
+        assert server.zmq.getsockopt(zmq.EVENTS) & zmq.POLLIN  # ...and this takes the FD's edge
+        _, data = await asyncio.wait_for(server.recv_multipart(), 1.0)
+        assert data == b"queued"
+        server.close()
+        client.close()
+
+    in_loop(body)
