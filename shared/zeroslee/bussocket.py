@@ -80,31 +80,25 @@ class BusSocket:
         """One single-frame message. With `zmq.NOBLOCK`, raises `zmq.Again` if none waits."""
         if flags & _NOBLOCK:
             return self.zmq.recv(_NOBLOCK)
-        self._drop_abandoned()
-        if not self._readers:
-            try:
-                data = self.zmq.recv(_NOBLOCK)
-            except zmq.Again:
-                pass
-            else:
-                self._recheck_senders()
-                return data
-        fut: asyncio.Future[bytes] = self._loop.create_future()
-        self._readers.append((fut, False))
-        return await fut
+        data: bytes = await self._receive(False)
+        return data
 
     async def recv_multipart(self) -> list[bytes]:
+        frames: list[bytes] = await self._receive(True)
+        return frames
+
+    async def _receive(self, multipart: bool) -> Any:
         self._drop_abandoned()
         if not self._readers:
             try:
-                frames = self.zmq.recv_multipart(_NOBLOCK)
+                got = self.zmq.recv_multipart(_NOBLOCK) if multipart else self.zmq.recv(_NOBLOCK)
             except zmq.Again:
                 pass
             else:
                 self._recheck_senders()
-                return frames
-        fut: asyncio.Future[list[bytes]] = self._loop.create_future()
-        self._readers.append((fut, True))
+                return got
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._readers.append((fut, multipart))
         return await fut
 
     # --- sending ------------------------------------------------------------------
