@@ -67,8 +67,8 @@ ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS"
 KNOWN_METHODS = frozenset(
     "INVITE ACK BYE CANCEL INFO OPTIONS REGISTER MESSAGE SUBSCRIBE NOTIFY REFER PRACK UPDATE PUBLISH".split()
 )
-# A bound on the server transactions we hold (memory), whatever their state. Load is shed
-# much earlier by the shell, on the router's backlog (`[sip] max_in_flight`, sip-ra README).
+# A bound on the requests we hold awaiting the router's answer (memory): past it new calls
+# get 503. Load is shed much earlier by the shell (`[sip] max_in_flight`, sip-ra README).
 MAX_PENDING = 2000
 TRYING_AFTER = 0.2  # §17.2.1: send 100 if the TU has not answered an INVITE within 200 ms
 
