@@ -1,38 +1,62 @@
 #!/usr/bin/env bash
-# Idempotent machine set-up: venv in .venv, the project, its test and bench tools, SIPp,
-# sipsak and Kamailio (the bench's baseline proxy).
-# Re-runs only when pyproject.toml changes; after that it needs no network.
+# Idempotent machine set-up: a venv ($VENV, default .venv) holding exactly requirements.lock
+# (every Python package, with hashes, the installer and build backend included), the project
+# itself with --no-deps, and the Debian peers of scripts/debian-packages.txt (SIPp, sipsak,
+# Kamailio), installed by name, with a warning where a version differs from the recorded one.
+# Re-runs only when the lock, pyproject.toml or this script change; after that it needs no
+# network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stamp=.venv/.setup-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+venv=${VENV:-.venv}
+python=${PYTHON:-python3}
+packages=scripts/debian-packages.txt
+debian_names() { grep -v '^#' "$packages" | awk 'NF { print $1 }'; }
 have_peers() { command -v sipp && command -v sipsak && command -v kamailio; } >/dev/null 2>&1
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+apt_install() {
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+warn_debian_versions() {
+  local name want have
+  while read -r name want; do
+    case "$name" in "" | "#"*) continue ;; esac
+    have=$(dpkg-query -W -f='${Version}' "$name" 2>/dev/null || echo "not installed")
+    if [ "$have" != "$want" ]; then
+      echo "setup: warning: $name is $have here; the suite was run against $want ($packages)" >&2
+    fi
+  done <"$packages"
+}
+
+stamp=$venv/.setup-$(cat requirements.lock pyproject.toml scripts/setup.sh "$packages" | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && have_peers; then
   exit 0
 fi
-python=${PYTHON:-python3}
 "$python" - <<'PY'
 import sys
 if sys.version_info < (3, 11):
     sys.exit(f"zeroslee needs Python 3.11 or newer, found {sys.version.split()[0]}")
 PY
-if [ ! -x .venv/bin/python ] && ! "$python" -m venv .venv; then
+if [ ! -x "$venv/bin/python" ] && ! "$python" -m venv "$venv"; then
   # Debian splits venv out of python3: install it, then try again.
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-  rm -rf .venv
-  "$python" -m venv .venv
+  apt_install python3-venv
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
-# SIPp (Debian's sip-tester) is the reference peer; sipsak is a second, independent UA;
-# Kamailio is the bench's baseline (started only by the bench, on loopback).
+# Bootstrap: the venv's pip installs the locked uv alone (its hashes checked), and uv makes
+# the venv exactly the lock: it installs what is missing and removes what is not locked.
+awk '/^uv==/ { on = 1 } on { print } on && !/\\$/ { exit }' requirements.lock >"$venv/uv.lock.txt"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps \
+  -r "$venv/uv.lock.txt"
+uv=("$venv/bin/uv" pip --quiet)
+"${uv[@]}" sync --python "$venv/bin/python" --require-hashes requirements.lock
+"${uv[@]}" install --python "$venv/bin/python" --no-deps --no-build-isolation -e .
 if ! have_peers; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends sip-tester sipsak kamailio >/dev/null
+  # shellcheck disable=SC2046
+  apt_install $(debian_names)
 fi
-rm -f .venv/.setup-*
+warn_debian_versions
+rm -f "$venv"/.setup-*
 touch "$stamp"
-echo "setup: done (.venv, sipp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1), $(sipsak --version 2>&1 | head -1))"
+echo "setup: done ($venv, sipp $(sipp -v 2>/dev/null | grep -o 'v[0-9.]*' | head -1), $(sipsak --version 2>&1 | head -1))"

@@ -23,7 +23,8 @@ from zeroslee.config import load  # noqa: E402
 def main() -> int:
     config = load(os.environ.get("ZEROSLEE_CONFIG") or ROOT / "config" / "cluster.toml")
     env = dict(os.environ)
-    env["PATH"] = f"{ROOT / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    # honcho and the services run from the venv this launcher runs in (make's VENV).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("ZEROSLEE_CONFIG", str(ROOT / "config" / "cluster.toml"))
     env["PYTHONUNBUFFERED"] = "1"
     honchos: dict[str, subprocess.Popen[bytes]] = {}

@@ -1,6 +1,8 @@
 """SIPp's built-in uac against `make cluster`: every call joins the room "service".
 
-Counts are asserted, never times: the bench measures speed (DESIGN §9)."""
+Counts are asserted, never times or rates: the load here stays far below a 2-core
+machine's capacity (about 300 calls/s), so a red run means broken behaviour, not a slow
+machine. The bench measures speed and capacity (DESIGN §9)."""
 
 from __future__ import annotations
 
@@ -48,18 +50,18 @@ def test_uac_200_calls_with_zero_failures(make_cluster: DevCluster, tmp_path: Pa
     assert (int(stats["SuccessfulCall(C)"]), int(stats["FailedCall(C)"])) == (200, 0)
 
 
-def test_uac_10000_calls_at_200_per_second_with_zero_failures(make_cluster: DevCluster, tmp_path: Path) -> None:
-    stats = uac(tmp_path, 10_000, 200)
-    assert int(stats["SuccessfulCall(C)"]) == 10_000
+def test_uac_1500_calls_at_50_per_second_all_complete(make_cluster: DevCluster, tmp_path: Path) -> None:
+    stats = uac(tmp_path, 1_500, 50)
+    assert int(stats["SuccessfulCall(C)"]) == 1_500
     assert int(stats["FailedCall(C)"]) == 0
     assert int(stats["FailedUnexpectedMessage(C)"]) == 0
 
 
-@pytest.mark.parametrize("calls", [2000])
+@pytest.mark.parametrize("calls", [1000])
 def test_uac_with_10_percent_loss_completes_every_call_by_retransmission(
     make_cluster: DevCluster, tmp_path: Path, calls: int
 ) -> None:
-    stats = uac(tmp_path, calls, 100, "-lost", "10")
+    stats = uac(tmp_path, calls, 50, "-lost", "10")
     assert int(stats["SuccessfulCall(C)"]) == calls
     assert int(stats["FailedCall(C)"]) == 0
     assert int(stats["FailedUnexpectedMessage(C)"]) == 0
