@@ -138,7 +138,11 @@ def test_chat_survives_a_kill(fast_cluster: DevCluster, what: str, node: str | N
         try:
             # 30 s: a journaled event whose delivery met the store's election is retried
             # with a growing back-off (0.5 s, 1 s, 1.5 s...) before its room can end.
-            eventually(lambda: admin.query(cluster.config, "aci/") == [], timeout=30, what="all activities ended")
+            # No journaled request outlives its dialog either (a relay that crossed a BYE).
+            def all_ended() -> bool:
+                return admin.query(cluster.config, "aci/") == [] == admin.query(cluster.config, "out/")
+
+            eventually(all_ended, timeout=30, what="all activities and journaled requests ended")
         except AssertionError as exc:
             left = [(k, v) for k, v, _ in admin.query(cluster.config, "")]
             raise AssertionError(f"{exc}; left in the store: {left}") from exc

@@ -36,6 +36,7 @@ from router.records import (
 )
 from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, TimerEvent
 from zeroslee import bus, keys
+from zeroslee.records import ServerResponse
 
 
 @dataclass
@@ -78,6 +79,8 @@ class Container:
         self.touched, self.responded, self.stale_names, self.now = {activity}, set(), [], now
         self.ending = set()
         if isinstance(event, SipRequest):
+            if self._answered_already(tx, event):
+                return Outcome([], [], [], [])
             self._ensure_sip_activity(tx, event)
         created, initial = self._initial_selection(tx, event, activity)
         delivered, remote = self._deliver_to_attached(tx, event, activity, initial)
@@ -87,6 +90,27 @@ class Container:
         self.remove_stale_names(tx)
         self._collect_garbage(tx)
         return Outcome(delivered, created, remote, list(self.stale_names))
+
+    def _answered_already(self, tx: Transaction, event: SipRequest) -> bool:
+        """A request of a dialog whose CSeq another delivery already answered (its node
+        saw the store die mid-commit and re-ran the delivery while the UA's retransmission
+        was served by another node): answer it again, deliver nothing twice. The record is
+        read in this transaction, so a concurrent answer makes one of the two re-run.
+        ACK and CANCEL carry their INVITE's CSeq and are never answered this way."""
+        if event.activity_type != "sip-dialog" or event.method in ("ACK", "CANCEL"):
+            return False
+        raw = tx.get(keys.last_response(event.activity))
+        if raw is None:
+            return False
+        done = ServerResponse.decode(raw)
+        if (done.cseq, done.method) == (event.cseq, event.method):
+            tx.messages.append(bus.SendResponse(event.tx, done.status, done.reason, done.content_type, done.body))
+            return True
+        if done.cseq >= event.cseq:
+            # RFC 3261 §12.2.2: "the request is out of order and MUST be rejected with a 500".
+            tx.messages.append(bus.SendResponse(event.tx, 500, "CSeq out of order"))
+            return True
+        return False
 
     def fire_timer(self, tx: Transaction, timer_key: str, now: float) -> Outcome | None:
         """A timer's expiry: deliver the TimerEvents due under its missed policy and
@@ -279,9 +303,13 @@ class Container:
             raw = tx.get(keys.activity(activity))
             if raw is None or decode(raw, ActivityRecord).type != "null":
                 continue
-            prefixes = (keys.attachments_of(activity), keys.activity_names_of(activity))
-            others = (keys.timers_of(activity), f"evt/{activity}/")
-            if not any(tx.scan(p) for p in prefixes + others):
+            references = (
+                keys.attachments_of(activity),
+                keys.activity_names_of(activity),
+                keys.timers_of(activity),
+                f"evt/{activity}/",
+            )
+            if not tx.holds_any(*references):
                 self.end_activity(tx, activity)
         for key, value in list(tx.writes.items()):
             if value is None and key.startswith("satt/"):

@@ -121,19 +121,9 @@ class Context:
         return len(self.tx.scan(keys.attachments_of(activity), guard=True))
 
     def has_attachments(self, activity: str) -> bool:
-        """Whether any SBB is attached, guarded just enough for a last-one-out decision.
-
-        "Yes" rests on one other attachment: if it leaves concurrently, one of the two
-        commits fails its version check and re-runs, so one leaver always sees "no".
-        "No" guards the whole range, so a concurrent join makes this commit re-run. Joins
-        and leaves to a busy room therefore rarely conflict (DESIGN §3, one busy room).
-        """
-        present = self.tx.scan(keys.attachments_of(activity))
-        if not present:
-            self.tx.scan(keys.attachments_of(activity), guard=True)
-            return False
-        self.tx.get(present[0])
-        return True
+        """Whether any SBB is attached, guarded just enough for a last-one-out decision
+        (`Transaction.holds_any`): joins and leaves to a busy room rarely conflict."""
+        return self.tx.holds_any(keys.attachments_of(activity))
 
     def fire(self, activity: str, event: msgspec.Struct) -> None:
         record = self._require_activity(activity)

@@ -160,6 +160,23 @@ class Transaction:
     def delete(self, key: str) -> None:
         self.writes[key] = None
 
+    def holds_any(self, *prefixes: str) -> bool:
+        """Whether anything is under `prefixes`, guarded just enough for a last-one-out
+        decision (a busy room's joins and leaves must not contend, DESIGN §3).
+
+        "Yes" rests on one key found: if it goes concurrently, this commit fails its
+        version check and re-runs, so of two concurrent releases the later always sees
+        "no" (without it, each saw the other's reference and nobody ended the activity).
+        "No" guards every range, so a concurrent new reference makes this commit re-run."""
+        for prefix in prefixes:
+            present = self.scan(prefix)
+            if present:
+                self.get(present[0])
+                return True
+        for prefix in prefixes:
+            self.scan(prefix, guard=True)
+        return False
+
     def scan(self, prefix: str, guard: bool = False) -> list[str]:
         """Keys under `prefix` as this transaction sees them. `guard` makes the commit
         fail if anything under the prefix changes meanwhile (a decision on a range)."""

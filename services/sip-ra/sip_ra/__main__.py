@@ -242,18 +242,25 @@ class SipRa(asyncio.DatagramProtocol):
         except ReplicaUnavailable:
             return dict.fromkeys(wanted, 0)
 
-    async def sent_already(self, key: str, also_absent: tuple[str, ...] = ()) -> bool | None:
+    async def sent_already(self, key: str) -> bool | None:
         """Our replica lacks journal entry `key`: sent already, or does our replica lag the
         commit that journaled it? The primary decides, by a version check that writes
-        nothing, or deletes `key` if it must be gone with every key of `also_absent`.
-        True: gone (or deleted); False: the primary has it (our replica lags: re-read);
+        nothing. True: gone; False: the primary has it (our replica lags: re-read);
         None: the store did not answer (the router's sweep asks again later)."""
-        reads = [(key, 0)] + [(k, 0) for k in also_absent]
-        writes: list[tuple[str, bytes | None]] = [(key, None)] if also_absent else []
         try:
-            return (await self.store.commit(reads, writes)).ok
+            return (await self.store.commit([(key, 0)], [])).ok
         except CommitFailed:
             return None
+
+    async def forget_unsendable(self, key: str, version: int, dialog_key: str) -> None:
+        """Journal entry `key` (at `version`) is for a dialog our replica does not have:
+        delete it if the primary agrees the dialog is gone (it ended, e.g. a BYE crossed
+        the request), so the router's sweep stops handing it over. If the dialog is there
+        after all (our replica lags), the check fails and the sweep hands it over again."""
+        try:
+            await self.store.commit([(key, version), (dialog_key, 0)], [(key, None)])
+        except CommitFailed:
+            pass  # the store did not answer: the sweep hands the request over again
 
     async def send_initial_invite(self, cmd: bus.SendRequest) -> None:
         """The INVITE that creates a UAC dialog: replicate the dialog, then send it via the
@@ -334,7 +341,7 @@ class SipRa(asyncio.DatagramProtocol):
                 self.proc.log.warning("send on unknown dialog", dialog=dialog_id, methods=[c.method for c in cmds])
                 for cmd in cmds:  # forget them, if the dialog really is gone
                     if cmd.outgoing:
-                        await self.sent_already(cmd.outgoing, also_absent=(key,))
+                        await self.forget_unsendable(cmd.outgoing, versions[cmd.outgoing], key)
                 return
             stored = Dialog.decode(entry.value)
             dialog = msgspec.structs.replace(stored, local_cseq=stored.local_cseq + len(cmds))
