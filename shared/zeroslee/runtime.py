@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import itertools
 import os
 import signal
@@ -93,6 +94,34 @@ def udp_socket(proc: Process, addr: tuple[str, int]) -> socket.socket:
         sndbuf=sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
     )
     return sock
+
+
+def is_address(host: str) -> bool:
+    """Whether `host` is an IP literal, which needs no DNS lookup before a send."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+RESOLVE_TIMEOUT = 2.0  # a SIP transaction's next hop that takes longer fails (503 / 408)
+
+
+async def resolve_udp(host: str, port: int, family: int) -> tuple[str, int] | None:
+    """An FQDN next hop's address (RFC 3263 §4.2, A/AAAA records for a given port), looked
+    up off the event loop (the resolver blocks); None if it has none within the timeout."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM), RESOLVE_TIMEOUT
+        )
+    except (OSError, TimeoutError, UnicodeError):
+        return None
+    if not infos:
+        return None
+    host_found, port_found = infos[0][4][:2]
+    return str(host_found), int(port_found)
 
 
 def parse_args(service: str, needs_node: bool) -> argparse.Namespace:

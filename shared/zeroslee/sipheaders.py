@@ -126,10 +126,15 @@ def parse_via(value: str) -> Via:
 
 
 def split_hostport(text: str) -> tuple[str, int | None]:
+    """`host[:port]`; an IPv6 reference in brackets (RFC 5118 §4.5, RFC 3261 §25.1)."""
     if text.startswith("["):
-        end = text.index("]")
+        end = text.find("]")
+        if end < 0:
+            raise ParseError("unterminated IPv6 reference")
         host, rest = text[: end + 1], text[end + 1 :]
-        return host, int(rest[1:]) if rest.startswith(":") else None
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            raise ParseError("malformed port")
+        return host, int(rest[1:]) if rest else None
     host, _, port = text.partition(":")
     if port and not port.isdigit():
         raise ParseError("malformed port")

@@ -225,6 +225,21 @@ def split_list(value: str) -> list[str]:
     return [p for p in parts if p]
 
 
+STUN_COOKIE = b"\x21\x12\xa4\x42"
+
+
+def keepalive_kind(data: bytes) -> str:
+    """What a datagram that is not a SIP message but is expected on a SIP port is: a CRLF
+    keepalive (RFC 5626 §3.5.1: CRLFs alone, outside any message) or a STUN binding
+    request (RFC 5389 §6: a zero top bit pair and the magic cookie); "" for anything else.
+    Those are counted, never answered as malformed SIP nor logged as rejections."""
+    if data and not data.strip(b"\r\n"):
+        return "crlf"
+    if len(data) >= 20 and data[0] < 0x40 and data[4:8] == STUN_COOKIE:
+        return "stun"
+    return ""
+
+
 def parse(data: bytes) -> SipMessage:
     """Parse one UDP datagram (RFC 3261 §18.3: a missing Content-Length means the rest)."""
     if len(data) > MAX_MESSAGE:
@@ -350,8 +365,10 @@ def parse_cseq(value: str) -> tuple[int, str]:
 
 
 def error_response(data: bytes, exc: ParseError) -> SipMessage | None:
-    """The response a rejected request deserves, if its head still yields the headers a
-    response needs (§8.2.6: Via, From, To, Call-ID, CSeq); else None (drop and count)."""
+    """The response a rejected request deserves, if its head still parses into headers
+    and has a Via to answer along; else None (drop and count). §8.2.6.2 copies Via, From,
+    To, Call-ID and CSeq: those present are copied, so a request missing From, To or
+    Call-ID still hears why (RFC 4475 §3.3.1: "ideally respond 400")."""
     if exc.status == 0:
         return None
     try:
@@ -362,14 +379,13 @@ def error_response(data: bytes, exc: ParseError) -> SipMessage | None:
         headers = parse_headers(lines[1:])
     except ParseError:
         return None
-    names = {k for k, _ in headers}
-    if not {"Via", "From", "To", "Call-ID", "CSeq"} <= names:
+    if not any(k == "Via" for k, _ in headers):
         return None
     reasons = {400: "Bad Request", 505: "Version Not Supported", 513: "Message Too Large"}
     response = SipMessage(status=exc.status, reason=reasons.get(exc.status, "Bad Request"))
     response.headers = [(k, v) for k, v in headers if k == "Via"]
     for name in ("From", "To", "Call-ID", "CSeq"):
-        response.headers.append((name, next(v for k, v in headers if k == name)))
+        response.headers += [(name, value) for key, value in headers if key == name][:1]
     if method != "ACK":
         response.headers.append(("Warning", f'399 zeroslee "{exc.reason}"'))
         return response

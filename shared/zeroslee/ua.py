@@ -1,7 +1,8 @@
 """A small scripted SIP user agent over UDP, for the demo and the integration tests.
 
 It plays a chat participant against the cluster the way a phone would: INVITE with
-retransmissions, ACK through the route set, in-dialog INFO and BYE, and it answers
+retransmissions through its outbound proxy, then every in-dialog request (ACK, INFO, BYE)
+to where the route set and the remote target say, never to a fixed proxy; and it answers
 requests the cluster sends it (INFO relays) with 200. Blocking, one call at a time.
 """
 
@@ -74,8 +75,15 @@ class UserAgent:
         msg.body = body
         return msg
 
-    def _next_hop(self, call: Call) -> Addr:
-        return self.proxy  # everything goes through the balancer, as a phone's outbound proxy
+    def _next_hop(self, call: Call | None) -> Addr:
+        """Where a phone sends (§12.2.1.1, §8.1.2): in a dialog, the top of the route set
+        (or the remote target if the set is empty), never a fixed proxy; outside one,
+        the outbound proxy (`proxy`)."""
+        if call is not None and call.route_set:
+            return uri_addr(parse_name_addr(call.route_set[0]).uri)
+        if call is not None and call.remote_target:
+            return uri_addr(call.remote_target)
+        return self.proxy
 
     def transact(self, msg: SipMessage, timeout: float = 10.0) -> SipMessage:
         """Send, retransmitting on Timer E/A, until a final response for this request."""
@@ -83,7 +91,8 @@ class UserAgent:
         branch = parse_via(msg.get_all("Via")[0]).branch
         deadline = time.monotonic() + timeout
         interval = self.t1
-        self.sock.sendto(data, self._next_hop(self.call) if self.call else self.proxy)
+        hop = self._next_hop(self.call)
+        self.sock.sendto(data, hop)
         resend_at = time.monotonic() + interval
         provisional = False
         while time.monotonic() < deadline:
@@ -91,7 +100,7 @@ class UserAgent:
             incoming = self._recv(wait)
             if incoming is None:
                 if time.monotonic() >= resend_at and not provisional:
-                    self.sock.sendto(data, self.proxy)
+                    self.sock.sendto(data, hop)
                     interval = min(interval * 2, 4.0)
                     resend_at = time.monotonic() + interval
                 continue
@@ -148,7 +157,7 @@ class UserAgent:
         call.remote_target = parse_name_addr(response.get_all("Contact")[0]).uri
         call.route_set = list(reversed(response.get_all("Record-Route")))  # §12.1.2
         ack = self._request("ACK", call.remote_target, call, [], b"")
-        self.sock.sendto(ack.to_bytes(), self.proxy)
+        self.sock.sendto(ack.to_bytes(), self._next_hop(call))
         return response
 
     def request(self, method: str, body: bytes = b"", content_type: str = "text/plain") -> SipMessage:
@@ -174,7 +183,7 @@ class UserAgent:
             branch = parse_via(msg.get_all("Via")[0]).branch
             pending[branch] = msg.to_bytes()
             order.append(branch)
-            self.sock.sendto(pending[branch], self.proxy)
+            self.sock.sendto(pending[branch], self._next_hop(call))
         finals: dict[str, SipMessage] = {}
         deadline = time.monotonic() + timeout
         interval = self.t1
@@ -190,7 +199,7 @@ class UserAgent:
             if time.monotonic() >= resend_at:
                 for branch, data in pending.items():
                     if branch not in finals:
-                        self.sock.sendto(data, self.proxy)
+                        self.sock.sendto(data, self._next_hop(call))
                 interval = min(interval * 2, 4.0)
                 resend_at = time.monotonic() + interval
         return [finals[branch] for branch in order]
@@ -214,12 +223,16 @@ class UserAgent:
 
 
 def via_hosts(msg: SipMessage) -> list[Addr]:
-    """The sent-by addresses of a message's Via headers, top first."""
+    """The sent-by addresses of a message's Via headers, top first, with the node's Via
+    the balancer folded into its own (`;zsv=`, topology hiding) unfolded after it: which
+    node sent a request, for the tests; a UA sees only the balancer."""
     out = []
     for value in msg.get_all("Via"):
-        sent_by = value.split(" ", 1)[1].split(";", 1)[0]
-        host, _, port = sent_by.partition(":")
-        out.append((host, int(port or 5060)))
+        via = parse_via(value)
+        out.append((via.host, via.port or 5060))
+        if "zsv" in via.params:
+            folded = parse_via(bytes.fromhex(via.params["zsv"]).decode())
+            out.append((folded.host, folded.port or 5060))
     return out
 
 

@@ -161,7 +161,10 @@ def test_request_from_a_node_goes_out_to_the_request_uri_via_us() -> None:
     b.receive_datagram(data, NODES["node-2"], 0.0)
     [(msg, addr)] = sent(b)
     assert addr == ("127.0.0.1", 6000)
-    assert msg.get("Route") is None and len(msg.get_all("Via")) == 2
+    # Topology hiding: the node's Via is folded into ours, so no header names the node.
+    assert msg.get("Route") is None and len(msg.get_all("Via")) == 1
+    node_host = f"{NODES['node-2'][0]}:{NODES['node-2'][1]}"
+    assert node_host.encode() not in msg.to_bytes()
 
 
 def test_unparsable_request_with_enough_headers_gets_400() -> None:
@@ -212,9 +215,10 @@ def test_soft_state_expires_after_64_t1_in_order() -> None:
         b.liveness.heartbeat("node-1", True, NODES["node-1"], t)
         b.liveness.heartbeat("node-2", True, NODES["node-2"], t)
         b.receive_datagram(request(method="OPTIONS", call_id=f"c{i}", branch=f"z9hG4bKe{i}"), UA, t)
-    assert list(b.soft) == ["z9hG4bKe0", "z9hG4bKe1", "z9hG4bKe2"] and len(b.pending) == 3
+    branches = [key.split("|")[0] for key in b.soft]
+    assert branches == ["z9hG4bKe0", "z9hG4bKe1", "z9hG4bKe2"] and len(b.pending) == 3
     b.expire(SOFT_STATE_TTL + 1.0)  # the first two are due, the third is not
-    assert list(b.soft) == ["z9hG4bKe2"] and len(b.pending) == 1
+    assert [key.split("|")[0] for key in b.soft] == ["z9hG4bKe2"] and len(b.pending) == 1
     b.expire(SOFT_STATE_TTL + 2.0)
     assert not b.soft and not b.pending
 
@@ -245,3 +249,111 @@ def test_invite_sent_again_before_any_final_response_gets_100_trying_again() -> 
     b.receive_datagram(request(call_id="abc"), UA, 0.3)
     again = sent(b)
     assert sorted((m.status or 0, addr) for m, addr in again) == [(0, NODES[node]), (100, UA)]
+
+
+def answer(forwarded: SipMessage, status: int = 200, reason: str = "OK") -> bytes:
+    """A node's response to a request we forwarded it."""
+    copied = [(k, v) for k, v in forwarded.headers if k in ("Via", "From", "To", "Call-ID", "CSeq")]
+    return SipMessage(status=status, reason=reason, headers=copied).to_bytes()
+
+
+def test_two_uas_reusing_one_branch_are_two_transactions_each_answered_to_its_sender() -> None:
+    """§17.2.3: branch, sent-by and method; RFC 4475's messages share branches."""
+    b = balancer()
+    other_ua = ("127.0.0.1", 6001)
+    b.receive_datagram(request("OPTIONS", call_id="one"), UA, 0.0)
+    second = request("OPTIONS", call_id="two").replace(b"10.0.0.9:6000", b"10.0.0.8:6001")
+    b.receive_datagram(second, other_ua, 0.0)
+    first_fwd, second_fwd = [m for m, _ in sent(b)]
+    assert first_fwd.get_all("Via")[0] != second_fwd.get_all("Via")[0]  # two forwarded branches
+    assert len(b.pending) == 2
+    b.receive_datagram(answer(second_fwd), NODES["node-1"], 0.1)
+    b.receive_datagram(answer(first_fwd), NODES["node-1"], 0.1)
+    assert [(m.call_id, addr) for m, addr in sent(b)] == [("two", other_ua), ("one", UA)]
+
+
+def test_cancel_has_its_own_entry_and_a_node_dying_while_ringing_reforwards_the_invite() -> None:
+    b = balancer()
+    node = b.receive_datagram(request("INVITE", call_id="ring"), UA, 0.0)
+    invite = [m for m, _ in sent(b) if m.is_request][0]
+    assert b.receive_datagram(request("CANCEL", call_id="ring"), UA, 0.1) == node  # same node
+    [(cancel, _)] = sent(b)
+    assert cancel.get_all("Via")[0] == invite.get_all("Via")[0]  # the INVITE's forwarded branch
+    b.receive_datagram(answer(cancel), NODES[node], 0.15)  # 200 to the CANCEL
+    sent(b)
+    b.liveness.gone(node)
+    b.reroute(0.2)
+    [(again, addr)] = sent(b)
+    assert again.method == "INVITE" and addr != NODES[node]
+
+
+def test_proxy_require_gets_420_and_a_missing_max_forwards_is_added() -> None:
+    b = balancer()
+    with_ext = request("OPTIONS").replace(b"Max-Forwards: 70\r\n", b"Proxy-Require: foo, bar\r\n")
+    b.receive_datagram(with_ext, UA, 0.0)
+    [(refusal, addr)] = sent(b)
+    assert (refusal.status, refusal.get("Unsupported"), addr) == (420, "foo, bar", UA)
+    b.receive_datagram(request("OPTIONS").replace(b"Max-Forwards: 70\r\n", b""), UA, 0.0)
+    [(forwarded, _)] = sent(b)
+    assert forwarded.get("Max-Forwards") == "70"
+
+
+def test_a_ua_sending_to_our_contact_without_route_reaches_the_hinted_node() -> None:
+    b = balancer()
+    for node in ("node-1", "node-2"):
+        data = request("INFO", to_tag="t", branch=f"z9hG4bK{node}").replace(
+            b"INFO sip:room@example.com", f"INFO sip:127.0.0.1:5060;zsnode={node}".encode()
+        )
+        b.receive_datagram(data, UA, 0.0)
+        [(msg, addr)] = sent(b)
+        assert addr == NODES[node]
+
+
+def test_a_strict_router_before_us_gets_its_request_uri_restored_from_the_last_route() -> None:
+    """§16.4: our Record-Route in the Request-URI (put there by a strict router): the
+    Request-URI becomes the last Route value, which is removed."""
+    b = balancer()
+    data = request("BYE", to_tag="t", route="<sip:ua@10.0.0.9:6000>").replace(
+        b"BYE sip:room@example.com", b"BYE sip:127.0.0.1:5060;lr;zsnode=node-2"
+    )
+    b.receive_datagram(data, UA, 0.0)
+    [(msg, addr)] = sent(b)
+    assert addr == NODES["node-2"] and msg.uri == "sip:ua@10.0.0.9:6000" and msg.get("Route") is None
+
+
+def test_a_response_to_a_nodes_request_gets_its_folded_via_back_and_goes_to_that_node() -> None:
+    b = balancer()
+    data = request("INFO", "abc", "t", "<sip:127.0.0.1:5060;lr;zsnode=node-2>").replace(
+        b"sip:room@example.com SIP", b"sip:ua@127.0.0.1:6000 SIP"
+    )
+    data = data.replace(b"10.0.0.9:6000;branch=z9hG4bKua1", b"127.0.0.1:5072;branch=z9hG4bKnode2")
+    b.receive_datagram(data, NODES["node-2"], 0.0)
+    [(out, _)] = sent(b)
+    b.receive_datagram(answer(out), UA, 0.1)
+    [(response, addr)] = sent(b)
+    assert addr == NODES["node-2"]
+    assert response.get_all("Via") == ["SIP/2.0/UDP 127.0.0.1:5072;branch=z9hG4bKnode2;rport"]
+
+
+def test_keepalives_are_counted_never_answered_nor_rejected() -> None:
+    b = balancer()
+    assert b.receive_datagram(b"\r\n\r\n", UA, 0.0) == "keepalive"
+    assert sent(b) == [] and b.counters == {"keepalive.crlf": 1}
+
+
+def test_a_nodes_request_that_cannot_be_sent_comes_back_to_it_as_a_503() -> None:
+    """§16.9: a transport error on forwarding behaves as a 503 from the next hop; the
+    node's transaction then ends at once instead of by Timer F."""
+    b = balancer()
+    data = request("INFO", "abc", "t", "<sip:127.0.0.1:5060;lr;zsnode=node-2>").replace(
+        b"sip:room@example.com SIP", b"sip:ua@host5.example.net SIP"
+    )
+    data = data.replace(b"10.0.0.9:6000;branch=z9hG4bKua1", b"127.0.0.1:5072;branch=z9hG4bKnode2")
+    b.receive_datagram(data, NODES["node-2"], 0.0)
+    [(out, addr)] = b.datagrams_to_send()
+    assert addr == ("host5.example.net", 5060)  # the shell resolves it, off the loop
+    b.send_failed(out)
+    [(response, back)] = sent(b)
+    assert (response.status, back) == (503, NODES["node-2"])
+    assert response.get_all("Via") == ["SIP/2.0/UDP 127.0.0.1:5072;branch=z9hG4bKnode2;rport"]
+    assert "tag=" in (response.get("To") or "")

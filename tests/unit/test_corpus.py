@@ -67,7 +67,7 @@ EXPECTED: dict[str, int | None] = {
     "bigcode.dat": None,
     # transaction, application, backward
     "badbranch.dat": 200,
-    "insuf.dat": None,
+    "insuf.dat": 400,  # no Call-ID, From or To: answered with what it has (RFC 4475 §3.3.1)
     "unkscm.dat": 416,
     "novelsc.dat": 416,
     "unksm2.dat": 405,

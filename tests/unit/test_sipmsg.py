@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zeroslee.sipmsg import ParseError, SipMessage, canonical, parse, parse_name_addr, parse_uri, parse_via
+from zeroslee.sipmsg import (
+    ParseError,
+    SipMessage,
+    canonical,
+    keepalive_kind,
+    parse,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+)
 
 BASE = (
     "OPTIONS sip:room@example.com SIP/2.0\r\n"
@@ -123,3 +132,39 @@ def test_mutated_corpus_messages_raise_only_parse_error(path: Path, edits: list[
         parse(bytes(data))
     except ParseError:
         pass
+
+
+@pytest.mark.parametrize(
+    "value", ["SIP/2.0/UDP [::1;branch=z9hG4bKx", "SIP/2.0/UDP [::1]:abc;branch=z9hG4bKx", "SIP/2.0/UDP [::1]x"]
+)
+def test_a_broken_ipv6_reference_in_a_via_is_a_parse_error_not_a_crash(value: str) -> None:
+    with pytest.raises(ParseError):
+        parse_via(value)
+
+
+@pytest.mark.parametrize("uri", ["sip:alice@[::1", "sip:alice@[::1]:abc", "sip:[2001:db8::1"])
+def test_a_broken_ipv6_reference_in_a_uri_is_a_parse_error_not_a_crash(uri: str) -> None:
+    with pytest.raises(ParseError):
+        parse_uri(uri)
+
+
+def test_ipv6_references_parse_with_and_without_a_port() -> None:
+    assert (parse_via("SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bKa").port, parse_uri("sip:[::1]").port) == (
+        5070,
+        None,
+    )
+    assert parse_uri("sip:bob@[2001:DB8::9]:5061").host == "[2001:db8::9]"
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"\r\n\r\n", "crlf"),
+        (b"\r\n", "crlf"),
+        (b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12), "stun"),  # a STUN binding request
+        (b"OPTIONS sip:a@b SIP/2.0\r\n\r\n", ""),
+        (b"", ""),
+    ],
+)
+def test_keepalives_are_told_apart_from_sip(data: bytes, kind: str) -> None:
+    assert keepalive_kind(data) == kind

@@ -8,7 +8,7 @@ import time
 
 from balancer.core import Balancer
 from zeroslee.liveness import Liveness, NodeState
-from zeroslee.runtime import Process, follow_heartbeats, run, serve_control, udp_socket
+from zeroslee.runtime import Process, follow_heartbeats, is_address, resolve_udp, run, serve_control, udp_socket
 
 
 class Front(asyncio.DatagramProtocol):
@@ -20,6 +20,7 @@ class Front(asyncio.DatagramProtocol):
             self.core.liveness.nodes.setdefault(node.id, NodeState(node.sip_addr))
         self.transport: asyncio.DatagramTransport | None = None
         self.live: list[str] = []
+        self.lookups: set[asyncio.Future[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -31,9 +32,35 @@ class Front(asyncio.DatagramProtocol):
         self.flush()
 
     def flush(self) -> None:
-        assert self.transport is not None
         for out, peer in self.core.datagrams_to_send():
+            if is_address(peer[0]):
+                self.send(out, peer)
+            else:  # an FQDN next hop: looked up off the loop; the rest of the flush goes on
+                task = asyncio.ensure_future(self.send_resolved(out, peer))
+                self.lookups.add(task)
+                task.add_done_callback(self.lookups.discard)
+
+    def send(self, out: bytes, peer: tuple[str, int]) -> None:
+        assert self.transport is not None
+        try:
             self.transport.sendto(out, peer)
+        except (OSError, ValueError) as exc:  # one bad destination costs no other message its send
+            self.unsendable(out, peer, str(exc))
+
+    async def send_resolved(self, out: bytes, peer: tuple[str, int]) -> None:
+        assert self.transport is not None
+        sock = self.transport.get_extra_info("socket")
+        address = await resolve_udp(peer[0], peer[1], sock.family)
+        if address is None:
+            self.unsendable(out, peer, "no address for the next hop")
+            return
+        self.send(out, address)
+
+    def unsendable(self, out: bytes, peer: tuple[str, int], error: str) -> None:
+        self.proc.count("sip.unsendable")
+        self.proc.log.warning("next hop unreachable", peer=f"{peer[0]}:{peer[1]}", error=error)
+        self.core.send_failed(out)
+        self.flush()
 
     def error_received(self, exc: Exception) -> None:
         self.proc.count("sip.transport_error")

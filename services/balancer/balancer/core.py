@@ -9,10 +9,18 @@ Because the choice depends on liveness, which a stateless proxy must not use (RF
 §16.11), the balancer keeps soft per-transaction state: retransmissions of a request
 (and its CANCEL and non-2xx ACK, which share the branch) go where its first copy went.
 
-Requests from a node (its sip-ra's address) go out towards the UA: our Route is popped,
-our Via added, and the next hop is the next Route or the Request-URI. Requests from
-anyone else always go to a node: the Request-URI's host is never used (DESIGN §2).
-Responses lose our Via and follow the next one (with `received`/`rport`).
+Transactions match as RFC 3261 §17.2.3 says, by branch, sent-by and method (a CANCEL and
+a non-2xx ACK map onto their INVITE's node and forwarded branch), so two UAs that reuse a
+branch value are two transactions; our own branch is derived from all three.
+
+The cluster is one SIP element (DESIGN §6). A node's dialogs carry the balancer's address
+as Contact and Record-Route, with the node as a hint (`;zsnode=`), found in our Route or,
+from a UA that does not route, in the Request-URI. Requests from a node (its sip-ra's
+address) go out towards the UA: our Route is popped, the node's Via is folded into ours
+(`;zsv=`, hex) so that nothing leaving names a node, and the next hop is the next Route or
+the Request-URI. Requests from anyone else always go to a node: the Request-URI's host is
+never used (DESIGN §2). Responses lose our Via (restoring a folded node Via) and follow
+the next one (with `received`/`rport`).
 """
 
 from __future__ import annotations
@@ -23,7 +31,16 @@ from dataclasses import dataclass, field
 
 from zeroslee import hashing
 from zeroslee.liveness import Liveness
-from zeroslee.sipmsg import ParseError, SipMessage, error_response, parse, parse_name_addr, parse_uri, parse_via
+from zeroslee.sipmsg import (
+    ParseError,
+    SipMessage,
+    error_response,
+    keepalive_kind,
+    parse,
+    parse_name_addr,
+    parse_uri,
+    parse_via,
+)
 
 Addr = tuple[str, int]
 BRANCH_PREFIX = "z9hG4bKzsb"
@@ -76,6 +93,9 @@ class Balancer:
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> str:
         """Route one datagram; returns a short summary for the shell's counters."""
+        if kind := keepalive_kind(data):
+            self.count(f"keepalive.{kind}")
+            return "keepalive"
         try:
             msg = parse(data)
         except ParseError as exc:
@@ -104,45 +124,86 @@ class Balancer:
         if mf is not None and int(mf) <= 0 and msg.method != "ACK":
             self._reply(msg, addr, 483, "Too Many Hops")
             return "483"
-        hint = self._pop_own_route(msg)
+        required = [tag.strip() for value in msg.get_all("Proxy-Require") for tag in value.split(",") if tag.strip()]
+        if required and msg.method not in ("ACK", "CANCEL"):
+            # §16.3 step 4: we support no proxy extension.
+            self._reply(msg, addr, 420, "Bad Extension", [("Unsupported", ", ".join(required))])
+            return "420"
+        hint = self._hint(msg)
         vias = msg.get_all("Via")
-        branch = parse_via(vias[0]).branch if vias else ""
-        seen = bool(branch) and branch in self.soft
-        node = self._choose(msg, hint, branch, now)
+        match = self._match_key(msg, vias[0]) if vias else ""
+        seen = bool(match) and match in self.soft
+        node = self._choose(msg, hint, match, now)
         if node is None:
             if msg.method != "ACK":
                 self._reply(msg, addr, 503, "Service Unavailable", [("Retry-After", "5")])
             self.count("no_node")
             return "503"
         self._stamp_received(msg, addr)
-        if mf is not None:
-            msg.set("Max-Forwards", str(int(mf) - 1))
+        # §16.6 step 3: a copy without Max-Forwards gets one.
+        msg.set("Max-Forwards", str(int(mf) - 1) if mf is not None else "70")
         if msg.method == "INVITE" and not parse_name_addr(msg.get("To") or "").tag:
             msg.prepend("Record-Route", f"<sip:{self.host};lr;zsnode={node}>")
-        ours = self._branch(branch, msg)
+        ours = self._branch(match)
         msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={ours}")
         data = msg.to_bytes()
+        # A CANCEL is a transaction of its own beside its INVITE's (same forwarded branch):
+        # each has its pending entry, so a node dying while ringing re-forwards the INVITE.
+        pending_key = f"{ours}|{msg.method}"
         # A retransmission of a request whose final response already passed us (the UA
         # lost it; the node answers again): forwarded, but no 100 Trying, which could
         # reach the UA after that final response, and no pending entry to re-forward.
-        answered = seen and ours not in self.pending
+        answered = seen and msg.method != "CANCEL" and pending_key not in self.pending
         if msg.method == "INVITE" and not answered:
             self._reply(msg, addr, 100, "Trying", strip_top_via=True)
         if msg.method != "ACK" and not answered:  # ACK has no response: nothing tells us it arrived
-            self.pending[ours] = PendingRequest(node, data, msg.call_id, now + SOFT_STATE_TTL)
-            self.pending.move_to_end(ours)
+            self.pending[pending_key] = PendingRequest(node, data, msg.call_id, now + SOFT_STATE_TTL)
+            self.pending.move_to_end(pending_key)
         self.outbox.append((data, self.liveness.nodes[node].addr))
         self.count(f"to.{node}")
         return node
 
-    def _choose(self, msg: SipMessage, hint: str | None, branch: str, now: float) -> str | None:
+    @staticmethod
+    def _match_key(msg: SipMessage, top_via: str) -> str:
+        """The server transaction a request belongs to (§17.2.3): branch, sent-by and
+        method, where a CANCEL and an ACK belong with their INVITE. Without the magic
+        cookie (RFC 2543), the Request-URI, From tag, Call-ID, CSeq number and top Via."""
+        via = parse_via(top_via)
+        method = "INVITE" if msg.method in ("ACK", "CANCEL") else msg.method
+        sent_by = f"{via.host.lower()}:{via.port or 5060}"
+        if via.branch.startswith("z9hG4bK"):
+            return f"{via.branch}|{sent_by}|{method}"
+        from_tag = parse_name_addr(msg.get("From") or "").tag
+        return f"{msg.uri}|{from_tag}|{msg.call_id}|{msg.cseq[0]}|{top_via}|{method}"
+
+    def _hint(self, msg: SipMessage) -> str | None:
+        """The node a request names: our Route's hint (popped, §16.4 loose routing), else
+        the Request-URI's, when it is our Contact (a UA that sends straight to the remote
+        target) or our Record-Route put there by a strict router (§16.4: the Request-URI
+        then becomes the last Route)."""
+        hint = self._pop_own_route(msg)
+        if hint is not None:
+            return hint
+        try:
+            uri = parse_uri(msg.uri)
+        except ParseError:
+            return None
+        if (uri.host, uri.port or 5060) != self.address:
+            return None
+        if "lr" in uri.params and (routes := msg.get_all("Route")):
+            msg.uri = parse_name_addr(routes[-1]).uri
+            msg.remove("Route")
+            msg.headers += [("Route", route) for route in routes[:-1]]
+        return uri.params.get("zsnode")
+
+    def _choose(self, msg: SipMessage, hint: str | None, match: str, now: float) -> str | None:
         # With no node ready (e.g. the survivor's store is being elected), a node that is
         # still heartbeating gets the request rather than the UA a 503 from us: it waits
         # for its store or answers for itself.
         live = self.liveness.live(now) or self.liveness.reachable(now)
         if not live:
             return None
-        remembered = self.soft.get(branch)
+        remembered = self.soft.get(match)
         if remembered is not None and remembered[0] in live:
             return remembered[0]
         if self.spread:
@@ -152,9 +213,9 @@ class Balancer:
             node = hint
         else:
             node = hashing.choose(msg.call_id, live)
-        if branch and node is not None:
-            self.soft[branch] = (node, now + SOFT_STATE_TTL)
-            self.soft.move_to_end(branch)
+        if match and node is not None:
+            self.soft[match] = (node, now + SOFT_STATE_TTL)
+            self.soft.move_to_end(match)
         return node
 
     def _pop_own_route(self, msg: SipMessage) -> str | None:
@@ -190,10 +251,11 @@ class Balancer:
         vias = [(k, v) for k, v in msg.headers if k == "Via"]
         msg.headers = vias + [(k, v) for k, v in msg.headers if k != "Via"]
 
-    def _branch(self, incoming: str, msg: SipMessage) -> str:
-        """Deterministic, so retransmissions and CANCEL map onto the same branch (§16.11)."""
-        seed = incoming or f"{msg.call_id}|{msg.cseq[0]}|{msg.get('From')}"
-        return BRANCH_PREFIX + hashlib.blake2b(seed.encode(), digest_size=8).hexdigest()
+    @staticmethod
+    def _branch(match: str) -> str:
+        """Deterministic in the transaction's match key, so retransmissions, CANCEL and a
+        non-2xx ACK carry the forwarded INVITE's branch (§16.11)."""
+        return BRANCH_PREFIX + hashlib.blake2b(match.encode(), digest_size=8).hexdigest()
 
     # --- requests from nodes ----------------------------------------------------------
 
@@ -211,8 +273,15 @@ class Balancer:
             self.count("rejected.target")
             return "bad target"
         vias = msg.get_all("Via")
-        branch = parse_via(vias[0]).branch if vias else ""
-        msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={self._branch(branch, msg)}")
+        if not vias:
+            self.count("rejected.no_via")
+            return "no Via"
+        # Topology hiding: the node's Via travels folded into ours and is restored on the
+        # way back, so nothing that leaves the cluster names a node's address.
+        msg.remove("Via")
+        msg.headers = [("Via", v) for v in vias[1:]] + msg.headers
+        ours = self._branch(self._match_key(msg, vias[0]))
+        msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={ours};zsv={vias[0].encode().hex()}")
         self.outbox.append((msg.to_bytes(), (uri.host.strip("[]"), uri.port or 5060)))
         self.count("from_node")
         return "outbound"
@@ -226,8 +295,16 @@ class Balancer:
             return "dropped"
         if msg.status == 100:
             return "100 absorbed"  # hop by hop (§16.7): we sent our own 100
+        ours = parse_via(vias[0])
         if msg.status >= 200:
-            self.pending.pop(parse_via(vias[0]).branch, None)
+            self.pending.pop(f"{ours.branch}|{msg.cseq[1]}", None)
+        if "zsv" in ours.params:  # a response to a node's request: restore its Via
+            try:
+                folded = bytes.fromhex(ours.params["zsv"]).decode()
+            except (ValueError, UnicodeDecodeError):
+                self.count("response.bad_folded_via")
+                return "dropped"
+            vias = [vias[0], folded] + vias[1:]
         if len(vias) < 2:
             self.count("response.no_next_via")
             return "dropped"
@@ -240,6 +317,20 @@ class Balancer:
         self._move_vias_first(msg)
         self.outbox.append((msg.to_bytes(), (host.strip("[]"), port)))
         return "response"
+
+    def send_failed(self, data: bytes) -> None:
+        """A datagram we could not send (its next hop has no address, or the send failed).
+        §16.9: a request then behaves as if it had got a 503, which goes back the way a
+        response would; a response or an ACK is dropped (counted)."""
+        msg = parse(data)  # we built it: it parses
+        if not msg.is_request or msg.method == "ACK":
+            self.count("unsendable.dropped")
+            return
+        self.count("unsendable.503")
+        copied = [(k, v) for k, v in msg.headers if k in ("Via", "From", "Call-ID", "CSeq")]
+        to = msg.get("To") or ""
+        to = to if parse_name_addr(to).tag else f"{to};tag=zsb"
+        self._relay_response(SipMessage(status=503, reason="Service Unavailable", headers=copied + [("To", to)]))
 
     def _reply(
         self,

@@ -16,7 +16,7 @@ from sip_ra.dialog import Dialog, uac_dialog
 from zeroslee import bus, keys
 from zeroslee.ftra import FaultTolerance, ReplicatedData
 from zeroslee.replica import ReplicaUnavailable
-from zeroslee.runtime import Process, run, serve_control, udp_socket
+from zeroslee.runtime import Process, is_address, resolve_udp, run, serve_control, udp_socket
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 ROUTER_ANSWER_TIMEOUT = 8.0  # a request the router never answers gets 500 after this
@@ -32,7 +32,8 @@ class SipRa(asyncio.DatagramProtocol):
         self.store = StoreClient(proc)
         self.dialogs = ReplicatedData("sip", proc.node, self.store)  # keys.dialog(id) entries
         self.tolerance = FaultTolerance(proc, self.dialogs, self, poll_every=1.0)
-        self.core = RaCore(proc.node, self.node.sip, proc.config.sip, self.read)
+        contact = f"<sip:{proc.config.balancer.sip};zsnode={proc.node}>"
+        self.core = RaCore(proc.node, self.node.sip, proc.config.sip, self.read, contact=contact)
         self.router = proc.socket(zmq.DEALER)
         self.router.setsockopt(zmq.ROUTING_ID, f"sip-ra:{proc.node}".encode())
         self.router.connect(self.node.router)
@@ -65,12 +66,30 @@ class SipRa(asyncio.DatagramProtocol):
     def flush(self) -> None:
         assert self.transport is not None
         for data, peer in self.core.datagrams_to_send():
+            if not is_address(peer[0]):  # an FQDN next hop: looked up off the loop
+                self.spawn(self.send_resolved(data, peer))
+                continue
             try:
                 self.transport.sendto(data, peer)
-            except OSError as exc:  # e.g. no route: the transactions to that peer fail
-                self.proc.log.warning("transport error", peer=f"{peer[0]}:{peer[1]}", error=str(exc))
-                self.core.transport_error(peer, time.monotonic())
+            except (OSError, ValueError) as exc:  # e.g. no route: the transactions to that peer fail
+                self.unsendable(peer, str(exc))
         self.wake.set()
+
+    async def send_resolved(self, data: bytes, peer: tuple[str, int]) -> None:
+        assert self.transport is not None
+        address = await resolve_udp(peer[0], peer[1], self.transport.get_extra_info("socket").family)
+        if address is None:
+            self.unsendable(peer, "no address for the next hop")
+            return
+        try:
+            self.transport.sendto(data, address)
+        except (OSError, ValueError) as exc:
+            self.unsendable(peer, str(exc))
+
+    def unsendable(self, peer: tuple[str, int], error: str) -> None:
+        """§17.1.4, §17.2.4: the transactions to that peer fail (the TU hears a timeout)."""
+        self.proc.log.warning("transport error", peer=f"{peer[0]}:{peer[1]}", error=error)
+        self.core.transport_error(peer, time.monotonic())
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -266,9 +285,8 @@ class SipRa(asyncio.DatagramProtocol):
         """The INVITE that creates a UAC dialog: replicate the dialog, then send it via the
         balancer, which record-routes it so the callee's requests come back through it."""
         host = self.proc.config.balancer.sip
-        dialog = uac_dialog(
-            cmd.dialog, cmd.from_uri, cmd.to_uri, self.node.id, f"<sip:{self.node.sip}>", host, self.node.sip
-        )
+        # The cluster's Contact and a Call-ID that names no node (topology hiding).
+        dialog = uac_dialog(cmd.dialog, cmd.from_uri, cmd.to_uri, self.node.id, self.core.contact, host, host)
         for _ in range(COMMIT_ATTEMPTS):
             reads = [(keys.dialog(dialog.id), 0)]
             writes: list[tuple[str, bytes | None]] = [self.dialogs.write_of(dialog.id, dialog.encode())]

@@ -53,6 +53,7 @@ from zeroslee.sipmsg import (
     ParseError,
     SipMessage,
     error_response,
+    keepalive_kind,
     parse,
     parse_name_addr,
     parse_uri,
@@ -119,6 +120,10 @@ class RaCore:
     abandoned: list[str] = field(default_factory=list)  # dialogs ended for want of an ACK
     reinvite_in: dict[str, str] = field(default_factory=dict)  # dialog -> pending server tx
     counters: dict[str, int] = field(default_factory=dict)
+    # The Contact this node puts in its dialogs: the balancer's address with this node as
+    # a hint (`;zsnode=`), never the node's own, so that a UA's in-dialog requests cross
+    # the balancer and reach a survivor after this node dies (DESIGN §6).
+    contact: str = ""
 
     def __post_init__(self) -> None:
         self.dialogs = DialogCache(self.timers.dialog_cache)
@@ -133,6 +138,9 @@ class RaCore:
     # --- inbound -------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, addr: Addr, now: float) -> Outcome:
+        if kind := keepalive_kind(data):
+            self.count(f"sip.keepalive.{kind}")
+            return Outcome(summary="keepalive")
         try:
             msg = parse(data)
         except ParseError as exc:
@@ -222,7 +230,7 @@ class RaCore:
                 self.count("overload.rejected")
                 return self._answer_now(msg, tx, None, (503, "", [("Retry-After", "2")]), now)
             else:
-                new_dialog = uas_dialog(msg, self.node, f"<sip:{self.sip_host}>")
+                new_dialog = uas_dialog(msg, self.node, self.contact or f"<sip:{self.sip_host}>")
                 dialog = self._remember(new_dialog)
         self.transactions[key] = tx
         self.pending[key] = Pending(msg, tx, dialog)
@@ -429,8 +437,12 @@ class RaCore:
         to_tag = dialog.local_tag if dialog else ""
         if not to_tag and status > 100 and not parse_name_addr(request.get("To") or "").tag:
             to_tag = new_tag()
-        if request.method == "INVITE" and 200 <= status < 300 and dialog is not None:
+        if request.method == "INVITE" and 100 < status < 300 and dialog is not None:
+            # §12.1.1: a response that creates a dialog (a 2xx, or a 1xx with a To tag: an
+            # early dialog) carries a Contact and copies the request's Record-Route.
             extra.append(("Contact", dialog.local_contact))
+            if not parse_name_addr(request.get("To") or "").tag:
+                extra += [("Record-Route", route) for route in request.get_all("Record-Route")]
         if (status == 405 or request.method == "OPTIONS") and not any(k == "Allow" for k, _ in extra):
             extra.append(("Allow", ALLOW))
         response = build_response(request, status, reason, to_tag, extra, body, content_type)
