@@ -21,6 +21,10 @@ class SipTimers(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+    # Our INVITE answered only 1xx this long is CANCELled (Timer C, §16.6 step 11: more
+    # than 3 minutes), and given up 64*T1 after that (§9.1), so a callee that rings for
+    # ever cannot hold its dialog's re-INVITEs (491) for good.
+    timer_c: float = 181.0
     # Overload control, not a timer: a node with this many requests awaiting its router
     # answers new INVITEs 503 with Retry-After at once (sip-ra README, "Overload").
     max_in_flight: int = 100

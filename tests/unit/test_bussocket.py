@@ -123,8 +123,11 @@ def test_sends_to_an_absent_peer_wait_and_keep_their_order() -> None:
 
 def test_monitor_reports_a_disconnect() -> None:
     async def body(ctx: zmq.Context[Any]) -> None:
-        server, client = pair(ctx, "tcp://127.0.0.1:5794")
+        server, client = BusSocket(ctx, zmq.ROUTER), BusSocket(ctx, zmq.DEALER)
+        server.bind("tcp://127.0.0.1:5794")
+        # Watch before connecting: a connection made first would never report CONNECTED.
         monitor = client.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+        client.connect("tcp://127.0.0.1:5794")
         event = parse_monitor_message(await monitor.recv_multipart())
         assert event["event"] == zmq.EVENT_CONNECTED
         server.close()

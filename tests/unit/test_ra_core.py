@@ -9,7 +9,7 @@ from sip_ra.dialog import Dialog, uac_dialog
 from zeroslee import bus, keys
 from zeroslee.config import SipTimers
 from zeroslee.records import ServerResponse
-from zeroslee.sipmsg import SipMessage, parse
+from zeroslee.sipmsg import SipMessage, parse, parse_name_addr
 
 UA = ("127.0.0.1", 6000)
 FRONT = "<sip:127.0.0.1:5060;lr;zsnode=node-1>"
@@ -223,3 +223,78 @@ def test_an_evicted_dialog_is_read_back_from_the_store() -> None:
     )
     delivered = ra.receive_datagram(info, UA, 1.0).event
     assert isinstance(delivered, bus.RequestReceived) and delivered.activity == first.new_dialog.id
+
+
+def cancel_of(data: bytes) -> bytes:
+    return data.replace(b"INVITE sip", b"CANCEL sip").replace(b"1 INVITE", b"1 CANCEL")
+
+
+def test_the_487_carries_the_to_tag_of_the_cancels_200() -> None:
+    ra = core()
+    ra.receive_datagram(invite(), UA, 0.0)
+    ra.receive_datagram(cancel_of(invite()), UA, 0.1)
+    tags = {m.cseq[1]: parse_name_addr(m.get("To") or "").tag for m in out(ra)}
+    assert tags["CANCEL"] and tags["CANCEL"] == tags["INVITE"]
+
+
+def test_a_cancel_after_the_final_response_gets_200_and_changes_nothing() -> None:
+    """§9.2: "the CANCEL request has no effect ... The UAS MUST then respond with 200"."""
+    ra = core()
+    answered_invite(ra)
+    out(ra)
+    outcome = ra.receive_datagram(cancel_of(invite()), UA, 0.1)
+    assert outcome.event is None
+    assert [(m.status, m.cseq[1]) for m in out(ra)] == [(200, "CANCEL")]
+
+
+def test_a_bye_without_a_to_tag_matches_no_dialog_and_gets_481() -> None:
+    ra = core()
+    bye = invite().replace(b"INVITE sip", b"BYE sip").replace(b"1 INVITE", b"1 BYE")
+    outcome = ra.receive_datagram(bye, UA, 0.0)
+    assert outcome.event is None and [m.status for m in out(ra)] == [481]
+
+
+def test_a_re_invite_with_a_new_contact_refreshes_the_target_to_be_replicated() -> None:
+    ra = core()
+    _, dialog = answered_invite(ra)
+    out(ra)
+    moved = invite(to_tag=dialog.local_tag, branch="z9hG4bK2", cseq=2).replace(b"ua@127.0.0.1:6000>", b"ua@[::1]:7000>")
+    outcome = ra.receive_datagram(moved, UA, 1.0)
+    assert outcome.refreshed is not None and outcome.refreshed.remote_target == "sip:ua@[::1]:7000"
+    same = invite(to_tag=dialog.local_tag, branch="z9hG4bK3", cseq=3).replace(b"INVITE sip", b"INFO sip")
+    assert ra.receive_datagram(same.replace(b"3 INVITE", b"3 INFO"), UA, 2.0).refreshed is None
+
+
+def test_a_dialog_read_back_takes_its_remote_cseq_from_the_last_replicated_answer() -> None:
+    """The stored dialog says CSeq 1 (its INVITE); node-2 answered CSeq 5 since. A copy
+    of CSeq 4 reaching a node that reads the dialog fresh is out of order (§12.2.2)."""
+    dialog = answered_invite(core())[1]
+    ra = core(
+        {
+            keys.dialog(dialog.id): dialog.encode(),
+            keys.last_response(dialog.id): ServerResponse(5, "INFO", 200).encode(),
+        }
+    )
+    late = invite(to_tag=dialog.local_tag, branch="z9hG4bK4", cseq=4).replace(b"INVITE sip", b"INFO sip")
+    ra.receive_datagram(late.replace(b"4 INVITE", b"4 INFO"), UA, 0.0)
+    assert [m.status for m in out(ra)] == [500]
+
+
+def test_timer_c_cancels_an_invite_that_only_rings_then_gives_it_up() -> None:
+    """A callee answering 180 for ever must not hold the dialog's re-INVITEs (491) for
+    good: after Timer C our INVITE is CANCELled (§9.1), 64*T1 later it is over (408)."""
+    ra = core()
+    dialog = uac_dialog("d1", "sip:svc@z", "sip:ua@127.0.0.1:6000", "node-1", "<sip:f>", "127.0.0.1:5060", "z")
+    sent = ra.send_in_dialog(dialog, "INVITE", b"", "", 0.0)
+    ra.datagrams_to_send()
+    ringing = SipMessage(status=180, reason="Ringing", headers=[(k, v) for k, v in sent.headers if k != "Route"])
+    ra.receive_datagram(ringing.to_bytes(), ("127.0.0.1", 5060), 0.1)
+    c = SipTimers().timer_c
+    assert ra.on_timer(c - 1) == [] and out(ra) == []
+    ra.on_timer(c)
+    [cancel] = out(ra)
+    assert cancel.method == "CANCEL" and cancel.get_all("Via") == sent.get_all("Via")[:1]
+    assert cancel.cseq == (sent.cseq[0], "CANCEL") and dialog.id in ra.reinvite_out
+    [given_up] = ra.on_timer(c + 64 * SipTimers().t1)
+    assert (given_up.dialog, given_up.method, given_up.status) == ("d1", "INVITE", 408)
+    assert dialog.id not in ra.reinvite_out

@@ -137,6 +137,11 @@ class SipRa(asyncio.DatagramProtocol):
         elif outcome.new_dialog is not None:  # a UAC dialog confirmed by its 2xx
             if not await self.replace_dialog(outcome.new_dialog):
                 return
+        elif isinstance(event, bus.RequestReceived) and outcome.refreshed is not None:
+            # A target refresh: every node sends to the UA's new Contact from now on.
+            if not await self.replace_dialog(outcome.refreshed):
+                self.answer(event.tx, 500, "Server Internal Error", "target refresh not replicated")
+                return
         elif (
             isinstance(event, bus.RequestReceived)
             and event.activity_type == "sip-dialog"

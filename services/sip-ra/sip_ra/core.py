@@ -39,6 +39,7 @@ from sip_ra.dialog import (
     ack_for_non_2xx,
     build_request,
     build_response,
+    cancel_for,
     confirmed_by,
     dialog_id,
     invite_digest,
@@ -100,6 +101,7 @@ class Outcome:
 
     event: bus.RequestReceived | bus.ResponseReceived | None = None
     new_dialog: Dialog | None = None  # replicate (create or confirm) before sending `event`
+    refreshed: Dialog | None = None  # a target refresh (§12.2.2): replicate before `event`
     summary: str = ""
 
 
@@ -119,6 +121,7 @@ class RaCore:
     reinvite_out: set[str] = field(default_factory=set)  # dialogs with our INVITE pending
     abandoned: list[str] = field(default_factory=list)  # dialogs ended for want of an ACK
     reinvite_in: dict[str, str] = field(default_factory=dict)  # dialog -> pending server tx
+    cancelled: set[str] = field(default_factory=set)  # our INVITEs CANCELled by Timer C
     counters: dict[str, int] = field(default_factory=dict)
     # The Contact this node puts in its dialogs: the balancer's address with this node as
     # a hint (`;zsnode=`), never the node's own, so that a UA's in-dialog requests cross
@@ -200,22 +203,30 @@ class RaCore:
         from_tag = parse_name_addr(msg.get("From") or "").tag
         dialog: Dialog | None = None
         new_dialog: Dialog | None = None
+        refreshed = False
         if to_tag:
             dialog = self.find_dialog(dialog_id(msg.call_id, to_tag))
             if dialog is None or dialog.remote_tag != from_tag:
                 return self._answer_now(msg, tx, None, (481, "", []), now)
+            stored_target = dialog.remote_target
             recorded = self._recorded(dialog, msg)
             if recorded is not None:
                 return self._replay(msg, tx, dialog, recorded, now)
             if msg.cseq[0] <= dialog.remote_cseq:
                 return self._answer_now(msg, tx, None, (500, "CSeq Out Of Order", []), now)
-            dialog = self._remember(_with(dialog, remote_cseq=msg.cseq[0]))
+            target = self._refreshed_target(msg, dialog)
+            dialog = self._remember(_with(dialog, remote_cseq=msg.cseq[0], remote_target=target))
             self.unacked.pop(dialog.id, None)  # any request on the dialog proves our 2xx arrived
             if msg.method == "INVITE":
                 glare = self._check_reinvite(dialog.id)
                 if glare is not None:
                     return self._answer_now(msg, tx, None, glare, now)
                 self.reinvite_in[dialog.id] = key
+            if refreshed := target != stored_target:
+                self.count("sip.target_refreshed")
+        elif msg.method == "BYE":
+            # §15.1.2: a BYE that matches no dialog gets 481; without a To tag it cannot.
+            return self._answer_now(msg, tx, None, (481, "", []), now)
         elif msg.method == "INVITE":
             known = self.read(keys.invite_index(invite_digest(msg.call_id, from_tag)))
             dialog = self.find_dialog(known.decode()) if known is not None else None
@@ -238,7 +249,17 @@ class RaCore:
             heapq.heappush(self.wakeups, (now + TRYING_AFTER, "100:" + key))
         ra_keys = [keys.invite_index(invite_digest(msg.call_id, from_tag))] if new_dialog else []
         event = self._event(msg, key, dialog, msg.method == "INVITE" and not to_tag, ra_keys)
-        return Outcome(event=event, new_dialog=new_dialog, summary=msg.method)
+        refresh = dialog if to_tag and refreshed else None
+        return Outcome(event=event, new_dialog=new_dialog, refreshed=refresh, summary=msg.method)
+
+    @staticmethod
+    def _refreshed_target(msg: SipMessage, dialog: Dialog) -> str:
+        """§12.2.2: a target refresh request (re-INVITE, UPDATE) replaces the remote
+        target with its Contact's URI."""
+        contacts = [c for c in msg.get_all("Contact") if c != "*"]
+        if msg.method not in ("INVITE", "UPDATE") or not contacts:
+            return dialog.remote_target
+        return parse_name_addr(contacts[0]).uri
 
     def _event(
         self, msg: SipMessage, key: str, dialog: Dialog | None, created: bool, ra_keys: list[str]
@@ -335,12 +356,19 @@ class RaCore:
         self.transactions[tx.key] = tx
         self.pending[tx.key] = Pending(msg, tx, None)
         invite = self.transactions.get(invite_key)
-        if invite is None or invite.state is not txn.State.PROCEEDING:
+        if invite is None:
             self.respond(tx.key, 481, "", now)
             return Outcome(summary="CANCEL 481")
+        if invite.state is not txn.State.PROCEEDING:
+            # §9.2: the INVITE has its final response already; the CANCEL has no effect,
+            # "The UAS MUST then respond to the CANCEL with 200".
+            self.respond(tx.key, 200, "", now)
+            return Outcome(summary="CANCEL after final")
         dialog = self.pending[invite_key].dialog if invite_key in self.pending else None
-        self.respond(tx.key, 200, "", now)
-        self.respond(invite_key, 487, "", now)
+        # The 487 carries the same To tag as the CANCEL's 200: the early dialog's, if any.
+        tag = dialog.local_tag if dialog is not None else new_tag()
+        self.respond(tx.key, 200, "", now, to_tag=tag)
+        self.respond(invite_key, 487, "", now, to_tag=tag)
         if dialog is None:
             return Outcome(summary="CANCEL 487")
         # The early dialog is gone: tell the router, so its services let go of it.
@@ -370,8 +398,8 @@ class RaCore:
             if current is not None and not current.remote_tag:
                 confirmed = self.dialogs[dialog] = confirmed_by(current, msg)  # §12.1.2
             self._ack_2xx(dialog, msg)  # every 2xx, retransmissions too (§13.2.2.4)
-        if txn.Act.TO_TU not in actions or msg.status < 200:
-            return Outcome(summary=f"{msg.status} absorbed")
+        if txn.Act.TO_TU not in actions or msg.status < 200 or key not in self.client_meta:
+            return Outcome(summary=f"{msg.status} absorbed")  # a 1xx, or the answer to a Timer C CANCEL
         if is_invite:
             self.reinvite_out.discard(dialog)
         event = bus.ResponseReceived(dialog, method, msg.status, msg.call_id, msg.get("Content-Type") or "", msg.body)
@@ -391,11 +419,20 @@ class RaCore:
     # --- dialogs -------------------------------------------------------------------
 
     def find_dialog(self, ident: str) -> Dialog | None:
+        """From the cache, else the replica. The replicated dialog's remote CSeq is the one
+        of its creation or last refresh; the response recorded with each delivery
+        (`keys.last_response`, replicated in the delivery's commit) carries the latest, so
+        a request older than one any node answered is refused after an eviction or a
+        takeover too (§12.2.2)."""
         found = self.dialogs.get(ident)
         if found is None:
             raw = self.read(keys.dialog(ident))
             if raw is not None:
-                found = self.dialogs[ident] = Dialog.decode(raw)
+                found = Dialog.decode(raw)
+                last = self.read(keys.last_response(ident))
+                if last is not None and (answered := ServerResponse.decode(last).cseq) > found.remote_cseq:
+                    found = _with(found, remote_cseq=answered)
+                self.dialogs[ident] = found
         return found
 
     def _recorded(self, dialog: Dialog, msg: SipMessage) -> ServerResponse | None:
@@ -427,6 +464,7 @@ class RaCore:
         headers: list[tuple[str, str]] | None = None,
         body: bytes = b"",
         content_type: str = "",
+        to_tag: str = "",
     ) -> bool:
         pending = self.pending.get(key)
         if pending is None:
@@ -434,7 +472,7 @@ class RaCore:
             return False
         request, tx, dialog = pending.request, pending.tx, pending.dialog
         extra = list(headers or [])
-        to_tag = dialog.local_tag if dialog else ""
+        to_tag = to_tag or (dialog.local_tag if dialog else "")
         if not to_tag and status > 100 and not parse_name_addr(request.get("To") or "").tag:
             to_tag = new_tag()
         if request.method == "INVITE" and 100 < status < 300 and dialog is not None:
@@ -472,6 +510,7 @@ class RaCore:
         self.dialogs[dialog.id] = dialog
         if method == "INVITE":
             self.reinvite_out.add(dialog.id)
+            heapq.heappush(self.wakeups, (now + self.timers.timer_c, "C:" + key))
         self.outbox.append((data, peer))
         return msg
 
@@ -527,6 +566,9 @@ class RaCore:
                 if pending is not None and not pending.tx.last_response:
                     self.respond(key[4:], 100, "", now)
                 continue
+            if key.startswith("C:"):
+                timeouts += self._timer_c(key[2:], now)
+                continue
             tx = self.transactions.get(key)
             if tx is None:
                 continue
@@ -540,6 +582,29 @@ class RaCore:
                 self.pending.pop(key, None)
                 self.client_meta.pop(key, None)
         return timeouts
+
+    def _timer_c(self, key: str, now: float) -> list[bus.ResponseReceived]:
+        """Our INVITE has had only provisional answers for `timer_c`: CANCEL it (§9.1); if
+        64*T1 later it still has no final response, it is over: the TU hears 408."""
+        tx = self.transactions.get(key)
+        if tx is None or tx.state is not txn.State.PROCEEDING:
+            self.cancelled.discard(key)
+            return []
+        if key not in self.cancelled:
+            self.cancelled.add(key)
+            self.count("sip.timer_c")
+            cancel = cancel_for(tx.request)
+            cancel_key = f"{top_branch(cancel)}|CANCEL"
+            self.transactions[cancel_key] = txn.client(cancel_key, cancel.to_bytes(), self.timers, tx.peer, now)
+            self._arm(self.transactions[cancel_key])
+            self.outbox.append((cancel.to_bytes(), tx.peer))
+            heapq.heappush(self.wakeups, (now + 64 * self.timers.t1, "C:" + key))
+            return []
+        self.cancelled.discard(key)
+        del self.transactions[key]
+        dialog, method, call_id = self.client_meta.pop(key, ("", "INVITE", ""))
+        self.reinvite_out.discard(dialog)
+        return [bus.ResponseReceived(dialog, method, 408, call_id)] if dialog else []
 
     def _retransmit_2xx(self, ident: str, now: float) -> None:
         unacked = self.unacked.get(ident)

@@ -244,3 +244,14 @@ def ack_for_non_2xx(invite: bytes, response: SipMessage) -> SipMessage:
     ack.headers.append(("To", response.get("To") or ""))
     ack.headers.append(("CSeq", f"{request.cseq[0]} ACK"))
     return ack
+
+
+def cancel_for(invite: bytes) -> SipMessage:
+    """The CANCEL of a request we sent (§9.1): its Request-URI, Call-ID, From, To, Route
+    and top Via (so the same branch), and its CSeq number with the method CANCEL."""
+    request = parse(invite)
+    cancel = SipMessage(method="CANCEL", uri=request.uri)
+    cancel.headers = [("Via", request.get_all("Via")[0]), ("Max-Forwards", "70")]
+    cancel.headers += [(k, v) for k, v in request.headers if k in ("From", "To", "Call-ID", "Route")]
+    cancel.headers.append(("CSeq", f"{request.cseq[0]} CANCEL"))
+    return cancel
