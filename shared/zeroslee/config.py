@@ -114,8 +114,14 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` (RFC 5118 §4.5) -> the socket address, no brackets."""
     host, _, port = text.rpartition(":")
-    return host, int(port)
+    return host.strip("[]"), int(port)
+
+
+def format_hostport(host: str, port: int) -> str:
+    """The socket address as SIP writes it: an IPv6 address in brackets (RFC 3261 §25.1)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:

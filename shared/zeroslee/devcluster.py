@@ -40,9 +40,11 @@ def cluster_toml(
     hosts: dict[str, str] | None = None,
     max_in_flight: int = 100,
     max_in_flight_in_dialog: int = 400,
+    sip_host: str = "",
 ) -> str:
     """A cluster file: balancer at `base`, node i's ports at base+10*i+1..6. `hosts` gives
-    the address of "front" (balancer, witness) and of each node (default 127.0.0.1)."""
+    the address of "front" (balancer, witness) and of each node (default 127.0.0.1);
+    `sip_host` (e.g. "[::1]") puts every SIP socket there instead, the bus staying put."""
     where = hosts or {}
     front = where.get("front", "127.0.0.1")
     lines = [
@@ -55,7 +57,7 @@ def cluster_toml(
         f"max_in_flight = {max_in_flight}",
         f"max_in_flight_in_dialog = {max_in_flight_in_dialog}",
         "[balancer]",
-        f'sip = "{front}:{base}"',
+        f'sip = "{sip_host or front}:{base}"',
         f'control = "tcp://{front}:{base + 9}"',
         f"spread = {'true' if spread else 'false'}",
         "[store]",
@@ -68,7 +70,7 @@ def cluster_toml(
         lines += [
             "[[nodes]]",
             f'id = "node-{i}"',
-            f'sip = "{h}:{p + 1}"',
+            f'sip = "{sip_host or h}:{p + 1}"',
             f'router = "tcp://{h}:{p + 2}"',
             f'store = "tcp://{h}:{p + 3}"',
             f'peer = "tcp://{h}:{p + 4}"',
@@ -94,6 +96,7 @@ class DevCluster:
         wrap: dict[str, list[str]] | None = None,
         max_in_flight: int = 100,
         max_in_flight_in_dialog: int = 400,
+        sip_host: str = "",
     ) -> None:
         """`wrap[node]` prefixes that node's commands (e.g. `ip netns exec NS`)."""
         self.wrap = wrap or {}
@@ -102,7 +105,7 @@ class DevCluster:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "cluster.toml"
         text = cluster_toml(
-            workdir / "data", base, nodes, t1, spread, extra, hosts, max_in_flight, max_in_flight_in_dialog
+            workdir / "data", base, nodes, t1, spread, extra, hosts, max_in_flight, max_in_flight_in_dialog, sip_host
         )
         self.config_path.write_text(text)
         self.config = cfg.load(self.config_path)
@@ -175,13 +178,14 @@ class DevCluster:
 
     def options(self, timeout: float = 0.5, port: int = 0) -> int:
         """Send OPTIONS to the balancer; the status code (0: no answer)."""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", port))
-            host, lport = sock.getsockname()
-            req = SipMessage(method="OPTIONS", uri=f"sip:ping@{self.balancer_addr[0]}")
+        v6 = ":" in self.balancer_addr[0]
+        with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1" if v6 else "127.0.0.1", port))
+            local = cfg.format_hostport(*sock.getsockname()[:2])
+            req = SipMessage(method="OPTIONS", uri=f"sip:ping@{self.config.balancer.sip}")
             branch = f"z9hG4bKprobe{time.monotonic_ns()}"
             req.headers = [
-                ("Via", f"SIP/2.0/UDP {host}:{lport};branch={branch};rport"),
+                ("Via", f"SIP/2.0/UDP {local};branch={branch};rport"),
                 ("Max-Forwards", "70"),
                 ("From", "<sip:probe@localhost>;tag=probe"),
                 ("To", "<sip:ping@localhost>"),

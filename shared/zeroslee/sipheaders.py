@@ -5,6 +5,7 @@ Pure and small: each parser raises `ParseError` carrying the status a UAS answer
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -132,6 +133,10 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         if end < 0:
             raise ParseError("unterminated IPv6 reference")
         host, rest = text[: end + 1], text[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host[1:-1])  # RFC 5118 §4.10: three colons are no address
+        except ValueError as exc:
+            raise ParseError("malformed IPv6 reference") from exc
         if rest and not (rest.startswith(":") and rest[1:].isdigit()):
             raise ParseError("malformed port")
         return host, int(rest[1:]) if rest else None

@@ -13,6 +13,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from zeroslee.config import format_hostport
 from zeroslee.sipmsg import SipMessage, parse, parse_name_addr, parse_uri, parse_via
 
 Addr = tuple[str, int]
@@ -44,9 +45,11 @@ class UserAgent:
         self.name = name
         self.proxy = proxy
         self.t1 = t1
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
-        self.addr: Addr = self.sock.getsockname()
+        self.addr: Addr = self.sock.getsockname()[:2]
+        self.hostport = format_hostport(*self.addr)  # as SIP writes it: [v6]:port
         self.call: Call | None = None
         self.received: list[SipMessage] = []  # requests the cluster sent us, not yet waited for
         self.history: list[SipMessage] = []  # every request the cluster sent us
@@ -57,13 +60,13 @@ class UserAgent:
 
     @property
     def contact(self) -> str:
-        return f"<sip:{self.name}@{self.addr[0]}:{self.addr[1]}>"
+        return f"<sip:{self.name}@{self.hostport}>"
 
     def _request(self, method: str, uri: str, call: Call, headers: list[tuple[str, str]], body: bytes) -> SipMessage:
         msg = SipMessage(method=method, uri=uri)
         branch = "z9hG4bK" + secrets.token_hex(8)
         msg.headers = [
-            ("Via", f"SIP/2.0/UDP {self.addr[0]}:{self.addr[1]};branch={branch};rport"),
+            ("Via", f"SIP/2.0/UDP {self.hostport};branch={branch};rport"),
             ("Max-Forwards", "70"),
             ("From", f"{call.local_uri};tag={call.local_tag}"),
             ("To", call.remote_uri + (f";tag={call.remote_tag}" if call.remote_tag else "")),
@@ -140,7 +143,10 @@ class UserAgent:
             response.headers.append(("Contact", self.contact))
         self.sock.sendto(response.to_bytes(), addr)
 
-    def invite(self, room: str, call_id: str | None = None, domain: str = "chat.example") -> SipMessage:
+    def invite(
+        self, room: str, call_id: str | None = None, domain: str = "chat.example", sdp: bytes = b""
+    ) -> SipMessage:
+        """Join `room` (with an SDP offer if given); the 200, after our ACK."""
         call = Call(
             call_id=call_id or f"{secrets.token_hex(8)}@{self.name}",
             local_tag=secrets.token_hex(4),
@@ -149,7 +155,8 @@ class UserAgent:
         )
         self.call = call
         uri = f"sip:{room}@{domain}"
-        invite = self._request("INVITE", uri, call, [], b"")
+        headers = [("Content-Type", "application/sdp")] if sdp else []
+        invite = self._request("INVITE", uri, call, headers, sdp)
         response = self.transact(invite)
         if response.status >= 300:
             raise UaError(f"{self.name}: INVITE answered {response.status}", response.status, response)
@@ -229,13 +236,13 @@ def via_hosts(msg: SipMessage) -> list[Addr]:
     out = []
     for value in msg.get_all("Via"):
         via = parse_via(value)
-        out.append((via.host, via.port or 5060))
+        out.append((via.host.strip("[]"), via.port or 5060))
         if "zsv" in via.params:
             folded = parse_via(bytes.fromhex(via.params["zsv"]).decode())
-            out.append((folded.host, folded.port or 5060))
+            out.append((folded.host.strip("[]"), folded.port or 5060))
     return out
 
 
 def uri_addr(uri: str) -> Addr:
     parsed = parse_uri(uri)
-    return parsed.host, parsed.port or 5060
+    return parsed.host.strip("[]"), parsed.port or 5060

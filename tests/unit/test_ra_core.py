@@ -298,3 +298,37 @@ def test_timer_c_cancels_an_invite_that_only_rings_then_gives_it_up() -> None:
     [given_up] = ra.on_timer(c + 64 * SipTimers().t1)
     assert (given_up.dialog, given_up.method, given_up.status) == ("d1", "INVITE", 408)
     assert dialog.id not in ra.reinvite_out
+
+
+def ipv6_request(uri: str, via: str = "[2001:db8::9:1]", received: str = "", method: str = "REGISTER") -> bytes:
+    params = f";received={received}" if received else ""
+    return (
+        f"{method} {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {via}{params};branch=z9hG4bKv6{len(uri)}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:u@[2001:db8::9]>;tag=v6\r\nTo: <sip:u@[2001:db8::9]>\r\n"
+        f'Call-ID: v6-{len(uri)}\r\nCSeq: 1 {method}\r\nContact: "Caller" <sip:caller@[2001:db8::1]:5080>\r\n'
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_ipv6_requests_get_their_answers_on_the_address_they_came_from() -> None:
+    """RFC 5118 shapes: references in the Request-URI, Via (received with and without
+    brackets), From, To and Contact; the answer goes back to the sending socket."""
+    peer = ("2001:db8::9:1", 5060)
+    for data in (
+        ipv6_request("sip:[2001:db8::10]"),
+        ipv6_request("sip:[2001:db8::10:5070]"),
+        ipv6_request("sip:[2001:db8::10]:5070"),
+        ipv6_request("sip:[2001:db8::10]", received="[2001:db8::9:255]"),
+        ipv6_request("sip:[2001:db8::10]", received="2001:db8::9:255"),
+    ):
+        ra = core()
+        outcome = ra.receive_datagram(data, peer, 0.0)
+        assert outcome.event is not None, data  # well-formed: it reaches the service layer
+        ra.respond(outcome.event.tx, 405, "", 0.01)  # type: ignore[union-attr]
+        [(sent, addr)] = ra.datagrams_to_send()
+        assert (parse(sent).status, addr) == (405, peer), data
+    bad = core()
+    bad.receive_datagram(ipv6_request("sip:2001:db8::10"), peer, 0.0)  # §4.2: no brackets
+    [(sent, addr)] = bad.datagrams_to_send()
+    assert (parse(sent).status, addr) == (400, peer)

@@ -168,3 +168,25 @@ def test_ipv6_references_parse_with_and_without_a_port() -> None:
 )
 def test_keepalives_are_told_apart_from_sip(data: bytes, kind: str) -> None:
     assert keepalive_kind(data) == kind
+
+
+@pytest.mark.parametrize(
+    ("uri", "host", "port"),
+    [
+        ("sip:[2001:db8::10]", "[2001:db8::10]", None),
+        ("sip:[2001:db8::10:5070]", "[2001:db8::10:5070]", None),  # RFC 5118 §4.3: no port
+        ("sip:[2001:db8::10]:5070", "[2001:db8::10]", 5070),  # §4.4
+        ("sip:[2001:db8::192.0.2.1]", "[2001:db8::192.0.2.1]", None),  # §4.10: two colons
+        ("sip:u@[::ffff:192.0.2.2]", "[::ffff:192.0.2.2]", None),  # §4.9: IPv4-mapped
+    ],
+)
+def test_rfc5118_references_parse(uri: str, host: str, port: int | None) -> None:
+    parsed = parse_uri(uri)
+    assert (parsed.host, parsed.port) == (host, port)
+
+
+@pytest.mark.parametrize("uri", ["sip:2001:db8::10", "sip:[2001:db8:::192.0.2.1]", "sip:[fe80::zz]"])
+def test_rfc5118_malformed_references_are_parse_errors(uri: str) -> None:
+    """§4.2: an IPv6 address without brackets; §4.10: three colons."""
+    with pytest.raises(ParseError):
+        parse_uri(uri)

@@ -26,6 +26,7 @@ class Front(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        addr = addr[:2]  # an IPv6 socket gives (host, port, flowinfo, scope_id)
         summary = self.core.receive_datagram(data, addr, time.monotonic())
         if summary.startswith("rejected"):
             self.proc.reject("sip", summary, peer=f"{addr[0]}:{addr[1]}")

@@ -30,6 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from zeroslee import hashing
+from zeroslee.config import format_hostport
 from zeroslee.liveness import Liveness
 from zeroslee.sipmsg import (
     ParseError,
@@ -76,7 +77,7 @@ class Balancer:
 
     @property
     def host(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
+        return format_hostport(*self.address)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -188,7 +189,7 @@ class Balancer:
             uri = parse_uri(msg.uri)
         except ParseError:
             return None
-        if (uri.host, uri.port or 5060) != self.address:
+        if (uri.host.strip("[]"), uri.port or 5060) != self.address:
             return None
         if "lr" in uri.params and (routes := msg.get_all("Route")):
             msg.uri = parse_name_addr(routes[-1]).uri
@@ -225,7 +226,7 @@ class Balancer:
             return None
         top = parse_name_addr(routes[0])
         uri = parse_uri(top.uri)
-        if (uri.host, uri.port or 5060) != self.address:
+        if (uri.host.strip("[]"), uri.port or 5060) != self.address:
             return None
         msg.remove("Route")
         for route in routes[1:]:
@@ -237,8 +238,8 @@ class Balancer:
         vias = msg.get_all("Via")
         via = parse_via(vias[0])
         params = dict(via.params)
-        if via.host != addr[0]:
-            params["received"] = addr[0]
+        if via.host.strip("[]").lower() != addr[0].lower():
+            params["received"] = addr[0]  # RFC 5118 §4.5: an IPv6 address without brackets
         if "rport" in params:
             params["rport"] = str(addr[1])
         sent_by = via.host + (f":{via.port}" if via.port else "")

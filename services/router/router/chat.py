@@ -34,7 +34,10 @@ def sdp_answer(offer: bytes) -> bytes:
     """An SDP answer refusing every offered stream (RFC 3264 §6: port 0). A chat has no media."""
     lines = offer.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
     media = [line for line in lines if line.startswith("m=")]
-    out = ["v=0", "o=zeroslee 0 0 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0"]
+    # The offer's address family (RFC 5118 §4.7 mixes them): an IPv6-only peer gets IP6.
+    ip6 = any(line.startswith("c=IN IP6") for line in lines)
+    address = "IN IP6 ::1" if ip6 else "IN IP4 127.0.0.1"
+    out = ["v=0", f"o=zeroslee 0 0 {address}", "s=-", f"c={address}", "t=0 0"]
     for line in media:
         kind, _port, rest = (line[2:].split(" ", 2) + ["", ""])[:3]
         out.append(f"m={kind} 0 {rest}".rstrip())

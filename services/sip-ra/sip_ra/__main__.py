@@ -53,6 +53,7 @@ class SipRa(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        addr = addr[:2]  # an IPv6 socket gives (host, port, flowinfo, scope_id)
         outcome = self.core.receive_datagram(data, addr, time.monotonic())
         self.flush()
         if outcome.event is not None:
