@@ -35,6 +35,7 @@ bench: setup
 lock: setup
 	$(VENV)/bin/uv pip compile pyproject.toml scripts/lock.in --all-extras --universal \
 	  --python-version 3.11 --generate-hashes --quiet --output-file requirements.lock \
+	  --custom-compile-command "make lock" \
 	  $(if $(filter all,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE)))
 
 # What the newest releases would break: a scratch venv with them, lint and the unit tests
