@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from zeroslee import bus
+from zeroslee import bus, keys
 from zeroslee.config import Config, load
 
 TIMEOUT_MS = 2000
@@ -73,14 +73,14 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
     if what == "services":
         return [{"name": s.name, "sbb": s.sbb} for s in config.services]
     if what == "names":
-        return [{"name": k.split("/", 1)[1], "activity": raw.decode()} for k, _, raw in query(config, "name/")]
+        return [{"name": keys.last(k), "activity": raw.decode()} for k, _, raw in query(config, "name/")]
     if what == "entities":
         out = []
         for key, version, raw in query(config, "sbb/"):
             rec = decode_record(raw)
             out.append(
                 {
-                    "id": key.split("/", 1)[1],
+                    "id": keys.last(key),
                     "service": rec["service"],
                     "convergence": rec["convergence"],
                     "created_on": rec["created_on"],
@@ -91,16 +91,20 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
     if what == "activities":
         atts: dict[str, list[str]] = {}
         for key, _, _ in query(config, "att/"):
-            _, aci, sbb = key.split("/")
+            _, aci, sbb = keys.parts(key)
             atts.setdefault(aci, []).append(sbb)
         names: dict[str, list[str]] = {}
         for key, _, _ in query(config, "aname/"):
-            _, aci, name = key.split("/", 2)
+            _, aci, name = keys.parts(key)
             names.setdefault(aci, []).append(name)
         out = []
+        timers: dict[str, list[str]] = {}
+        for key, _, _ in query(config, "tmr/"):
+            _, aci, timer = keys.parts(key)
+            timers.setdefault(aci, []).append(timer)
         for key, _, raw in query(config, "aci/"):
             rec = decode_record(raw)
-            aci = key.split("/", 1)[1]
+            aci = keys.last(key)
             out.append(
                 {
                     "id": aci,
@@ -108,9 +112,26 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
                     "owner": rec["owner"],
                     "attachments": atts.get(aci, []),
                     "names": names.get(aci, []),
-                    "timers": [],
+                    "timers": timers.get(aci, []),
                 }
             )
+        return out
+    if what == "timers":
+        out = []
+        for key, _, raw in query(config, "tmr/"):
+            rec = decode_record(raw)
+            _, aci, timer = keys.parts(key)
+            row: dict[str, Any] = {"id": timer, "activity": aci}
+            if isinstance(rec, dict):
+                row.update({k: rec.get(k) for k in ("owner", "fire_at", "period", "repetitions", "missed") if k in rec})
+            out.append(row)
+        return out
+    if what == "alarms":
+        out = []
+        for node in config.node_ids:
+            stats = request_stats(config, "router", node)
+            for alarm in json.loads(str(stats.get("alarms", "[]"))):
+                out.append({"node": node, **alarm})
         return out
     if what == "routing":
         out = []
@@ -157,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
-        "what", choices=["services", "activities", "entities", "names", "timers", "routing", "stats", "end-activity"]
+        "what",
+        choices=["services", "activities", "entities", "names", "timers", "alarms", "routing", "stats", "end-activity"],
     )
     parser.add_argument("id", nargs="?", help="the activity id, for end-activity")
     args = parser.parse_args(argv)

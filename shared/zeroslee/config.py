@@ -87,6 +87,12 @@ class ServiceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     options: dict[str, str] = {}
 
 
+class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # A journaled event whose delivery fails this many times (a handler that always
+    # raises) is dropped as poison: counted, logged and alarmed, so its activity can end.
+    journal_tries: int = 3
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nodes: list[NodeConfig]
     services: list[ServiceConfig]
@@ -94,6 +100,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sip: SipTimers = SipTimers()
     store: StoreTuning = StoreTuning()
     witness: WitnessConfig = WitnessConfig()
+    router: RouterConfig = RouterConfig()
     heartbeat_interval: float = 0.1
     data_root: str = "var"
     log_level: str = "info"

@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 import msgspec
 import zmq
 
-from zeroslee import bus, hashing
+from zeroslee import bus, hashing, keys
 from zeroslee.liveness import Liveness, adoption_dead_after
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats
@@ -57,20 +57,21 @@ class ReplicatedData:
     """Entries under `ra/<name>/`, read from the local replica, written by commits."""
 
     def __init__(self, name: str, node: str, store: StoreClient) -> None:
-        self.prefix = f"ra/{name}/"
+        self.name = name
+        self.prefix = keys.ra_data_of(name)
         self.node = node
         self.store = store
         self.removed_here: set[str] = set()
 
     def write_of(self, key: str, value: bytes, owner: str | None = None) -> tuple[str, bytes]:
         """The (store key, record) pair that puts `value` under `key` in a larger commit."""
-        return self.prefix + key, msgspec.msgpack.encode(Entry(owner or self.node, value))
+        return keys.ra_data(self.name, key), msgspec.msgpack.encode(Entry(owner or self.node, value))
 
     def read_entry(self, key: str) -> tuple[int, Entry | None]:
         """The entry and its version, for a versioned read-modify-write."""
         try:
             with self.store.replica.read() as view:
-                version, raw = view.get(self.prefix + key)
+                version, raw = view.get(keys.ra_data(self.name, key))
         except ReplicaUnavailable:
             return 0, None
         return version, (msgspec.msgpack.decode(raw, type=Entry) if raw is not None else None)
@@ -88,7 +89,7 @@ class ReplicatedData:
                 found = view.scan(self.prefix)
         except ReplicaUnavailable:
             return {}
-        return {k[len(self.prefix) :]: msgspec.msgpack.decode(raw, type=kind) for k, _, raw in found}
+        return {keys.last(k): msgspec.msgpack.decode(raw, type=kind) for k, _, raw in found}
 
     def get(self, key: str) -> bytes | None:
         return entry.value if (entry := self.read_entry(key)[1]) is not None else None
@@ -114,14 +115,20 @@ class ReplicatedData:
             return False
         moved = msgspec.msgpack.encode(msgspec.structs.replace(entry, owner=self.node))
         try:
-            return (await self.store.commit([(self.prefix + key, version)], [(self.prefix + key, moved)])).ok
+            return (
+                await self.store.commit(
+                    [(keys.ra_data(self.name, key), version)], [(keys.ra_data(self.name, key), moved)]
+                )
+            ).ok
         except CommitFailed:
             return False
 
     async def _write(self, key: str, value: bytes | None) -> None:
         for _ in range(8):
             version, _ = self.read_entry(key)
-            result = await self.store.commit([(self.prefix + key, version)], [(self.prefix + key, value)])
+            result = await self.store.commit(
+                [(keys.ra_data(self.name, key), version)], [(keys.ra_data(self.name, key), value)]
+            )
             if result.ok:
                 return
         raise CommitFailed(f"{key}: too many concurrent writers")

@@ -3,91 +3,125 @@
 One key per fact, so that unrelated writers never touch the same key: an attachment is
 its own key rather than an entry in a growing list, which keeps joins and leaves to one
 busy room from conflicting with each other.
+
+Every part of a key is escaped (`part`): a room name, a convergence name, a Call-ID or
+an RA's key comes from outside, and a `/` in one (a Request-URI user `a%2Fb`) must not
+make a key that addresses another record or that a prefix scan of another record finds.
+`%`, `/`, controls, non-ASCII and non-UTF-8 octets are %HH; the ids we make (hex) and
+ordinary names pass unchanged. `parts` undoes it. FORMAT names this layout: a store
+written with another is refused at start (statestore README).
 """
 
 from __future__ import annotations
 
+from urllib.parse import quote, unquote
+
 SEP = "/"
+FORMAT = 2  # 1: parts unescaped (before); 2: every part escaped with `part`
+SAFE = "-._~:@!$&'()*+,;=[]"  # printable ASCII that cannot split or prefix a key
+
+
+def part(text: str) -> str:
+    """One key part, escaped so that it holds no `/` and maps back one to one."""
+    return quote(text, safe=SAFE, errors="surrogateescape")
+
+
+def parts(key: str) -> list[str]:
+    """A key's parts, unescaped: `parts(name("a/b")) == ["name", "a/b"]`."""
+    return [unquote(p, errors="surrogateescape") for p in key.split(SEP)]
 
 
 def sbb(sbb_id: str) -> str:
-    return f"sbb/{sbb_id}"
+    return f"sbb/{part(sbb_id)}"
 
 
 def convergence(service: str, name: str) -> str:
-    return f"conv/{service}/{name}"
+    return f"conv/{part(service)}/{part(name)}"
 
 
 def activity(activity_id: str) -> str:
-    return f"aci/{activity_id}"
+    return f"aci/{part(activity_id)}"
 
 
 def attachment(activity_id: str, sbb_id: str) -> str:
-    return f"att/{activity_id}/{sbb_id}"
+    return f"att/{part(activity_id)}/{part(sbb_id)}"
 
 
 def attachments_of(activity_id: str) -> str:
-    return f"att/{activity_id}/"
+    return f"att/{part(activity_id)}/"
 
 
 def sbb_attachment(sbb_id: str, activity_id: str) -> str:
     """Reverse index: which activities an SBB entity is attached to."""
-    return f"satt/{sbb_id}/{activity_id}"
+    return f"satt/{part(sbb_id)}/{part(activity_id)}"
 
 
 def sbb_attachments_of(sbb_id: str) -> str:
-    return f"satt/{sbb_id}/"
+    return f"satt/{part(sbb_id)}/"
 
 
 def name(room: str) -> str:
-    return f"name/{room}"
+    return f"name/{part(room)}"
 
 
 def activity_name(activity_id: str, room: str) -> str:
-    return f"aname/{activity_id}/{room}"
+    return f"aname/{part(activity_id)}/{part(room)}"
 
 
 def activity_names_of(activity_id: str) -> str:
-    return f"aname/{activity_id}/"
+    return f"aname/{part(activity_id)}/"
 
 
 def pending_event(activity_id: str, event_id: str) -> str:
-    return f"evt/{activity_id}/{event_id}"
+    return f"evt/{part(activity_id)}/{part(event_id)}"
+
+
+def pending_events_of(activity_id: str) -> str:
+    return f"evt/{part(activity_id)}/"
 
 
 def outgoing(dialog_id: str, request_id: str) -> str:
     """A request an SBB sent on a dialog, journaled until the SIP RA sends it (`Outgoing`)."""
-    return f"out/{dialog_id}/{request_id}"
+    return f"out/{part(dialog_id)}/{part(request_id)}"
 
 
 def dialog_of_outgoing(key: str) -> str:
     """The dialog an `outgoing` key belongs to."""
-    return key.split(SEP)[1]
+    return parts(key)[1]
+
+
+def ra_data(ra: str, key: str) -> str:
+    """A resource adaptor's replicated data entry (`ftra.ReplicatedData`)."""
+    return f"ra/{part(ra)}/{part(key)}"
+
+
+def ra_data_of(ra: str) -> str:
+    return f"ra/{part(ra)}/"
 
 
 def dialog(dialog_id: str) -> str:
     """A SIP dialog: the SIP RA's replicated data entry (`ftra.ReplicatedData("sip")`)."""
-    return f"ra/sip/{dialog_id}"
+    return ra_data("sip", dialog_id)
 
 
 def last(key: str) -> str:
-    """The final path segment of a key (the id it names)."""
-    return key.rsplit(SEP, 1)[-1]
+    """The final part of a key (the id or name it names), unescaped."""
+    return parts(key)[-1]
 
 
 def last_response(dialog_id: str) -> str:
     """The final response last sent on a dialog (`records.ServerResponse`)."""
-    return f"last/{dialog_id}"
+    return f"last/{part(dialog_id)}"
 
 
 def invite_index(digest: str) -> str:
     """Finds the dialog an initial INVITE created, from its Call-ID and From tag."""
-    return f"uas/{digest}"
+    return f"uas/{part(digest)}"
 
 
 def timer(activity_id: str, timer_id: str) -> str:
-    return f"tmr/{activity_id}/{timer_id}"
+    return f"tmr/{part(activity_id)}/{part(timer_id)}"
 
 
 def timers_of(activity_id: str) -> str:
-    return f"tmr/{activity_id}/"
+    return f"tmr/{part(activity_id)}/"

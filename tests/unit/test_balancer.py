@@ -357,3 +357,25 @@ def test_a_nodes_request_that_cannot_be_sent_comes_back_to_it_as_a_503() -> None
     assert (response.status, back) == (503, NODES["node-2"])
     assert response.get_all("Via") == ["SIP/2.0/UDP 127.0.0.1:5072;branch=z9hG4bKnode2;rport"]
     assert "tag=" in (response.get("To") or "")
+
+
+def test_a_request_is_reforwarded_once_then_answered_500_not_passed_to_a_third_node() -> None:
+    """No poison ping-pong: a request whose node died with it unanswered goes to one
+    survivor; if that one dies too, the request is answered, not sent on."""
+    nodes = {"node-1": ("127.0.0.1", 5071), "node-2": ("127.0.0.1", 5072), "node-3": ("127.0.0.1", 5073)}
+    b = Balancer(FRONT, Liveness(dead_after=0.4, alive_after=2))
+    for node, addr in nodes.items():
+        for _ in range(2):
+            b.liveness.heartbeat(node, True, addr, 0.0)
+    first = b.receive_datagram(request("INVITE", call_id="poison"), UA, 0.0)
+    sent(b)
+    b.liveness.gone(first)
+    b.reroute(0.01)
+    [(again, second_addr)] = sent(b)
+    second = next(n for n, a in nodes.items() if a == second_addr)
+    assert second != first and again.method == "INVITE"
+    b.liveness.gone(second)
+    b.reroute(0.02)
+    [(answer_, addr)] = sent(b)
+    assert (answer_.status, addr) == (500, UA) and b.pending == {}
+    assert b.counters["poison.INVITE"] == 1

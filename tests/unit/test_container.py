@@ -438,3 +438,81 @@ def test_a_request_delivered_again_after_another_node_answered_it_is_answered_no
     assert late.messages == [bus.SendResponse("tx-INFO-d1", 500, "CSeq out of order")]
     # ACK and CANCEL share their INVITE's CSeq: never taken for a duplicate.
     assert not run.container._answered_already(Transaction(run.view, "node-1"), sip("ACK", "d1", cseq=3))
+
+
+# --- service code is contained (a bad SBB is its own failure, never the node's) ----------
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def hostile_service(where: str) -> type[Sbb]:
+    """A root SBB (initial for OPTIONS) whose code raises in `where`."""
+
+    def select(event: SipRequest) -> str:
+        if where == "initial_by":
+            raise Boom("selector")
+        return event.activity
+
+    class State(msgspec.Struct):
+        n: int = 0
+
+        def __post_init__(self) -> None:
+            if where == "state":
+                raise Boom("state")
+
+    class HostileSbb(Sbb):
+        @on(SipRequest, method="OPTIONS", initial_by=select)
+        def on_options(self, event: SipRequest, ctx) -> None:  # type: ignore[no-untyped-def]
+            if where == "handler" and event.cseq == 3:  # the entity exists by then
+                ctx.respond(event, 202)
+                raise Boom("handler")
+            if where == "unencodable":
+                self.state.n = object()  # type: ignore[assignment]
+            ctx.respond(event, 200)
+
+        def created(self, ctx) -> None:  # type: ignore[no-untyped-def]
+            if where == "created":
+                raise Boom("created")
+
+        def rolled_back(self, ctx, error) -> None:  # type: ignore[no-untyped-def]
+            ORDER.append(f"rolled_back:{error}")
+            if where == "handler":
+                ctx.respond(sip("OPTIONS", "t1"), 299)  # an effect of the failing hook...
+                raise Boom("rolled_back too")
+
+    HostileSbb.State = State
+    return HostileSbb
+
+
+@pytest.mark.parametrize("where", ["initial_by", "created", "state", "unencodable"])
+def test_service_code_failing_before_an_entity_exists_leaves_none_and_calls_no_hook(where: str) -> None:
+    run = Run()
+    container = Container("node-1", [Service("hostile", hostile_service(where))])
+    tx = Transaction(run.view, "node-1")
+    with pytest.raises(HandlerFailed) as failure:
+        container.deliver(tx, sip("OPTIONS", "t1"), "t1")
+    assert isinstance(failure.value.error, Boom | TypeError) and failure.value.service == "hostile"
+    assert not failure.value.hook
+    ORDER.clear()
+    again = Transaction(run.view, "node-1")
+    container.roll_back(again, failure.value, "t1")
+    assert ORDER == [] and again.writes == {} and run.view.data == {}
+
+
+def test_a_failing_rolled_back_hook_goes_no_further_and_its_effects_go() -> None:
+    run = Run()
+    container = Container("node-1", [Service("hostile", hostile_service("handler"))])
+    tx = Transaction(run.view, "node-1")
+    container.deliver(tx, sip("OPTIONS", "t1", cseq=2), "t1")
+    run.view.apply(tx, 1)  # the entity exists
+    failing = Transaction(run.view, "node-1")
+    with pytest.raises(HandlerFailed) as failure:
+        container.deliver(failing, sip("OPTIONS", "t1", cseq=3), "t1")
+    assert failure.value.hook
+    ORDER.clear()
+    again = Transaction(run.view, "node-1")
+    container.roll_back(again, failure.value, "t1")  # raises nothing
+    assert [str(f.error) for f in container.hook_failures] == ["rolled_back too"]
+    assert again.messages == []  # the hook's 299 went with it

@@ -60,6 +60,7 @@ class PendingRequest:
     data: bytes
     call_id: str
     expiry: float
+    forwards: int = 1  # re-forwarded at most once: a request that kills nodes is poison
 
 
 @dataclass
@@ -374,18 +375,23 @@ class Balancer:
                 continue
             msg = parse(pending.data)
             node = hashing.choose(pending.call_id, live)
-            if node is None:
+            # Its first two nodes both died with it unanswered: it does not get a third (a
+            # request that crashes whoever takes it would stop every node in turn): 500.
+            poison = node is not None and pending.forwards >= 2
+            if poison:
+                self.count(f"poison.{msg.method}")
+            if node is None or poison:
                 del self.pending[branch]
                 vias = msg.get_all("Via")[1:]
                 nxt = parse_via(vias[0])
                 port = int(nxt.params["rport"]) if nxt.params.get("rport", "").isdigit() else (nxt.port or 5060)
+                status, reason, extra = (
+                    (500, "Server Internal Error", [])
+                    if poison
+                    else (503, "Service Unavailable", [("Retry-After", "5")])
+                )
                 self._reply(
-                    msg,
-                    (nxt.params.get("received") or nxt.host, port),
-                    503,
-                    "Service Unavailable",
-                    [("Retry-After", "5")],
-                    strip_top_via=True,
+                    msg, (nxt.params.get("received") or nxt.host, port), status, reason, extra, strip_top_via=True
                 )
                 continue
             routes = msg.get_all("Record-Route")
@@ -393,6 +399,6 @@ class Balancer:
                 msg.remove("Record-Route")
                 msg.headers += [("Record-Route", routes[0].replace(f"zsnode={pending.node}>", f"zsnode={node}>"))]
                 msg.headers += [("Record-Route", r) for r in routes[1:]]
-            pending.node, pending.data = node, msg.to_bytes()
+            pending.node, pending.data, pending.forwards = node, msg.to_bytes(), pending.forwards + 1
             self.outbox.append((pending.data, self.liveness.nodes[node].addr))
             self.count(f"rerouted.{msg.method}")

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import random
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import asdict
 
 import msgspec
 import structlog
@@ -28,6 +30,7 @@ from router.records import (
 )
 from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
 from zeroslee import bus, keys
+from zeroslee.alarms import Alarms
 from zeroslee.liveness import Liveness, adoption_dead_after
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats, run
@@ -37,7 +40,7 @@ MAX_ATTEMPTS = 12
 MAX_BATCH = 32  # events of one activity delivered in one transaction at most
 STORE_ATTEMPTS = 3
 JOURNAL_RETRY = 0.5  # seconds (times the try) before a journaled event is tried again
-JOURNAL_TRIES = 5
+JOURNAL_PATIENCE = 8  # tries (0.5 + 1 + ... + 3.5 s = 14 s) for one the store kept refusing
 TIMER_SLACK = 0.002  # seconds added to a timer's delay (see `schedule`)
 OUTGOING_SWEEP = 2.0  # seconds between looks for journaled requests our RA never sent
 TIMER = object()  # queue marker: the pending key is a timer record's
@@ -74,6 +77,7 @@ class Router:
         self.node = proc.config.node(proc.node)
         self.store = StoreClient(proc)
         self.container = Container(proc.node, load_services(proc))
+        self.alarms = Alarms()  # services that keep failing, poison events dropped
         self.sock = proc.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.bind(self.node.router)
@@ -85,6 +89,8 @@ class Router:
         # Work of a node lost (or already down when we start) that is not adopted yet;
         # acted on once we have listened long enough to have heard every live node.
         self.retries: dict[str, int] = {}  # journal key -> failed deliveries so far
+        self.poisoned: dict[str, int] = {}  # journal key -> deliveries a service failed
+        self.service_failed = False  # the last delivery failed in service code
         self.orphans = True
         self.outgoing_seen: set[str] = set()  # our journaled requests at the last sweep
         self.next_sweep = 0.0
@@ -106,7 +112,9 @@ class Router:
                 case bus.Ping(req=req):
                     await self.sock.send_multipart([ident, bus.encode(bus.Pong(req, "router", True))])
                 case bus.StatsRequest(req=req):
-                    reply = bus.StatsReply(req, "router", self.node.id, dict(self.proc.counters))
+                    stats: dict[str, int | str | float] = dict(self.proc.counters)
+                    stats["alarms"] = json.dumps([asdict(a) for a in self.alarms.active(time.monotonic())])
+                    reply = bus.StatsReply(req, "router", self.node.id, stats)
                     await self.sock.send_multipart([ident, bus.encode(reply)])
                 case bus.ResponseReceived():
                     self.proc.count(f"response.{message.method}.{message.status}")
@@ -221,19 +229,26 @@ class Router:
         if isinstance(event, SipRequest):
             log = log.bind(call_id=event.call_id, method=event.method, cseq=event.cseq)
 
+        self.service_failed = False
         delivered = await self.run(lambda tx: self.deliver_one(tx, activity, event, pending_key), log, event)
         if delivered or pending_key is None or not pending_key.startswith("evt/"):
             self.retries.pop(pending_key or "", None)
+            self.poisoned.pop(pending_key or "", None)
             return
-        # A journaled event whose delivery could not commit (store unavailable, conflicts, a
-        # failing handler) stays in the journal: try again later, a bounded number of times.
+        # A journaled event whose delivery could not commit stays in the journal: tried
+        # again later, a bounded number of times. A service that raised on it
+        # `[router] journal_tries` times makes it poison; a store that was unavailable (an
+        # election) or conflicts get more patience, since the text is not at fault.
         tries = self.retries[pending_key] = self.retries.get(pending_key, 0) + 1
-        if tries <= JOURNAL_TRIES:
+        failed = self.poisoned[pending_key] = self.poisoned.get(pending_key, 0) + int(self.service_failed)
+        if failed < self.proc.config.router.journal_tries and tries < JOURNAL_PATIENCE:
             self.proc.count("event.retried")
             asyncio.get_running_loop().call_later(JOURNAL_RETRY * tries, self.enqueue, activity, event, pending_key)
             return
         self.proc.count("event.dropped")  # poison: out of the journal, so its activity can end
-        del self.retries[pending_key]
+        self.alarms.raise_now("journal", f"dropped {pending_key} after {tries} failed deliveries", time.monotonic())
+        log.error("poison event dropped", key=pending_key, tries=tries, service_failures=failed)
+        del self.retries[pending_key], self.poisoned[pending_key]
         key = pending_key
 
         def drop(tx: Transaction) -> Outcome:
@@ -326,6 +341,9 @@ class Router:
             return
         self.proc.count("delivery.rolled_back")
         if isinstance(exc, HandlerFailed):
+            self.service_failed = True
+            self.proc.count(f"service.failed.{exc.service or 'unknown'}")
+            self.alarms.failed(exc.service, str(exc), time.monotonic())
             await self.cleanup_after(exc, log)
             await self.fail(event, 500, str(exc), log)
         else:
@@ -354,6 +372,11 @@ class Router:
             return Outcome([], [], [], stale)
 
         await self.run(body, log.bind(event_type="RolledBack"))
+        for hook in self.container.hook_failures:  # a failing rolled_back: logged, counted, no further
+            self.proc.count("service.rolled_back_failed")
+            self.alarms.failed(hook.service, str(hook), time.monotonic())
+            log.warning("rolled_back hook failed", sbb=hook.sbb_id, error=str(hook))
+        self.container.hook_failures.clear()
 
     async def fail(self, event: object, status: int, reason: str, log: structlog.typing.FilteringBoundLogger) -> None:
         self.proc.count("delivery.failed")
@@ -446,7 +469,7 @@ class Router:
             moved = msgspec.structs.replace(activity, owner=self.node.id)
             if await self.take(key, encode(moved)):
                 self.proc.count("adopted.activities")
-                for pending_key, raw in self.scan(f"evt/{activity.id}/"):
+                for pending_key, raw in self.scan(keys.pending_events_of(activity.id)):
                     self.proc.count("adopted.events")  # in flight when their node died
                     self.enqueue(activity.id, decode_event(decode(raw, PendingEvent)), pending_key)
             else:

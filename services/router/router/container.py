@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import msgspec
@@ -34,7 +36,7 @@ from router.records import (
     encode,
     timer_expiries,
 )
-from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, TimerEvent
+from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, SleeError, TimerEvent
 from zeroslee import bus, keys
 from zeroslee.records import ServerResponse
 
@@ -61,6 +63,20 @@ class Outcome:
     stale_names: list[str]
 
 
+@contextmanager
+def service_code(sbb_id: str, service: str, hook: bool = True) -> Iterator[None]:
+    """Around every call into a service's code: whatever it raises is its failure, never
+    the node's (the delivery rolls back and the request gets 500)."""
+    try:
+        yield
+    except SleeError as exc:
+        if isinstance(exc, HandlerFailed):
+            raise
+        raise HandlerFailed(sbb_id, exc, service, hook) from exc
+    except Exception as exc:
+        raise HandlerFailed(sbb_id, exc, service, hook) from exc
+
+
 class Container:
     """Routes one event per call of `deliver`; holds only per-delivery scratch state."""
 
@@ -73,6 +89,7 @@ class Container:
         self.stale_names: list[str] = []
         self.ending: set[str] = set()
         self.now = 0.0
+        self.hook_failures: list[HandlerFailed] = []  # `rolled_back` hooks that raised
 
     def deliver(self, tx: Transaction, event: msgspec.Struct, activity: str, now: float = 0.0) -> Outcome:
         """Deliver `event`; `now` is cluster time (epoch seconds) for timers set."""
@@ -156,10 +173,16 @@ class Container:
             return
         record = decode(raw, SbbRecord)
         service = self.by_service.get(record.service)
-        if service is None:
+        if service is None or not failure.hook:
             return
-        sbb = service.root(decode(record.state, service.root.State))
-        sbb.rolled_back(Context(tx, record.id, activity, self, service), failure.error)
+        before = (dict(tx.writes), list(tx.messages), list(tx.fired), list(tx.timers))
+        try:
+            sbb = service.root(decode(record.state, service.root.State))
+            sbb.rolled_back(Context(tx, record.id, activity, self, service), failure.error)
+        except Exception as exc:  # the hook failed too: it goes no further, and its effects go
+            tx.writes, tx.messages, tx.fired, tx.timers = before
+            self.hook_failures.append(HandlerFailed(record.id, exc, record.service, hook=False))
+            return
         self._save(tx, record, sbb)
 
     def _deliver_to_attached(
@@ -179,11 +202,10 @@ class Container:
             handler = service.root.handler_for(event) if service else None
             if service is None or handler is None:
                 continue
-            sbb = service.root(decode(record.state, service.root.State))
-            try:
+            with service_code(sbb_id, service.name, hook=False):
+                sbb = service.root(decode(record.state, service.root.State))
+            with service_code(sbb_id, service.name):
                 handler.function(sbb, event, Context(tx, sbb_id, activity, self, service))
-            except Exception as exc:  # the service's code failed, not ours: roll back
-                raise HandlerFailed(sbb_id, exc) from exc
             self._save(tx, record, sbb)
             delivered.append(sbb_id)
             if record.created_on != self.node:
@@ -204,7 +226,8 @@ class Container:
             handler = service.root.handler_for(event)
             if handler is None or handler.initial_by is None or not service.selects(event):
                 continue
-            name = handler.initial_by(event)
+            with service_code(f"{service.name}:initial_by", service.name, hook=False):
+                name = handler.initial_by(event)
             if name is None:
                 continue
             conv = keys.convergence(service.name, name)
@@ -213,12 +236,13 @@ class Container:
                 sbb_id = existing.decode()
             else:
                 sbb_id = "s" + secrets.token_hex(10)
-                state = service.root.State()
-                record = SbbRecord(sbb_id, service.name, name, encode(state), self.node)
-                tx.put(conv, sbb_id.encode())
-                tx.put(keys.sbb(sbb_id), encode(record))
-                sbb = service.root(state)
-                sbb.created(Context(tx, sbb_id, activity, self, service))
+                with service_code(sbb_id, service.name, hook=False):  # no entity if it fails
+                    state = service.root.State()
+                    record = SbbRecord(sbb_id, service.name, name, encode(state), self.node)
+                    tx.put(conv, sbb_id.encode())
+                    tx.put(keys.sbb(sbb_id), encode(record))
+                    sbb = service.root(state)
+                    sbb.created(Context(tx, sbb_id, activity, self, service))
                 self._save(tx, record, sbb)
                 created.append(sbb_id)
             selected.add(sbb_id)
@@ -267,7 +291,7 @@ class Container:
         for key in tx.scan(keys.activity_names_of(activity)):
             tx.delete(key)
             tx.delete(keys.name(keys.last(key)))
-        for key in tx.scan(f"evt/{activity}/") + tx.scan(keys.timers_of(activity)):
+        for key in tx.scan(keys.pending_events_of(activity)) + tx.scan(keys.timers_of(activity)):
             tx.delete(key)
         if raw is not None:
             record = decode(raw, ActivityRecord)
@@ -307,13 +331,13 @@ class Container:
                 keys.attachments_of(activity),
                 keys.activity_names_of(activity),
                 keys.timers_of(activity),
-                f"evt/{activity}/",
+                keys.pending_events_of(activity),
             )
             if not tx.holds_any(*references):
                 self.end_activity(tx, activity)
         for key, value in list(tx.writes.items()):
             if value is None and key.startswith("satt/"):
-                sbb_id = key.split("/")[1]
+                sbb_id = keys.parts(key)[1]
                 if not tx.scan(keys.sbb_attachments_of(sbb_id), guard=True):
                     self._remove_entity(tx, sbb_id)
 
@@ -324,13 +348,15 @@ class Container:
         record = decode(raw, SbbRecord)
         service = self.by_service.get(record.service)
         if service is not None:  # JAIN SLEE sbbRemove: the entity's last word
-            sbb = service.root(decode(record.state, service.root.State))
-            sbb.removed(Context(tx, sbb_id, "", self, service))
+            with service_code(sbb_id, service.name, hook=False):
+                sbb = service.root(decode(record.state, service.root.State))
+                sbb.removed(Context(tx, sbb_id, "", self, service))
         tx.delete(keys.sbb(sbb_id))
         tx.delete(keys.convergence(record.service, record.convergence))
 
     def _save(self, tx: Transaction, record: SbbRecord, sbb: Sbb) -> None:
-        state = encode(sbb.state)
+        with service_code(record.id, record.service, hook=False):  # a State it cannot encode
+            state = encode(sbb.state)
         if state != record.state and tx.get(keys.sbb(record.id)) is not None:
             record.state = state
             tx.put(keys.sbb(record.id), encode(record))

@@ -65,12 +65,17 @@ class FacilityError(SleeError):
 
 
 class HandlerFailed(SleeError):
-    """An SBB's handler raised: the delivery rolls back (JAIN SLEE sbbRolledBack)."""
+    """Service code raised (a handler, a lifecycle hook, an `initial_by` selector, its
+    State's constructor or decoding): the delivery rolls back. `hook` says whether the
+    SBB's `rolled_back` then runs (JAIN SLEE sbbRolledBack): after a handler, yes; after
+    a failed `created()`, selector or decode there is no entity to tell."""
 
-    def __init__(self, sbb_id: str, error: BaseException) -> None:
+    def __init__(self, sbb_id: str, error: BaseException, service: str = "", hook: bool = True) -> None:
         super().__init__(f"{sbb_id}: {type(error).__name__}: {error}")
         self.sbb_id = sbb_id
         self.error = error
+        self.service = service
+        self.hook = hook
 
 
 class ActivityEnding(SleeError):

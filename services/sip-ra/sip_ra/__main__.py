@@ -100,7 +100,7 @@ class SipRa(asyncio.DatagramProtocol):
     def read(self, key: str) -> bytes | None:
         """A key of the clustered store for the core; dialogs come out of their entries."""
         if key.startswith(self.dialogs.prefix):
-            return self.dialogs.get(key[len(self.dialogs.prefix) :])
+            return self.dialogs.get(keys.last(key))
         try:
             with self.store.replica.read() as view:
                 return view.get(key)[1]

@@ -6,6 +6,7 @@ Decisions about roles live in membership.py; record layout in storage.py.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from typing import Any
 import zmq
 
 from statestore.membership import Action, Input, Membership, Role
-from statestore.storage import Storage
+from statestore.storage import Storage, StoreFormatError
 from zeroslee import bus
 from zeroslee.runtime import Process, Requester, run, watch_exits
 
@@ -450,7 +451,12 @@ class Statestore:
 
 
 async def main(proc: Process) -> None:
-    store = Statestore(proc)
+    try:
+        store = Statestore(proc)
+    except StoreFormatError as exc:  # an older var/: refuse to read it, say what to do
+        proc.log.error("store refused", error=str(exc))
+        print(f"statestore: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(78) from None  # EX_CONFIG
     try:
         await store.main()
     finally:

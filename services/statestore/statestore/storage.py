@@ -12,10 +12,15 @@ from typing import Any
 
 import lmdb
 
+from zeroslee import keys
 from zeroslee.replica import DATA_DB, META_DB, env_path, pack, unpack
 
 Writes = list[tuple[str, bytes | None]]
 Items = list[tuple[str, int, bytes]]
+
+
+class StoreFormatError(Exception):
+    """The store on disk was written with another key layout."""
 
 
 class Storage:
@@ -28,10 +33,30 @@ class Storage:
         self.env.reader_check()
         self.data = self.env.open_db(DATA_DB)
         self.meta = self.env.open_db(META_DB)
+        self._check_format(path)
         self.seq = self._meta_int(b"seq")
         self.epoch = self._meta_int(b"epoch")
         self.voted = self._meta_int(b"voted")
         self.map_growths = 0
+
+    def _check_format(self, path: Path) -> None:
+        """The key layout (`keys.FORMAT`) this store was written with must be ours: an
+        empty store takes it; one written by an older zeroslee (no format: 1) is refused,
+        since its keys would be read wrongly (an escaped name is another key)."""
+        found = self._meta_int(b"format")
+        if found == keys.FORMAT:
+            return
+        with self.env.begin(db=self.data) as txn:
+            empty = txn.stat(self.data)["entries"] == 0
+        if found == 0 and empty:
+            self._write(lambda txn: txn.put(b"format", str(keys.FORMAT).encode(), db=self.meta))
+            return
+        self.env.close()
+        raise StoreFormatError(
+            f"{path} holds clustered state in key format {found or 1}; this zeroslee reads format "
+            f"{keys.FORMAT}. Run `make clean` (it deletes var/ and every call's state), or run the "
+            "zeroslee that wrote it."
+        )
 
     def _meta_int(self, name: bytes) -> int:
         with self.env.begin(db=self.meta) as txn:
