@@ -23,12 +23,12 @@ SAFE = "-._~:@!$&'()*+,;=[]"  # printable ASCII that cannot split or prefix a ke
 
 def part(text: str) -> str:
     """One key part, escaped so that it holds no `/` and maps back one to one."""
-    return quote(text, safe=SAFE, errors="surrogateescape")
+    return quote(text, safe=SAFE, errors="surrogatepass")
 
 
 def parts(key: str) -> list[str]:
     """A key's parts, unescaped: `parts(name("a/b")) == ["name", "a/b"]`."""
-    return [unquote(p, errors="surrogateescape") for p in key.split(SEP)]
+    return [unquote(p, errors="surrogatepass") for p in key.split(SEP)]
 
 
 def sbb(sbb_id: str) -> str:

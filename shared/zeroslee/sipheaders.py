@@ -126,6 +126,18 @@ def parse_via(value: str) -> Via:
     return Via(m.group(1).upper(), host, port, parse_params(m.group(3) or ""))
 
 
+def is_ipv6_reference(text: str) -> bool:
+    """An IPv6 address as SIP may write one: RFC 4291's text form, or (RFC 5118 §4.10) the
+    `hexseq:::IPv4` that RFC 3261's first IPv6 ABNF wrongly allowed and peers still send."""
+    head, triple, ipv4 = text.partition(":::")
+    candidate = f"{head}::{ipv4}" if triple and "." in ipv4 else text
+    try:
+        ipaddress.IPv6Address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
 def split_hostport(text: str) -> tuple[str, int | None]:
     """`host[:port]`; an IPv6 reference in brackets (RFC 5118 §4.5, RFC 3261 §25.1)."""
     if text.startswith("["):
@@ -133,10 +145,8 @@ def split_hostport(text: str) -> tuple[str, int | None]:
         if end < 0:
             raise ParseError("unterminated IPv6 reference")
         host, rest = text[: end + 1], text[end + 1 :]
-        try:
-            ipaddress.IPv6Address(host[1:-1])  # RFC 5118 §4.10: three colons are no address
-        except ValueError as exc:
-            raise ParseError("malformed IPv6 reference") from exc
+        if not is_ipv6_reference(host[1:-1]):
+            raise ParseError("malformed IPv6 reference")
         if rest and not (rest.startswith(":") and rest[1:].isdigit()):
             raise ParseError("malformed port")
         return host, int(rest[1:]) if rest else None

@@ -177,6 +177,7 @@ def test_keepalives_are_told_apart_from_sip(data: bytes, kind: str) -> None:
         ("sip:[2001:db8::10:5070]", "[2001:db8::10:5070]", None),  # RFC 5118 §4.3: no port
         ("sip:[2001:db8::10]:5070", "[2001:db8::10]", 5070),  # §4.4
         ("sip:[2001:db8::192.0.2.1]", "[2001:db8::192.0.2.1]", None),  # §4.10: two colons
+        ("sip:[2001:db8:::192.0.2.1]", "[2001:db8:::192.0.2.1]", None),  # §4.10: the old ABNF's three
         ("sip:u@[::ffff:192.0.2.2]", "[::ffff:192.0.2.2]", None),  # §4.9: IPv4-mapped
     ],
 )
@@ -185,8 +186,8 @@ def test_rfc5118_references_parse(uri: str, host: str, port: int | None) -> None
     assert (parsed.host, parsed.port) == (host, port)
 
 
-@pytest.mark.parametrize("uri", ["sip:2001:db8::10", "sip:[2001:db8:::192.0.2.1]", "sip:[fe80::zz]"])
+@pytest.mark.parametrize("uri", ["sip:2001:db8::10", "sip:[2001:db8:::10]", "sip:[fe80::zz]", "sip:[1::2::3]"])
 def test_rfc5118_malformed_references_are_parse_errors(uri: str) -> None:
-    """§4.2: an IPv6 address without brackets; §4.10: three colons."""
+    """§4.2: an IPv6 address without brackets; no address at all inside the brackets."""
     with pytest.raises(ParseError):
         parse_uri(uri)
