@@ -19,6 +19,12 @@ from urllib.parse import quote, unquote
 SEP = "/"
 FORMAT = 2  # 1: parts unescaped (before); 2: every part escaped with `part`
 SAFE = "-._~:@!$&'()*+,;=[]"  # printable ASCII that cannot split or prefix a key
+# How many parts a key of each kind has: a format-1 store whose keys all fit, with no part
+# that needs escaping, reads the same in format 2 (the statestore migrates it).
+ARITY = {
+    "sbb": 2, "aci": 2, "name": 2, "last": 2, "uas": 2,
+    "conv": 3, "att": 3, "satt": 3, "aname": 3, "evt": 3, "out": 3, "ra": 3, "tmr": 3,
+}  # fmt: skip
 
 
 def part(text: str) -> str:

@@ -37,11 +37,22 @@ def test_a_store_of_another_key_format_is_refused_with_a_way_out(tmp_path: Path)
     fresh.close()
     Storage(tmp_path / "fresh", 1 << 20, False).close()  # ours: opens again
 
-    path = env_path(tmp_path / "old")
-    path.mkdir(parents=True)
-    env = lmdb.open(str(path), max_dbs=4)
-    with env.begin(write=True, db=env.open_db(DATA_DB)) as txn:
-        txn.put(b"name/a/b", b"\x00" * 8 + b"n1")  # written by a zeroslee before the format
-    env.close()
+    def old_store(name: str, *keys_written: bytes) -> Path:
+        path = env_path(tmp_path / name)
+        path.mkdir(parents=True)
+        env = lmdb.open(str(path), max_dbs=4)
+        with env.begin(write=True, db=env.open_db(DATA_DB)) as txn:
+            for key in keys_written:  # written by a zeroslee before the format existed
+                txn.put(key, b"\x00" * 8 + b"n1")
+        env.close()
+        return tmp_path / name
+
+    # Ordinary names read the same: migrated in place, and opened again as ours.
+    plain = old_store("plain", b"name/room-7", b"att/n1/s1", b"ra/sip/d1")
+    Storage(plain, 1 << 20, False).close()
+    Storage(plain, 1 << 20, False).close()
+    # A room "a/b" of format 1 would read as another key: refused, naming the way out.
     with pytest.raises(StoreFormatError, match="make clean"):
-        Storage(tmp_path / "old", 1 << 20, False)
+        Storage(old_store("slash", b"name/room-7", b"name/a/b"), 1 << 20, False)
+    with pytest.raises(StoreFormatError, match="make clean"):
+        Storage(old_store("percent", b"name/50%"), 1 << 20, False)

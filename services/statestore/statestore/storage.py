@@ -40,15 +40,16 @@ class Storage:
         self.map_growths = 0
 
     def _check_format(self, path: Path) -> None:
-        """The key layout (`keys.FORMAT`) this store was written with must be ours: an
-        empty store takes it; one written by an older zeroslee (no format: 1) is refused,
-        since its keys would be read wrongly (an escaped name is another key)."""
+        """The key layout (`keys.FORMAT`) this store was written with must be ours. An
+        empty store takes it. One written by an older zeroslee (no format: 1) is migrated
+        when every key already reads the same in format 2 (each part needs no escaping and
+        the key has its kind's number of parts: what any store of ordinary names holds);
+        one holding a key that would read differently (a name with `/` or `%`) is refused,
+        since it would be read wrongly."""
         found = self._meta_int(b"format")
         if found == keys.FORMAT:
             return
-        with self.env.begin(db=self.data) as txn:
-            empty = txn.stat(self.data)["entries"] == 0
-        if found == 0 and empty:
+        if found == 0 and self._reads_the_same():
             self._write(lambda txn: txn.put(b"format", str(keys.FORMAT).encode(), db=self.meta))
             return
         self.env.close()
@@ -57,6 +58,14 @@ class Storage:
             f"{keys.FORMAT}. Run `make clean` (it deletes var/ and every call's state), or run the "
             "zeroslee that wrote it."
         )
+
+    def _reads_the_same(self) -> bool:
+        with self.env.begin(db=self.data) as txn:
+            for raw_key in txn.cursor().iternext(values=False):
+                parts = bytes(raw_key).decode("utf-8", "surrogateescape").split(keys.SEP)
+                if keys.ARITY.get(parts[0]) != len(parts) or any(keys.part(p) != p for p in parts):
+                    return False
+        return True
 
     def _meta_int(self, name: bytes) -> int:
         with self.env.begin(db=self.meta) as txn:
