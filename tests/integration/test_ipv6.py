@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import call_id_on
+from tests.conftest import call_id_on, running
 from zeroslee.devcluster import DevCluster
 from zeroslee.ua import UserAgent
 
@@ -24,13 +24,7 @@ def v6_cluster(tmp_path: Path) -> Iterator[DevCluster]:
         socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
     except OSError:
         pytest.fail("this machine has no IPv6 loopback")
-    cluster = DevCluster(tmp_path, base=5700, sip_host="[::1]")
-    cluster.start_all()
-    try:
-        cluster.wait_ready()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running(DevCluster(tmp_path, base=5700, sip_host="[::1]"))
 
 
 def test_a_chat_over_ipv6_loopback(v6_cluster: DevCluster) -> None:

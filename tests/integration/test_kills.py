@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import call_id_on, eventually
+from tests.conftest import call_id_on, eventually, running
 from zeroslee import admin
 from zeroslee.devcluster import DevCluster
 from zeroslee.sipmsg import SipMessage
@@ -40,13 +40,7 @@ def revive(cluster: DevCluster, what: str, node: str | None) -> None:
 @pytest.fixture
 def fast_cluster(tmp_path: Path) -> Iterator[DevCluster]:
     """T1 = 0.1 s: a 2xx nobody ACKs (its call was given up for another) ends in 6.4 s."""
-    cluster = DevCluster(tmp_path, t1=0.1)
-    cluster.start_all()
-    try:
-        cluster.wait_ready()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running(DevCluster(tmp_path, t1=0.1), check_exits=False)  # the test kills processes
 
 
 @pytest.mark.parametrize("phase", ["mid-invite", "after-ack", "mid-info"])

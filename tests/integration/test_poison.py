@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import call_id_on
+from tests.conftest import call_id_on, running
 from zeroslee.devcluster import DevCluster
 from zeroslee.ua import UaError, UserAgent
 
@@ -29,13 +29,7 @@ options = { users = "^poison-select$" }
 
 @pytest.fixture
 def poisoned(tmp_path: Path) -> Iterator[DevCluster]:
-    cluster = DevCluster(tmp_path, extra=POISON)
-    cluster.start_all()
-    try:
-        cluster.wait_ready()
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from running(DevCluster(tmp_path, extra=POISON))  # and no router may have crashed
 
 
 def admin_json(cluster: DevCluster, *args: str) -> list[dict[str, object]]:
