@@ -64,12 +64,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| baseline: SIPp uac → Kamailio dispatcher → 2 SIPp uas | {_num(setup['kamailio']['best'])} | | |"
         )
-        r = setup["ratios"]
-        lines.append(
-            f"| ratio zeroslee / SIPp, zeroslee / Kamailio (one room; one room per call) "
-            f"| {_num(r['zeroslee/sipp'])}, {_num(r['zeroslee/kamailio'])}; "
-            f"{_num(r.get('zeroslee_rooms/sipp'))}, {_num(r.get('zeroslee_rooms/kamailio'))} | | |"
-        )
+        r = setup.get("ratios")  # none with --only-zeroslee: no baselines were run
+        if r:
+            lines.append(
+                f"| ratio zeroslee / SIPp, zeroslee / Kamailio (one room; one room per call) "
+                f"| {_num(r['zeroslee/sipp'])}, {_num(r['zeroslee/kamailio'])}; "
+                f"{_num(r.get('zeroslee_rooms/sipp'))}, {_num(r.get('zeroslee_rooms/kamailio'))} | | |"
+            )
     for row in results.get("relay") or []:
         target = row["offered"] == 500
         lines.append(
