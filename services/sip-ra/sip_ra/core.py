@@ -208,21 +208,21 @@ class RaCore:
             dialog = self.find_dialog(dialog_id(msg.call_id, to_tag))
             if dialog is None or dialog.remote_tag != from_tag:
                 return self._answer_now(msg, tx, None, (481, "", []), now)
-            stored_target = dialog.remote_target
             recorded = self._recorded(dialog, msg)
             if recorded is not None:
                 return self._replay(msg, tx, dialog, recorded, now)
             if msg.cseq[0] <= dialog.remote_cseq:
                 return self._answer_now(msg, tx, None, (500, "CSeq Out Of Order", []), now)
-            target = self._refreshed_target(msg, dialog)
-            dialog = self._remember(_with(dialog, remote_cseq=msg.cseq[0], remote_target=target))
+            dialog = self._remember(_with(dialog, remote_cseq=msg.cseq[0]))
             self.unacked.pop(dialog.id, None)  # any request on the dialog proves our 2xx arrived
             if msg.method == "INVITE":
                 glare = self._check_reinvite(dialog.id)
-                if glare is not None:
+                if glare is not None:  # refused: the dialog keeps its target (RFC 6141)
                     return self._answer_now(msg, tx, None, glare, now)
                 self.reinvite_in[dialog.id] = key
-            if refreshed := target != stored_target:
+            target = self._refreshed_target(msg, dialog)
+            if refreshed := target != dialog.remote_target:
+                dialog = self._remember(_with(dialog, remote_target=target))
                 self.count("sip.target_refreshed")
         elif msg.method == "BYE":
             # §15.1.2: a BYE that matches no dialog gets 481; without a To tag it cannot.
