@@ -58,6 +58,11 @@ class BalancerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dead_after: float = 0.4  # silence after which a node counts as down
     alive_after: int = 2  # consecutive ready heartbeats to count as up (hysteresis)
     spread: bool = False  # test mode: every new transaction to another node
+    # Admission control (balancer/admission.py): new calls to a node are let through at a
+    # rate that keeps the node's response time near `target_delay`; the rest get 503.
+    target_delay: float = 0.1  # s
+    max_rate: float = 5000.0  # new requests/s per node at most (and at start)
+    retry_after: int = 1  # s, in the 503s the balancer sends when it refuses a call
 
     @property
     def sip_addr(self) -> tuple[str, int]:

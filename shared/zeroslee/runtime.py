@@ -16,6 +16,7 @@ import itertools
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -44,6 +45,7 @@ class Process:
         self.counters: dict[str, int] = {}
         self.stopping = asyncio.Event()
         self.crashed = False
+        self.beacons: list[Beacon] = []
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -66,10 +68,73 @@ class Process:
         self.sockets.append(sock)
         return sock
 
+    def beacon(self, endpoint: str, interval: float, message: Callable[[], bytes]) -> Beacon:
+        """A PUB socket at `endpoint` sending `message()` every `interval` from a thread."""
+        beacon = Beacon(self.ctx, endpoint, interval, message)
+        self.beacons.append(beacon)
+        return beacon
+
     def close(self) -> None:
+        for beacon in self.beacons:
+            beacon.stop()
         for sock in self.sockets:
             sock.close()
         self.ctx.destroy(linger=0)
+
+
+class Beacon:
+    """Heartbeats that never queue behind work (DESIGN §7: a busy node is not a dead node).
+
+    A thread of its own owns a PUB socket and sends `message()` every `interval`. The
+    event loop only sets the state the message reports; a loop busy for hundreds of ms
+    with a burst delays no beat. Python's GIL hands the thread its turn within the switch
+    interval (5 ms), whatever the loop is doing. So silence means the process is gone or
+    unreachable (a partition), never that it is busy. A process whose loop is wedged for
+    good is caught by the state itself: the loop stamps `alive` and the shell reports
+    not ready when that stamp is old (see sip-ra's `beat`)."""
+
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, interval: float, message: Callable[[], bytes]
+    ):
+        self.interval = interval
+        self.message = message
+        self.stopped = threading.Event()
+        self.sock = ctx.socket(zmq.PUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)  # here, so that a port in use fails the start, not the thread
+        self.thread = threading.Thread(target=self._run, name=f"beacon {endpoint}", daemon=True)
+        self.sent = 0
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopped.wait(self.interval):
+                try:
+                    self.sock.send(self.message(), zmq.NOBLOCK)
+                    self.sent += 1
+                except zmq.Again:
+                    pass  # no subscriber's pipe has room: a beat is worth nothing late
+        finally:
+            self.sock.close(0)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=1.0)
+        else:
+            self.sock.close(0)
+
+
+async def watch_connection(sock: BusSocket, on_change: Callable[[bool], None]) -> None:
+    """Call `on_change(False)` when `sock`'s connection to its peer drops (the peer's
+    process exited: its kernel closed the TCP connection) and `on_change(True)` when it
+    is made again. Evidence, where silence would only be suspicion."""
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    while True:
+        event = parse_monitor_message(await monitor.recv_multipart())["event"]
+        on_change(event == zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 UDP_BUFFER = 4 * 1024 * 1024  # bytes; the kernel caps it at net.core.rmem_max / wmem_max

@@ -15,7 +15,14 @@ class Front(asyncio.DatagramProtocol):
     def __init__(self, proc: Process) -> None:
         cfg = proc.config.balancer
         self.proc = proc
-        self.core = Balancer(cfg.sip_addr, Liveness(cfg.dead_after, cfg.alive_after), cfg.spread)
+        self.core = Balancer(
+            cfg.sip_addr,
+            Liveness(cfg.dead_after, cfg.alive_after),
+            cfg.spread,
+            target_delay=cfg.target_delay,
+            max_rate=cfg.max_rate,
+            retry_after=cfg.retry_after,
+        )
         for node in proc.config.nodes:  # known addresses, not yet alive
             self.core.liveness.nodes.setdefault(node.id, NodeState(node.sip_addr))
         self.transport: asyncio.DatagramTransport | None = None
@@ -80,6 +87,7 @@ class Front(asyncio.DatagramProtocol):
         now = time.monotonic()
         live = self.core.liveness.live(now)
         if live != self.live:
+            self.proc.count("live_changes")
             self.proc.log.info("live nodes", live=live, was=self.live)
             lost = set(self.live) - set(live)
             self.live = live
@@ -93,6 +101,11 @@ class Front(asyncio.DatagramProtocol):
         out.update(self.core.counters)
         out["live"] = json.dumps(self.live)
         out["soft_state"] = len(self.core.soft)
+        out["pending"] = len(self.core.pending)
+        for node, throttle in self.core.throttles.items():  # admission control, per node
+            out[f"admission.{node}.rate"] = round(throttle.rate, 1)
+            out[f"admission.{node}.delay_ms"] = round(throttle.smoothed * 1000, 1)
+            out[f"admission.{node}.refused_share"] = round(throttle.refused_share, 3)
         return out
 
     async def control(self) -> None:

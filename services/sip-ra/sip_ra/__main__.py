@@ -16,12 +16,13 @@ from sip_ra.dialog import Dialog, uac_dialog
 from zeroslee import bus, keys
 from zeroslee.ftra import FaultTolerance, ReplicatedData
 from zeroslee.replica import ReplicaUnavailable
-from zeroslee.runtime import Process, is_address, resolve_udp, run, serve_control, udp_socket
+from zeroslee.runtime import Process, is_address, resolve_udp, run, serve_control, udp_socket, watch_connection
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 ROUTER_ANSWER_TIMEOUT = 8.0  # a request the router never answers gets 500 after this
 COMMIT_ATTEMPTS = 8
 MAX_BATCH = 64  # requests of one dialog that take their CSeqs in one commit
+SILENT_AFTER = 2.0  # s without any answer from our router or store (connected) before we say not ready
 
 
 class SipRa(asyncio.DatagramProtocol):
@@ -37,11 +38,18 @@ class SipRa(asyncio.DatagramProtocol):
         self.router = proc.socket(zmq.DEALER)
         self.router.setsockopt(zmq.ROUTING_ID, f"sip-ra:{proc.node}".encode())
         self.router.connect(self.node.router)
-        self.heartbeat = proc.socket(zmq.PUB)
-        self.heartbeat.bind(self.node.heartbeat)
+        self.ready = False  # what our heartbeats say; set by `beat`, sent by the beacon's thread
+        self.beacon = proc.beacon(self.node.heartbeat, proc.config.heartbeat_interval, self.heartbeat)
         self.transport: asyncio.DatagramTransport | None = None
         self.wake = asyncio.Event()
         self.router_seen = 0.0
+        # Up until a drop is seen (the first handshake may precede the watch); a fresh
+        # answer is needed as well before the node is ready.
+        self.router_connected = True
+        self.store_connected = True
+        self.store_ready = False  # what the store's last answer to a ping said
+        self.store_seen = 0.0  # when it last answered one
+        self.loop_seen = 0.0  # when `beat` last ran: a wedged loop makes the node not ready
         self.ping_id = 0
         self.tasks: set[asyncio.Future[None]] = set()
         self.sending: dict[str, list[bus.SendRequest]] = {}  # dialog -> requests waiting to send
@@ -219,6 +227,8 @@ class SipRa(asyncio.DatagramProtocol):
                 self.proc.reject("bus", exc, socket="router")
                 continue
             self.router_seen = time.monotonic()
+            if not self.ready and self.router_connected:
+                self.ready = self.judge(self.router_seen)
             match message:
                 case bus.SendResponse(tx=tx, status=status, reason=reason):
                     self.answer(
@@ -424,16 +434,52 @@ class SipRa(asyncio.DatagramProtocol):
             self.core.abandoned.clear()
             self.flush()
 
+    def heartbeat(self) -> bytes:
+        """The beat the beacon's thread sends (DESIGN §7: heartbeats never queue behind
+        work). Ready = our router and store processes are up and our store serves (or
+        waits for an election) and this loop still turns; never "answered fast"."""
+        ready = self.ready and time.monotonic() - self.loop_seen < SILENT_AFTER
+        return bus.encode(bus.NodeHeartbeat(self.node.id, ready, self.proc.incarnation, self.node.sip))
+
+    def judge(self, now: float) -> bool:
+        """Whether this node takes calls, from evidence rather than latency: a router or
+        store whose connection dropped (its process exited) makes us not ready at once;
+        one that is merely slow to answer our pings stays up for `SILENT_AFTER` (load
+        delays answers; at 4x capacity a ping waited 300-900 ms behind commits, and a
+        0.5 s patience flapped the node in and out of the balancer's live set)."""
+        router = self.router_connected and now - self.router_seen < SILENT_AFTER
+        store = self.store_connected and self.store_ready and now - self.store_seen < SILENT_AFTER
+        return router and store
+
+    async def ping_store(self) -> None:
+        try:
+            pong = await self.store.link.request(bus.Ping(self.store.link.next_id(), self.proc.service), SILENT_AFTER)
+        except TimeoutError:
+            return  # `judge` notices the silence
+        if isinstance(pong, bus.Pong):
+            self.store_ready, self.store_seen = pong.ready, time.monotonic()
+            self.ready = self.judge(self.store_seen)
+
+    def store_link(self, up: bool) -> None:
+        self.store_connected = up
+        if not up:
+            self.store_ready = False
+        self.ready = self.judge(time.monotonic())
+
+    def router_link(self, up: bool) -> None:
+        self.router_connected = up
+        self.ready = self.judge(time.monotonic())
+
     async def beat(self) -> None:
-        """Publish readiness: ready while the local router and store both answer."""
+        """Ask the router and the store how they are, without waiting for the answers."""
         interval = self.proc.config.heartbeat_interval
+        self.beacon.start()
         while True:
+            self.loop_seen = time.monotonic()
             self.ping_id += 1
             await self.router.send(bus.encode(bus.Ping(self.ping_id, f"sip-ra:{self.node.id}")))
-            store_ready = await self.store.is_ready()
-            router_ready = time.monotonic() - self.router_seen < max(3 * interval, 0.5)
-            beat = bus.NodeHeartbeat(self.node.id, store_ready and router_ready, self.proc.incarnation, self.node.sip)
-            await self.heartbeat.send(bus.encode(beat))
+            self.spawn(self.ping_store())
+            self.ready = self.judge(self.loop_seen)
             await asyncio.sleep(interval)
 
     async def control(self) -> None:
@@ -459,6 +505,8 @@ async def main(proc: Process) -> None:
             group.create_task(ra.serve_router())
             group.create_task(ra.run_timers())
             group.create_task(ra.beat())
+            group.create_task(watch_connection(ra.router, ra.router_link))
+            group.create_task(watch_connection(ra.store.link.sock, ra.store_link))
             group.create_task(ra.control())
             group.create_task(ra.tolerance.run())
     finally:

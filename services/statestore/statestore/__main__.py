@@ -20,7 +20,8 @@ from zeroslee import bus
 from zeroslee.runtime import Process, Requester, run, watch_exits
 
 MAX_GROUP = 256  # commits acknowledged together at most
-FAILOVER_WAIT = 2.0  # how long a commit waits for an election before it is refused
+FAILOVER_WAIT = 2.0  # how long a store that lost its primary still calls itself ready
+ELECTION_POLL = 0.005  # s between looks at the role while a commit waits for an election
 
 
 @dataclass
@@ -66,6 +67,7 @@ class Statestore:
         self.left_at = 0.0  # when it last stopped being primary or backup
         self.confirmed_epoch = 0  # the epoch whose lease the witness last renewed for us
         self.unreported_drop = False  # a backup was dropped outside a commit group
+        self.election_wait = 0.5 * cfg.sip.t1  # how long a commit waits for a primary
 
     # --- serving -------------------------------------------------------------------
 
@@ -110,28 +112,50 @@ class Statestore:
                 return
         await self.clients.send_multipart([ident, bus.encode(reply)])
 
+    def serving_role(self, now: float) -> Role | None:
+        """PRIMARY, or BACKUP of a primary that is alive; None while there is no primary
+        to take a commit (an election, or a dead primary not yet replaced)."""
+        m = self.members
+        if m.role is Role.PRIMARY:
+            return m.role
+        if m.role is Role.BACKUP and m.primary is not None and m.is_alive(m.primary, now):
+            return m.role
+        return None
+
+    async def wait_for_primary(self) -> Role | None:
+        """An election is not an outage: a commit that arrives while there is no primary
+        waits for one, at most `election_wait` (well under T1, so the UA does not
+        retransmit meanwhile). The role is looked at every 5 ms rather than signalled:
+        it changes inside Membership, in several places, and the wait is only ever taken
+        during an election (about 20 ms after a kill -9)."""
+        deadline = time.monotonic() + self.election_wait
+        while (role := self.serving_role(time.monotonic())) is None and time.monotonic() < deadline:
+            await asyncio.sleep(ELECTION_POLL)
+        return role
+
     async def commit(self, message: bus.Commit) -> bus.CommitResult:
-        if self.members.role not in (Role.PRIMARY, Role.BACKUP):
-            try:  # an election is under way: wait for it rather than fail the delivery
-                await asyncio.wait_for(self.settled.wait(), FAILOVER_WAIT)
+        for attempt in range(2):
+            role = self.serving_role(time.monotonic()) or await self.wait_for_primary()
+            if role is Role.PRIMARY:
+                return await self.enqueue(message)  # type: ignore[return-value]
+            primary = self.members.primary
+            if role is not Role.BACKUP or primary is None:
+                self.proc.count("commit.unavailable")
+                return bus.CommitResult(message.req, ok=False, error=f"store {self.members.role}: no primary")
+            link = self.peers[primary]
+            forwarded = bus.Commit(link.next_id(), message.reads, message.writes, message.prefix_reads)
+            try:
+                result = await link.request(forwarded, self.proc.config.store.replicate_timeout * 2)
             except TimeoutError:
-                pass
-        role = self.members.role
-        if role is Role.PRIMARY:
-            return await self.enqueue(message)  # type: ignore[return-value]
-        primary = self.members.primary
-        if role is not Role.BACKUP or primary is None:
-            self.proc.count("commit.unavailable")
-            return bus.CommitResult(message.req, ok=False, error=f"store {role}: no primary")
-        link = self.peers[primary]
-        forwarded = bus.Commit(link.next_id(), message.reads, message.writes, message.prefix_reads)
-        try:
-            result = await link.request(forwarded, self.proc.config.store.replicate_timeout * 2)
-        except TimeoutError:
-            self.proc.count("commit.forward_timeout")
-            return bus.CommitResult(message.req, ok=False, error="primary did not answer")
-        assert isinstance(result, bus.CommitResult)
-        return bus.CommitResult(message.req, result.ok, result.seq, result.conflicts, result.error)
+                # The primary died with it (its fate is unknown: a version check on retry
+                # tells) or is slow. Once, if a new primary is being elected: wait for it.
+                self.proc.count("commit.forward_timeout")
+                if attempt == 0 and self.serving_role(time.monotonic()) is None:
+                    continue
+                return bus.CommitResult(message.req, ok=False, error="primary did not answer")
+            assert isinstance(result, bus.CommitResult)
+            return bus.CommitResult(message.req, result.ok, result.seq, result.conflicts, result.error)
+        return bus.CommitResult(message.req, ok=False, error="primary did not answer")
 
     async def enqueue(self, message: bus.Commit | bus.Join) -> bus.Message:
         fut: asyncio.Future[bus.Message] = asyncio.get_running_loop().create_future()

@@ -1,0 +1,163 @@
+"""Admission control at the edge (DESIGN §7: overload is refused at the edge), pure.
+
+Theory of operation. Each node gets a token bucket for new requests (out-of-dialog
+INVITE, MESSAGE, SUBSCRIBE...; never a request within a dialog, an ACK, a CANCEL or a
+BYE, which finish work the cluster already took on). The bucket's rate follows the
+node's measured response time, as in Welsh and Culler's adaptive overload control
+(SEDA) and Project Clearwater's load monitor, which applies it to SIP:
+
+- every request forwarded to the node is timed to its first response other than 100
+  (the node's own 100 Trying says only that its socket was read); the times are
+  smoothed (EWMA, 1/8);
+- about every `ADJUST_EVERY` responses (and at most every `ADJUST_PERIOD`), the rate is
+  judged on the period's mean delay: above the target, it is cut below the rate at
+  which the node completed new requests in the period just ended (its capacity now,
+  for this mix of work), so that a queue that formed drains, and not cut again before
+  that cut can show (one delay later); comfortably below the target, it grows by a
+  share of itself scaled by the margin;
+- a node that was sent nothing for `IDLE_PERIOD` gets `max_rate` back, so a cluster
+  that came through a burst takes its full rate again (issue 22: "recovery"); one kept
+  busy below target climbs back by the rule above.
+
+The delay is what the user sees (setup latency), not a count: a fixed in-flight limit
+admits too much when requests are expensive and too little when they are cheap. The
+node keeps its own in-flight limits as a backstop (sip-ra `max_in_flight`).
+
+RFC 7339 (loss-based overload control) comes out of the same numbers: the share of new
+requests refused over the last period is the `oc` value we put in responses to a client
+whose Via offered `oc`; and `Loss` applies what a downstream server tells us in its
+responses (our Via's `oc`) to the requests we send it.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+ADJUST_EVERY = 20  # responses between two judgements of the rate
+ADJUST_PERIOD = 0.1  # s: at most this often (a burst of fast responses is one sample)
+IDLE_PERIOD = 1.0  # s without a judgement: the rate is judged on time alone
+DECREASE = 0.85  # the rate after an over-target period, as a share of the rate admitted in it
+INCREASE = 0.2  # growth per comfortable period, at zero delay (scaled by the margin)
+COMFORT = -0.25  # delay error (relative to target) below which the rate may grow
+SMOOTHING = 1 / 8
+
+
+@dataclass
+class Throttle:
+    """One node's latency-driven token bucket."""
+
+    target: float  # s: the response time to hold
+    max_rate: float  # new requests/s: the ceiling (and the start)
+    min_rate: float = 2.0
+    rate: float = 0.0
+    tokens: float = 0.0
+    stamp: float = 0.0  # when the bucket was last refilled
+    smoothed: float = 0.0  # s, EWMA of every response's delay (for the stats)
+    delay_sum: float = 0.0  # s, over the responses since the last judgement
+    answered: int = 0  # responses since the last judgement
+    completed: int = 0  # of which first responses to new requests
+    admitted: int = 0  # new requests let through since the last judgement
+    refused: int = 0  # and refused
+    judged_at: float = 0.0
+    last_admitted: float = -1e9
+    hold_until: float = 0.0  # no second cut before the first one's effect can be seen
+    refused_share: float = 0.0  # of the last judged period, for RFC 7339's `oc`
+    judgements: int = 0
+
+    def __post_init__(self) -> None:
+        self.rate = self.rate or self.max_rate
+        self.tokens = self.burst
+
+    @property
+    def burst(self) -> float:
+        """Bucket depth: a tenth of a second of the rate (at least 5 requests)."""
+        return max(5.0, self.rate * 0.1)
+
+    def admit(self, now: float) -> bool:
+        if now - self.last_admitted >= IDLE_PERIOD:
+            # The node was sent nothing new for a while: it has had a rest, and what
+            # comes back from the requests of before is stale. Its full rate again.
+            self.rate, self.refused_share, self.hold_until = self.max_rate, 0.0, now
+            self.tokens = self.burst
+            self.restart_period(now)
+        elif now - self.judged_at >= IDLE_PERIOD:
+            self.judge(now)
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.admitted += 1
+            self.last_admitted = now
+            return True
+        self.refused += 1
+        return False
+
+    def observe(self, delay: float, now: float, initial: bool) -> None:
+        """A response from the node, `delay` s after the request was forwarded; `initial`
+        if it answers a new request (one the bucket admitted)."""
+        self.smoothed = (
+            delay
+            if self.judgements == 0 and self.answered == 0
+            else self.smoothed + (delay - self.smoothed) * SMOOTHING
+        )
+        self.delay_sum += delay
+        self.answered += 1
+        self.completed += initial
+        if self.answered >= ADJUST_EVERY and now - self.judged_at >= ADJUST_PERIOD:
+            self.judge(now)
+
+    def judge(self, now: float) -> None:
+        period = max(now - self.judged_at, 1e-3)
+        offered = self.admitted + self.refused
+        self.refused_share = self.refused / offered if offered else 0.0
+        if self.answered:  # (with nothing answered the rate stays: see `admit` for a rest)
+            error = (self.delay_sum / self.answered - self.target) / self.target
+            if error > 0 and now >= self.hold_until:
+                # Over target: admit less than the node completed in the period (what it
+                # can do now, with this mix), so that the queue drains; then wait one
+                # delay for requests admitted at the new rate to be the ones answered.
+                self.rate = max(self.min_rate, min(self.rate, self.completed / period) * DECREASE)
+                self.hold_until = now + self.delay_sum / self.answered
+            elif error < COMFORT:
+                self.rate = min(self.max_rate, self.rate * (1 + INCREASE * -error) + 1.0)
+        self.restart_period(now)
+        self.judgements += 1
+
+    def restart_period(self, now: float) -> None:
+        self.delay_sum, self.answered, self.completed, self.admitted, self.refused = 0.0, 0, 0, 0, 0
+        self.judged_at = now
+
+
+@dataclass
+class Loss:
+    """RFC 7339 §5.10, a client's side: what each downstream server asked us to shed."""
+
+    shares: dict[tuple[str, int], tuple[float, float, float]] = field(default_factory=dict)  # -> (loss, until, seq)
+    rng: random.Random = field(default_factory=lambda: random.Random(7339))
+
+    def heard(self, server: tuple[str, int], oc: str, validity: str | None, seq: str | None, now: float) -> None:
+        """A response from `server` with `oc` in our Via (its loss percentage)."""
+        try:
+            loss = min(100.0, max(0.0, float(oc)))
+            seqno = float(seq) if seq else 0.0
+            valid = float(validity) / 1000 if validity is not None else 0.5  # §5.2: 500 ms if absent
+        except ValueError:
+            return
+        known = self.shares.get(server)
+        if known is not None and seqno < known[2]:
+            return  # an older report overtaken by a newer one (§5.10)
+        if valid <= 0 or loss == 0:
+            self.shares.pop(server, None)  # the server is out of overload
+            return
+        self.shares[server] = (loss, now + valid, seqno)
+
+    def drop(self, server: tuple[str, int], now: float) -> bool:
+        """Whether to shed this new request towards `server` (its loss share, at random)."""
+        known = self.shares.get(server)
+        if known is None:
+            return False
+        if now > known[1]:
+            del self.shares[server]
+            return False
+        return self.rng.random() * 100 < known[0]

@@ -1,0 +1,159 @@
+"""Admission control at the edge: the latency-driven bucket, the stateless 503 and what
+it absorbs, RFC 7339's `oc`, on a core with `now` set by hand (a simulated node whose
+capacity and delay are known, so nothing depends on this machine's speed)."""
+
+from __future__ import annotations
+
+from balancer.admission import Loss, Throttle
+from balancer.core import Balancer
+from tests.unit.test_balancer import FRONT, NODES, UA, balancer, request, sent
+from zeroslee import hashing
+from zeroslee.sipmsg import SipMessage
+
+
+def completed_rate(offered: float, capacity: float, seconds: float = 20.0) -> tuple[float, Throttle]:
+    throttle = Throttle(target=0.1, max_rate=5000.0)
+    step = 1.0 / offered
+    free_at, now = 0.0, 0.0
+    done: list[tuple[float, float]] = []
+    completions = 0
+    while now < seconds:
+        while done and done[0][0] <= now:
+            finished, delay = done.pop(0)
+            throttle.observe(delay, finished, True)
+            completions += finished >= seconds / 2
+        if throttle.admit(now):
+            start = max(now, free_at)
+            free_at = start + 1.0 / capacity
+            done.append((free_at, free_at - now))
+        now += step
+    return completions / (seconds / 2), throttle
+
+
+def test_goodput_holds_near_capacity_at_two_four_and_eight_times_it() -> None:
+    for factor in (2, 4, 8):
+        goodput, throttle = completed_rate(offered=125.0 * factor, capacity=125.0)
+        assert goodput >= 0.9 * 125.0, (factor, goodput)
+        assert throttle.smoothed < 0.5  # accepted requests keep a bounded delay, not a growing queue
+
+
+def test_below_capacity_nothing_is_refused() -> None:
+    goodput, throttle = completed_rate(offered=100.0, capacity=125.0)
+    assert goodput >= 99.0
+    assert throttle.refused_share == 0.0
+
+
+def test_an_idle_bucket_climbs_back_to_its_ceiling() -> None:
+    _, throttle = completed_rate(offered=1000.0, capacity=125.0)
+    assert throttle.rate < 200
+    now = throttle.last_admitted
+    throttle.admit(now + 0.9)  # busy: still sent something within the last second
+    throttle.admit(now + 1.8)
+    assert throttle.rate < 200
+    assert throttle.admit(now + 3.0)  # a second and more with nothing sent: a rest
+    assert throttle.rate == throttle.max_rate
+
+
+def starve(throttle: Throttle, now: float) -> None:
+    """A node's bucket that admits nothing for now (as after a cut to zero)."""
+    throttle.rate = throttle.tokens = throttle.min_rate = 0.0
+    throttle.judged_at = throttle.last_admitted = now
+
+
+def test_a_refused_call_gets_a_stateless_503_and_its_ack_and_cancel_stay_here() -> None:
+    b = balancer()
+    call = "refused-1"
+    node = hashing.choose(call, ["node-1", "node-2"])
+    starve(b.throttle(node), 0.0)
+    assert b.receive_datagram(request(call_id=call), UA, 0.1) == "refused"
+    [(answer, addr)] = sent(b)
+    assert (answer.status, answer.get("Retry-After"), addr) == (503, "1", UA)
+    tag = answer.get("To") or ""
+    assert ";tag=zsbusy" in tag
+    # Its retransmission gets the same answer; no node saw either.
+    assert b.receive_datagram(request(call_id=call), UA, 0.2) == "refused"
+    [(again, _)] = sent(b)
+    assert again.status == 503 and again.get("To") == tag
+    ack = request("ACK", call_id=call, to_tag=tag.split("tag=")[1])
+    assert b.receive_datagram(ack, UA, 0.3) == "absorbed"
+    assert sent(b) == []
+    assert b.receive_datagram(request("CANCEL", call_id=call), UA, 0.3) == "absorbed"
+    [(cancelled, _)] = sent(b)
+    assert cancelled.status == 200 and cancelled.cseq[1] == "CANCEL"
+    assert b.counters["overload.refused"] == 1 and b.counters["overload.ack_absorbed"] == 1
+    assert "to.node-1" not in b.counters and "to.node-2" not in b.counters
+
+
+def test_requests_within_calls_and_byes_are_never_refused_for_load() -> None:
+    b = balancer()
+    for node in NODES:
+        starve(b.throttle(node), 0.0)
+    for method in ("BYE", "INFO", "OPTIONS"):
+        route = "<sip:127.0.0.1:5060;lr;zsnode=node-1>"
+        to_tag = "" if method == "OPTIONS" else "n1"
+        assert b.receive_datagram(request(method, to_tag=to_tag, route=route, branch=f"z9hG4bK{method}"), UA, 0.2) in (
+            "node-1",
+            "node-2",
+        )
+    assert "overload.refused" not in b.counters
+
+
+def beat(b: Balancer, now: float) -> None:
+    for node, addr in NODES.items():
+        b.liveness.heartbeat(node, True, addr, now)
+
+
+def node_answer(b: Balancer, forwarded: SipMessage, status: int, node: str, at: float) -> list[SipMessage]:
+    response = SipMessage(status=status, reason="X")
+    response.headers = [(k, v) for k, v in forwarded.headers if k in ("Via", "From", "Call-ID", "CSeq")]
+    response.headers.append(("To", (forwarded.get("To") or "") + ";tag=n1"))
+    b.receive_datagram(response.to_bytes(), NODES[node], at)
+    return [m for m, _ in sent(b)]
+
+
+def test_the_nodes_response_time_drives_the_rate_down_and_rfc7339_oc_tells_the_client() -> None:
+    b = balancer()
+    node = "node-1"
+    calls = [c for c in (f"slow-{i}" for i in range(1000)) if hashing.choose(c, list(NODES)) == node][:150]
+    due: list[tuple[float, SipMessage]] = []  # the node answers each request 300 ms late: 3x the target
+    now = 0.0
+    for i, call in enumerate(calls):
+        now = 0.01 * i
+        beat(b, now)
+        while due and due[0][0] <= now:
+            at, forwarded = due.pop(0)
+            node_answer(b, forwarded, 200, node, at)
+        b.receive_datagram(request(call_id=call, branch=f"z9hG4bKs{i}"), UA, now)
+        due += [(now + 0.3, m) for m, _ in sent(b) if m.is_request]
+    throttle = b.throttle(node)
+    assert throttle.rate < 200  # from 5,000/s: cut to what the node completes
+    assert b.counters.get("overload.refused", 0) > 0
+    # A client that offers `oc` learns the share it should shed.
+    offer = request(call_id=calls[-1] + "x", branch="z9hG4bKoc1").replace(b";rport", b';rport;oc;oc-algo="loss,A"')
+    beat(b, now + 0.001)
+    b.receive_datagram(offer, UA, now + 0.001)
+    via = sent(b)[0][0].get_all("Via")[0]
+    assert 'oc-algo="loss"' in via and "oc-validity=500" in via and "oc-seq=" in via
+    share = int(via.split(";oc=")[1].split(";")[0])
+    assert 0 < share <= 100
+
+
+def test_a_downstream_servers_oc_sheds_that_share_of_our_new_requests_to_it() -> None:
+    loss = Loss()
+    server = ("192.0.2.1", 5060)
+    loss.heard(server, "50", "1000", "10.5", 0.0)
+    dropped = sum(loss.drop(server, 0.5) for _ in range(1000))
+    assert 400 < dropped < 600
+    loss.heard(server, "90", "1000", "9.0", 0.6)  # older sequence: ignored
+    assert loss.shares[server][0] == 50
+    assert not loss.drop(server, 1.5)  # expired
+    loss.heard(server, "50", "0", "11", 2.0)  # validity 0: out of overload
+    assert server not in loss.shares
+
+
+def test_a_node_calling_out_offers_oc_to_the_next_hop() -> None:
+    b = Balancer(FRONT, balancer().liveness)
+    invite = request(branch="z9hG4bKout").replace(b"10.0.0.9:6000", b"127.0.0.1:5071")
+    b.receive_datagram(invite, NODES["node-1"], 0.0)
+    [(out, _)] = sent(b)
+    assert out.get_all("Via")[0].endswith(";oc")
