@@ -12,6 +12,8 @@ TARGETS = {
     "commit_p99": 2.0,  # ms, synchronous replication
     "gap": 300.0,  # ms, kill -9 to first relayed INFO
     "memory": 4096,  # bytes per confirmed dialog
+    "goodput": 0.9,  # of R, at 2R, 4R and 8R offered
+    "setup_p99": 500.0,  # ms, accepted calls under overload: under T1, so nothing is re-sent
 }
 
 
@@ -71,6 +73,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {_num(r['zeroslee/sipp'])}, {_num(r['zeroslee/kamailio'])}; "
                 f"{_num(r.get('zeroslee_rooms/sipp'))}, {_num(r.get('zeroslee_rooms/kamailio'))} | | |"
             )
+    lines += overload_rows(results)
     for row in results.get("relay") or []:
         target = row["offered"] == 500
         lines.append(
@@ -125,6 +128,34 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def overload_rows(results: dict[str, Any]) -> list[str]:
+    ov = results.get("overload")
+    if not ov or not ov.get("bursts"):
+        return []
+    bursts = ov["bursts"]
+    factors = " / ".join(f"{b['factor']}R" for b in bursts)
+    ratios = [b["goodput_over_r"] for b in bursts]
+    p99 = [b["setup_p99_ms"] for b in bursts]
+    changes = sum(b["live_changes"] for b in bursts)
+    recovered = all(b["recovery"]["clean"] for b in bursts)
+    left = ov["left_after_60s"]
+    return [
+        f"| goodput under overload, as a ratio of R = {ov['r']} calls/s (the highest clean rate of this cluster's "
+        f"own ramp); offered {factors} for the phase's burst length | {' / '.join(_num(x) for x in ratios)} "
+        f"| ≥ {TARGETS['goodput']} | {_met(all(x >= TARGETS['goodput'] for x in ratios))} |",
+        f"| setup latency of the accepted calls at {factors}, p50 / p99 ms "
+        f"| {'; '.join(_num(b['setup_p50_ms']) + ' / ' + _num(b['setup_p99_ms']) for b in bursts)} "
+        f"| p99 ≤ {TARGETS['setup_p99']:.0f} ms | {_met(all(x <= TARGETS['setup_p99'] for x in p99))} |",
+        f"| during the bursts: liveness changes; refused by the balancer / by the nodes "
+        f"| {changes}; {'; '.join(str(b['refused_by_balancer']) + ' / ' + str(b['refused_by_nodes']) for b in bursts)}"
+        " "
+        f"| 0 changes | {_met(changes == 0)} |",
+        f"| R again after each burst (recovery); activities and entities left 60 s after the last call "
+        f"| {'clean' if recovered else 'failures'}; {left['activities']} and {left['entities']} "
+        f"| clean; 0 and 0 | {_met(recovered and not any(left.values()))} |",
+    ]
+
+
 def _busiest(cpu: dict[str, float]) -> str:
     top = sorted(((v, k) for k, v in cpu.items() if k != "all"), reverse=True)[:3]
     return ", ".join(f"{k} {v:.2f}" for v, k in top)
@@ -177,6 +208,28 @@ def plots(results: dict[str, Any], out: Path) -> None:
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "setup_rate.png", dpi=100)
+        plt.close(fig)
+    ov = results.get("overload")
+    if ov and ov.get("bursts"):
+        steps = ov["ramp"]["steps"] + [
+            {"offered": b["offered"], "achieved": b["goodput"], "p99": b["setup_p99_ms"]} for b in ov["bursts"]
+        ]
+        steps.sort(key=lambda st: st["offered"])
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot([st["offered"] for st in steps], [st["achieved"] for st in steps], marker="o", label="goodput")
+        ax.axhline(ov["r"], color="grey", linestyle=":", label=f"R = {ov['r']}")
+        ax.axhline(ov["r"] * TARGETS["goodput"], color="red", linestyle="--", label="0.9 R")
+        ax.set_xscale("log")
+        ax.set_xlabel("offered calls/s (SIPp uac)")
+        ax.set_ylabel("successful calls/s")
+        lat = ax.twinx()
+        burst = ov["bursts"]
+        lat.plot([b["offered"] for b in burst], [b["setup_p99_ms"] for b in burst], "s--", color="#d9822b")
+        lat.set_ylabel("setup p99 of accepted calls, ms", color="#d9822b")
+        ax.set_title(f"Goodput against offered load ({sum(b['live_changes'] for b in burst)} liveness changes)")
+        ax.legend(loc="lower left")
+        fig.tight_layout()
+        fig.savefig(out / "overload.png", dpi=100)
         plt.close(fig)
     relay = results.get("relay")
     if relay:

@@ -36,7 +36,7 @@ import lmdb
 import zmq
 
 from bench import chatload, report, tools
-from zeroslee import bus, hashing
+from zeroslee import admin, bus, hashing
 from zeroslee.devcluster import DevCluster
 from zeroslee.replica import DATA_DB, env_path
 from zeroslee.runtime import loop_factory
@@ -61,6 +61,10 @@ class Plan:
     dialogs: int
     dialog_rate: int
     profile_seconds: float
+    overload_rates: list[int]  # the overload phase's own ramp (finds R on its cluster)
+    overload_factors: list[int]  # R times these, offered for `overload_seconds` each
+    overload_seconds: float
+    overload_pause: float  # s between a burst's end and the recovery step at R
 
 
 FULL = Plan(
@@ -76,6 +80,10 @@ FULL = Plan(
     dialogs=10_000,
     dialog_rate=200,
     profile_seconds=10.0,
+    overload_rates=[100, 150, 200, 250, 300, 350, 400, 500, 600],
+    overload_factors=[2, 4, 8],
+    overload_seconds=30.0,
+    overload_pause=10.0,
 )
 SMOKE = Plan(
     smoke=True,
@@ -90,6 +98,10 @@ SMOKE = Plan(
     dialogs=50,
     dialog_rate=50,
     profile_seconds=2.0,
+    overload_rates=[20, 40],
+    overload_factors=[2],
+    overload_seconds=2.0,
+    overload_pause=1.0,
 )
 
 
@@ -190,6 +202,66 @@ class Bench:
                 out[label] = self.ramp(label, f"{host}:{port}", self.plan.zeroslee_rates, scenario, c)
             finally:
                 c.stop()
+
+    # --- 1b. goodput under overload ---------------------------------------------------
+    def overload(self) -> None:
+        """DESIGN §9, issue 22: on one fresh cluster, a ramp of `step`-second steps finds R
+        (the highest rate with zero failures); then R times 2, 4 and 8 for
+        `overload_seconds` each, every one followed after `overload_pause` by R again
+        (recovery: must be clean); finally the store must empty within 60 s. Per burst:
+        goodput (successful calls/s) and its ratio to R, p50/p99 setup latency of the
+        accepted calls, how the rest were refused, and the balancer's liveness changes."""
+        c = self.cluster("overload")
+        try:
+            host, port = c.balancer_addr
+            target = f"{host}:{port}"
+            ramp = self.ramp("overload-ramp", target, self.plan.overload_rates, c=c)
+            r = ramp["best"] or self.plan.overload_rates[0]
+            bursts = []
+            for factor in self.plan.overload_factors:
+                before = c.stats("balancer")
+                nodes_before = sum(int(c.stats("sip-ra", n).get("overload.rejected", 0)) for n in c.config.node_ids)
+                run, argv = tools.sipp_uac(
+                    target, r * factor, self.plan.overload_seconds, self.work / f"burst-{factor}", UAC_PORT, rtt=True
+                )
+                self.note(argv)
+                after = c.stats("balancer")
+                nodes_after = sum(int(c.stats("sip-ra", n).get("overload.rejected", 0)) for n in c.config.node_ids)
+                wait_balancer_idle(c, 40.0)
+                time.sleep(self.plan.overload_pause)  # the schedule: R comes this long after the burst
+                rec, argv = tools.sipp_uac(target, r, self.plan.step, self.work / f"recovery-{factor}", UAC_PORT)
+                self.note(argv)
+                goodput = run.achieved
+                bursts.append(
+                    {
+                        "factor": factor,
+                        "offered": r * factor,
+                        "calls": run.calls,
+                        "successful": run.successful,
+                        "failed": run.failed,
+                        "refused_by_balancer": int(after.get("overload.refused", 0))
+                        - int(before.get("overload.refused", 0)),
+                        "refused_by_nodes": nodes_after - nodes_before,
+                        "retransmissions": run.retransmissions,
+                        "goodput": round(goodput, 1),
+                        "goodput_over_r": round(goodput / r, 3),
+                        "setup_p50_ms": round(percentile(run.setup_ms, 50), 1),
+                        "setup_p99_ms": round(percentile(run.setup_ms, 99), 1),
+                        "setup_max_ms": round(max(run.setup_ms), 1) if run.setup_ms else None,
+                        "live_changes": int(after.get("live_changes", 0)) - int(before.get("live_changes", 0)),
+                        "recovery": {
+                            "offered": r,
+                            "successful": rec.successful,
+                            "failed": rec.failed,
+                            "clean": rec.clean(self.plan.step),
+                        },  # fmt: skip
+                    }
+                )
+                self.log(f"overload {factor}R = {r * factor}/s: {bursts[-1]}")
+            left = wait_store_empty(c, 60.0)
+            self.results["overload"] = {"r": r, "ramp": ramp, "bursts": bursts, "left_after_60s": left}
+        finally:
+            c.stop()
 
     # --- 2. chat relay --------------------------------------------------------------
     def relay(self) -> None:
@@ -477,6 +549,30 @@ def ask(endpoint: str, message: bus.Message, timeout_ms: int = 5000) -> bus.Mess
         sock.close()
 
 
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))]
+
+
+def wait_balancer_idle(c: DevCluster, timeout: float) -> None:
+    """Until the balancer has no transaction awaiting a node's final response."""
+    deadline = time.monotonic() + timeout
+    while int(c.stats("balancer").get("pending", 0)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def wait_store_empty(c: DevCluster, timeout: float) -> dict[str, int]:
+    """Until no activity and no SBB entity is left (or `timeout`): what is left then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {what: len(admin.rows_for(c.config, what)) for what in ("activities", "entities")}
+        if not any(left.values()) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def store_primary(c: DevCluster) -> str:
     for node in c.config.node_ids:
         if c.stats("statestore", node).get("role") == "primary":
@@ -691,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds per phase: proves the harness runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--phases", default="setup,relay,commit,failover,memory,profile")
+    parser.add_argument("--phases", default="setup,overload,relay,commit,failover,memory,profile")
     parser.add_argument("--readme", action="store_true", help="quote the table in README.md")
     parser.add_argument("--profile-rate", type=int, help="the profile phase's call rate (default: the best setup rate)")
     parser.add_argument("--only-zeroslee", action="store_true", help="setup phase: skip the baselines (no ratios)")
@@ -705,6 +801,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Callable[[Bench], None]] = {
         "setup": Bench.setup_rate,
+        "overload": Bench.overload,
         "relay": Bench.relay,
         "commit": Bench.commit,
         "failover": Bench.failover,

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -65,6 +65,7 @@ class SippRun:
     retransmissions: int
     elapsed: float  # seconds, SIPp's own clock
     response_ms: float  # average of SIPp's response-time measure (INVITE to 200)
+    setup_ms: list[float] = field(default_factory=list)  # each successful call's, with rtt=True
 
     @property
     def achieved(self) -> float:
@@ -110,9 +111,11 @@ def sipp_uac(
     port: int = 6010,
     extra: tuple[str, ...] = (),
     scenario: Path | None = None,
+    rtt: bool = False,
 ) -> tuple[SippRun, list[str]]:
     """SIPp's built-in uac (INVITE, 200, ACK, BYE), or the uac-like `scenario` file, at
-    `rate` calls/s for `duration` s."""
+    `rate` calls/s for `duration` s; with `rtt`, every call's setup time (INVITE to 200,
+    SIPp's own response-time measure) is kept too."""
     cwd.mkdir(parents=True, exist_ok=True)
     calls = max(1, int(rate * duration))
     argv = [
@@ -139,6 +142,7 @@ def sipp_uac(
         "-trace_stat",
         "-fd",
         "1",
+        *(["-trace_rtt", "-rtt_freq", "1"] if rtt else []),
         *extra,
     ]
     subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=duration + 60)
@@ -152,8 +156,18 @@ def sipp_uac(
         retransmissions=int(stats.get("Retransmissions(C)", 0)),
         elapsed=_epoch(stats.get("CurrentTime", "")) - _epoch(stats.get("StartTime", "")),
         response_ms=_seconds(stats.get("ResponseTime1(C)", "0:0:0")) * 1000,
+        setup_ms=sipp_rtts(cwd) if rtt else [],
     )
     return run, argv
+
+
+def sipp_rtts(cwd: Path) -> list[float]:
+    """Every response time SIPp's -trace_rtt recorded (ms), from its newest file."""
+    files = sorted(cwd.glob("*_rtt.csv"))
+    if not files:
+        return []
+    rows = files[-1].read_text().splitlines()[1:]
+    return [float(row.split(";")[1]) for row in rows if row.count(";") >= 2]
 
 
 def sipp_uas(port: int, cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:

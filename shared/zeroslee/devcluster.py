@@ -78,7 +78,7 @@ def cluster_toml(
             f'control = "tcp://{h}:{p + 6}"',
         ]
     lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
-    lines += ['options = { users = "^(?!wakeup-|echo$)", ring_delay = "2.0" }']
+    lines += ['options = { users = "^(?!wakeup-|echo$|hold-)", ring_delay = "2.0" }']
     lines += ["[[services]]", 'name = "wakeup"', 'sbb = "router.wakeup:WakeupSbb"', 'options = { users = "^wakeup-" }']
     return "\n".join(lines) + "\n" + extra
 

@@ -33,6 +33,15 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     for ratio in ("zeroslee/sipp", "zeroslee/kamailio", "zeroslee_rooms/sipp", "zeroslee_rooms/kamailio"):
         assert setup["ratios"][ratio] is not None
 
+    overload = results["overload"]
+    assert overload["r"] > 0 and overload["bursts"]
+    for burst in overload["bursts"]:
+        assert burst["offered"] == burst["factor"] * overload["r"] and burst["calls"] > 0
+        assert burst["successful"] > 0 and burst["setup_p50_ms"] <= burst["setup_p99_ms"]
+        assert burst["recovery"]["offered"] == overload["r"]
+    assert set(overload["left_after_60s"]) == {"activities", "entities"}
+    assert (out / "overload.png").exists()
+
     assert len(results["relay"]) >= 1
     for row in results["relay"]:
         assert row["relayed"] > 0 and row["relays_per_s"] > 0

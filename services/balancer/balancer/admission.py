@@ -7,8 +7,9 @@ node's measured response time, as in Welsh and Culler's adaptive overload contro
 (SEDA) and Project Clearwater's load monitor, which applies it to SIP:
 
 - every request forwarded to the node is timed to its first response other than 100
-  (the node's own 100 Trying says only that its socket was read); the times are
-  smoothed (EWMA, 1/8);
+  (the node's own 100 Trying says only that its socket was read); and the oldest new
+  request still unanswered counts with its age so far, so that a queue (or a node that
+  stalls) is seen before its responses come back;
 - about every `ADJUST_EVERY` responses (and at most every `ADJUST_PERIOD`), the rate is
   judged on the period's mean delay: above the target, it is cut below the rate at
   which the node completed new requests in the period just ended (its capacity now,
@@ -32,15 +33,19 @@ responses (our Via's `oc`) to the requests we send it.
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 ADJUST_EVERY = 20  # responses between two judgements of the rate
 ADJUST_PERIOD = 0.1  # s: at most this often (a burst of fast responses is one sample)
-IDLE_PERIOD = 1.0  # s without a judgement: the rate is judged on time alone
-DECREASE = 0.85  # the rate after an over-target period, as a share of the rate admitted in it
+IDLE_PERIOD = 1.0  # s without a new request admitted: the node has had a rest
+DECREASE = 0.9  # the rate after an over-target period, as a share of the node's throughput
 INCREASE = 0.2  # growth per comfortable period, at zero delay (scaled by the margin)
 COMFORT = -0.25  # delay error (relative to target) below which the rate may grow
 SMOOTHING = 1 / 8
+MAX_BURST = 20.0  # tokens: new requests let through back to back at most
+THROUGHPUT_WINDOW = 1.0  # s over which the node's completions are counted
+FORGET_AFTER = 32.0  # s: an admitted request never answered (lost) stops counting as waiting
 
 
 @dataclass
@@ -59,6 +64,9 @@ class Throttle:
     completed: int = 0  # of which first responses to new requests
     admitted: int = 0  # new requests let through since the last judgement
     refused: int = 0  # and refused
+    done: deque[float] = field(default_factory=deque)  # when each new request was answered, last second
+    started: float = -1.0  # when the first one was answered
+    waiting: deque[float] = field(default_factory=deque)  # when each admitted, unanswered one was sent
     judged_at: float = 0.0
     last_admitted: float = -1e9
     hold_until: float = 0.0  # no second cut before the first one's effect can be seen
@@ -71,17 +79,26 @@ class Throttle:
 
     @property
     def burst(self) -> float:
-        """Bucket depth: a tenth of a second of the rate (at least 5 requests)."""
-        return max(5.0, self.rate * 0.1)
+        """Bucket depth: a tenth of a second of the rate, between 5 and `MAX_BURST`."""
+        return min(MAX_BURST, max(5.0, self.rate * 0.1))
+
+    def oldest_wait(self, now: float) -> float:
+        """How long the oldest admitted request still unanswered has waited: a queue
+        shows here before any response does."""
+        while self.waiting and now - self.waiting[0] > FORGET_AFTER:
+            self.waiting.popleft()
+        return now - self.waiting[0] if self.waiting else 0.0
 
     def admit(self, now: float) -> bool:
-        if now - self.last_admitted >= IDLE_PERIOD:
-            # The node was sent nothing new for a while: it has had a rest, and what
-            # comes back from the requests of before is stale. Its full rate again.
+        if now - self.last_admitted >= IDLE_PERIOD and not self.waiting:
+            # The node was sent nothing new for a while and owes nothing: it has had a
+            # rest, and the delays measured before are stale. Its full rate again.
             self.rate, self.refused_share, self.hold_until = self.max_rate, 0.0, now
             self.tokens = self.burst
             self.restart_period(now)
-        elif now - self.judged_at >= IDLE_PERIOD:
+        elif now - self.judged_at >= IDLE_PERIOD or (
+            now - self.judged_at >= ADJUST_PERIOD and self.oldest_wait(now) > self.target
+        ):
             self.judge(now)
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
@@ -89,6 +106,7 @@ class Throttle:
             self.tokens -= 1.0
             self.admitted += 1
             self.last_admitted = now
+            self.waiting.append(now)
             return True
         self.refused += 1
         return False
@@ -96,31 +114,46 @@ class Throttle:
     def observe(self, delay: float, now: float, initial: bool) -> None:
         """A response from the node, `delay` s after the request was forwarded; `initial`
         if it answers a new request (one the bucket admitted)."""
-        self.smoothed = (
-            delay
-            if self.judgements == 0 and self.answered == 0
-            else self.smoothed + (delay - self.smoothed) * SMOOTHING
-        )
+        first = self.judgements == 0 and self.answered == 0
+        self.smoothed = delay if first else self.smoothed + (delay - self.smoothed) * SMOOTHING
         self.delay_sum += delay
         self.answered += 1
-        self.completed += initial
-        if self.answered >= ADJUST_EVERY and now - self.judged_at >= ADJUST_PERIOD:
+        if initial:
+            self.completed += 1
+            self.done.append(now)
+            if self.started < 0:
+                self.started = now
+            if self.waiting:
+                self.waiting.popleft()  # answers come back in about the order sent
+        since = now - self.judged_at
+        if since >= ADJUST_PERIOD and (self.answered >= ADJUST_EVERY or since >= 2.5 * ADJUST_PERIOD):
             self.judge(now)
 
+    def throughput(self, now: float) -> float:
+        """New requests/s the node answered over the last second (what it can do now,
+        with this mix of work); a short first window counts as it is."""
+        while self.done and now - self.done[0] > THROUGHPUT_WINDOW:
+            self.done.popleft()
+        window = min(THROUGHPUT_WINDOW, now - self.started) if self.started >= 0 else THROUGHPUT_WINDOW
+        return len(self.done) / max(window, ADJUST_PERIOD)
+
     def judge(self, now: float) -> None:
-        period = max(now - self.judged_at, 1e-3)
         offered = self.admitted + self.refused
         self.refused_share = self.refused / offered if offered else 0.0
-        if self.answered:  # (with nothing answered the rate stays: see `admit` for a rest)
-            error = (self.delay_sum / self.answered - self.target) / self.target
-            if error > 0 and now >= self.hold_until:
-                # Over target: admit less than the node completed in the period (what it
-                # can do now, with this mix), so that the queue drains; then wait one
-                # delay for requests admitted at the new rate to be the ones answered.
-                self.rate = max(self.min_rate, min(self.rate, self.completed / period) * DECREASE)
-                self.hold_until = now + self.delay_sum / self.answered
-            elif error < COMFORT:
-                self.rate = min(self.max_rate, self.rate * (1 + INCREASE * -error) + 1.0)
+        delay = max(self.delay_sum / self.answered if self.answered else 0.0, self.oldest_wait(now))
+        error = (delay - self.target) / self.target
+        if error > 0 and now >= self.hold_until:
+            # Over target: a queue has formed. Far above what the node completes (the
+            # start, or a node that slowed down at once): down to that at once; otherwise
+            # a tenth off. Then no second cut before one delay has passed, so that the
+            # requests answered are ones admitted at the new rate.
+            throughput = self.throughput(now)
+            base = throughput if self.rate > 2 * throughput else self.rate
+            self.rate = max(self.min_rate, base * DECREASE)
+            self.hold_until = now + delay
+        elif error < COMFORT and self.refused:
+            # Comfortable, and refusing: more, by a share scaled by the margin.
+            self.rate = min(self.max_rate, self.rate * (1 + INCREASE * -error) + 1.0)
         self.restart_period(now)
         self.judgements += 1
 

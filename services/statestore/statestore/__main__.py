@@ -79,7 +79,9 @@ class Statestore:
         taking traffic."""
         if self.members.role in (Role.PRIMARY, Role.BACKUP):
             return True
-        return self.was_member and time.monotonic() - self.left_at < FAILOVER_WAIT
+        # `settled` still set: the role changed inside this very step (an election is
+        # running), before `left_at` could be noted. The store is as ready as it was.
+        return self.was_member and (self.settled.is_set() or time.monotonic() - self.left_at < FAILOVER_WAIT)
 
     async def serve_clients(self) -> None:
         while True:
