@@ -25,6 +25,12 @@ class SipTimers(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # than 3 minutes), and given up 64*T1 after that (§9.1), so a callee that rings for
     # ever cannot hold its dialog's re-INVITEs (491) for good.
     timer_c: float = 181.0
+    # RFC 4028 session timers (sip_ra/session_timer.py): the interval we grant (at most),
+    # the smallest we accept (below it: 422), and, for a dialog without session timers,
+    # how long it may go without any request before its owner ends it with BYE.
+    session_expires: int = 1800
+    min_se: int = 90
+    idle_limit: float = 7200.0
     # Overload control, not a timer: a node with this many requests awaiting its router
     # answers new INVITEs 503 with Retry-After at once (sip-ra README, "Overload").
     max_in_flight: int = 100

@@ -41,6 +41,7 @@ def cluster_toml(
     max_in_flight: int = 100,
     max_in_flight_in_dialog: int = 400,
     sip_host: str = "",
+    sip_options: dict[str, float] | None = None,
 ) -> str:
     """A cluster file: balancer at `base`, node i's ports at base+10*i+1..6. `hosts` gives
     the address of "front" (balancer, witness) and of each node (default 127.0.0.1);
@@ -56,6 +57,7 @@ def cluster_toml(
         f"t4 = {10 * t1}",
         f"max_in_flight = {max_in_flight}",
         f"max_in_flight_in_dialog = {max_in_flight_in_dialog}",
+        *(f"{name} = {value}" for name, value in (sip_options or {}).items()),
         "[balancer]",
         f'sip = "{sip_host or front}:{base}"',
         f'control = "tcp://{front}:{base + 9}"',
@@ -97,6 +99,7 @@ class DevCluster:
         max_in_flight: int = 100,
         max_in_flight_in_dialog: int = 400,
         sip_host: str = "",
+        sip_options: dict[str, float] | None = None,
     ) -> None:
         """`wrap[node]` prefixes that node's commands (e.g. `ip netns exec NS`)."""
         self.wrap = wrap or {}
@@ -105,7 +108,17 @@ class DevCluster:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "cluster.toml"
         text = cluster_toml(
-            workdir / "data", base, nodes, t1, spread, extra, hosts, max_in_flight, max_in_flight_in_dialog, sip_host
+            workdir / "data",
+            base,
+            nodes,
+            t1,
+            spread,
+            extra,
+            hosts,
+            max_in_flight,
+            max_in_flight_in_dialog,
+            sip_host,
+            sip_options,
         )
         self.config_path.write_text(text)
         self.config = cfg.load(self.config_path)

@@ -63,9 +63,10 @@ class ReplicatedData:
         self.store = store
         self.removed_here: set[str] = set()
 
-    def write_of(self, key: str, value: bytes, owner: str | None = None) -> tuple[str, bytes]:
-        """The (store key, record) pair that puts `value` under `key` in a larger commit."""
-        return keys.ra_data(self.name, key), msgspec.msgpack.encode(Entry(owner or self.node, value))
+    def write_of(self, key: str, value: bytes, owner: str | None = None, fire_at: float = 0.0) -> tuple[str, bytes]:
+        """The (store key, record) pair that puts `value` under `key` in a larger commit
+        (`fire_at` > 0: the entry is also a fault-tolerant timer, due then)."""
+        return keys.ra_data(self.name, key), msgspec.msgpack.encode(Entry(owner or self.node, value, fire_at))
 
     def read_entry(self, key: str) -> tuple[int, Entry | None]:
         """The entry and its version, for a versioned read-modify-write."""

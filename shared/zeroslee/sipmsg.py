@@ -101,6 +101,7 @@ CANONICAL = {
         "Refer-To",
         "Allow-Events",
         "Session-Expires",
+        "Min-SE",
         "Warning",
         "Retry-After",
     )

@@ -144,7 +144,12 @@ class UserAgent:
         self.sock.sendto(response.to_bytes(), addr)
 
     def invite(
-        self, room: str, call_id: str | None = None, domain: str = "chat.example", sdp: bytes = b""
+        self,
+        room: str,
+        call_id: str | None = None,
+        domain: str = "chat.example",
+        sdp: bytes = b"",
+        headers: list[tuple[str, str]] | None = None,
     ) -> SipMessage:
         """Join `room` (with an SDP offer if given); the 200, after our ACK."""
         call = Call(
@@ -155,8 +160,8 @@ class UserAgent:
         )
         self.call = call
         uri = f"sip:{room}@{domain}"
-        headers = [("Content-Type", "application/sdp")] if sdp else []
-        invite = self._request("INVITE", uri, call, headers, sdp)
+        extra = ([("Content-Type", "application/sdp")] if sdp else []) + list(headers or [])
+        invite = self._request("INVITE", uri, call, extra, sdp)
         response = self.transact(invite)
         if response.status >= 300:
             raise UaError(f"{self.name}: INVITE answered {response.status}", response.status, response)
@@ -167,13 +172,24 @@ class UserAgent:
         self.sock.sendto(ack.to_bytes(), self._next_hop(call))
         return response
 
-    def request(self, method: str, body: bytes = b"", content_type: str = "text/plain") -> SipMessage:
+    def request(
+        self,
+        method: str,
+        body: bytes = b"",
+        content_type: str = "text/plain",
+        headers: list[tuple[str, str]] | None = None,
+    ) -> SipMessage:
+        """An in-dialog request and its final response (a re-INVITE's 2xx is ACKed)."""
         call = self.call
         if call is None:
             raise UaError("no call")
         call.cseq += 1
-        headers = [("Content-Type", content_type)] if body else []
-        return self.transact(self._request(method, call.remote_target, call, headers, body))
+        extra = ([("Content-Type", content_type)] if body else []) + list(headers or [])
+        response = self.transact(self._request(method, call.remote_target, call, extra, body))
+        if method == "INVITE" and 200 <= response.status < 300:
+            ack = self._request("ACK", call.remote_target, call, [], b"")
+            self.sock.sendto(ack.to_bytes(), self._next_hop(call))
+        return response
 
     def burst(self, method: str, bodies: list[bytes], timeout: float = 10.0) -> list[SipMessage]:
         """Send one in-dialog request per body back to back (consecutive CSeqs, each its

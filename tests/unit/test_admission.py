@@ -12,20 +12,23 @@ from zeroslee.sipmsg import SipMessage
 
 
 def completed_rate(offered: float, capacity: float, seconds: float = 20.0) -> tuple[float, Throttle]:
+    """A node serving `capacity` new requests/s FIFO, offered `offered`/s for `seconds`
+    through a throttle; the rate at which admitted requests completed over the last half."""
     throttle = Throttle(target=0.1, max_rate=5000.0)
     step = 1.0 / offered
-    free_at, now = 0.0, 0.0
-    done: list[tuple[float, float]] = []
+    free_at, now, sent = 0.0, 0.0, 0
+    done: list[tuple[float, float, str]] = []  # (completion time, delay, key)
     completions = 0
     while now < seconds:
         while done and done[0][0] <= now:
-            finished, delay = done.pop(0)
-            throttle.observe(delay, finished, True)
+            finished, delay, key = done.pop(0)
+            throttle.observe(delay, finished, True, key)
             completions += finished >= seconds / 2
         if throttle.admit(now):
-            start = max(now, free_at)
-            free_at = start + 1.0 / capacity
-            done.append((free_at, free_at - now))
+            sent += 1
+            throttle.sent(str(sent), now)
+            free_at = max(now, free_at) + 1.0 / capacity
+            done.append((free_at, free_at - now, str(sent)))
         now += step
     return completions / (seconds / 2), throttle
 
@@ -47,14 +50,31 @@ def test_an_idle_bucket_climbs_back_to_its_ceiling() -> None:
     _, throttle = completed_rate(offered=1000.0, capacity=125.0)
     assert throttle.rate < 200
     now = throttle.last_admitted
+    for key, at in list(throttle.waiting.items()):  # the node answers all it owes
+        throttle.observe(now - at, now, True, key)
     throttle.admit(now + 0.9)  # busy: still sent something within the last second
-    throttle.admit(now + 1.8)
+    throttle.sent("late", now + 0.9)
     assert throttle.rate < 200
-    assert not throttle.admit(now + 3.0) or throttle.rate < 200  # owes answers: no rest yet
-    while throttle.waiting:  # the node answers all it owes
-        throttle.observe(0.01, now + 3.0, True)
-    assert throttle.admit(now + 4.5)  # a second and more with nothing sent: a rest
+    throttle.admit(now + 2.5)  # owes an answer: no rest yet
+    assert throttle.rate < 200
+    throttle.observe(0.01, now + 2.5, True, "late")
+    assert throttle.admit(now + 4.0)  # a second and more with nothing sent nor owed: a rest
     assert throttle.rate == throttle.max_rate
+
+
+def test_a_request_that_is_never_answered_stops_counting_when_it_is_forgotten() -> None:
+    throttle = Throttle(target=0.1, max_rate=5000.0)
+    assert throttle.admit(0.0)
+    throttle.sent("lost", 0.0)  # its node died with it; the balancer re-sends it elsewhere
+    assert throttle.oldest_wait(5.0) == 5.0
+    throttle.forget("lost")
+    assert throttle.oldest_wait(5.0) == 0.0
+    # One whose answer went astray, or that a service holds (a B2BUA waiting for its
+    # callee), stops counting once the node answers requests sent well after it.
+    throttle.sent("held", 5.0)
+    assert throttle.oldest_wait(5.5) == 0.5
+    throttle.observe(0.01, 5.6, False)  # an answer to something sent at 5.59
+    assert throttle.oldest_wait(5.6) == 0.0
 
 
 def starve(throttle: Throttle, now: float) -> None:

@@ -9,7 +9,9 @@ node's measured response time, as in Welsh and Culler's adaptive overload contro
 - every request forwarded to the node is timed to its first response other than 100
   (the node's own 100 Trying says only that its socket was read); and the oldest new
   request still unanswered counts with its age so far, so that a queue (or a node that
-  stalls) is seen before its responses come back;
+  stalls) is seen before its responses come back (unless the node has since answered
+  requests sent well after it: then it is no queue but a lost answer, or a request a
+  service holds on purpose, and it stops counting);
 - about every `ADJUST_EVERY` responses (and at most every `ADJUST_PERIOD`), the rate is
   judged on the period's mean delay: above the target, it is cut below the rate at
   which the node completed new requests in the period just ended (its capacity now,
@@ -33,7 +35,7 @@ responses (our Via's `oc`) to the requests we send it.
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 ADJUST_EVERY = 20  # responses between two judgements of the rate
@@ -66,9 +68,10 @@ class Throttle:
     refused: int = 0  # and refused
     done: deque[float] = field(default_factory=deque)  # when each new request was answered, last second
     started: float = -1.0  # when the first one was answered
-    waiting: deque[float] = field(default_factory=deque)  # when each admitted, unanswered one was sent
+    waiting: OrderedDict[str, float] = field(default_factory=OrderedDict)  # admitted, unanswered -> sent at
     judged_at: float = 0.0
     last_admitted: float = -1e9
+    newest_answered: float = -1e9  # when the newest request the node has answered was sent
     hold_until: float = 0.0  # no second cut before the first one's effect can be seen
     refused_share: float = 0.0  # of the last judged period, for RFC 7339's `oc`
     judgements: int = 0
@@ -85,9 +88,15 @@ class Throttle:
     def oldest_wait(self, now: float) -> float:
         """How long the oldest admitted request still unanswered has waited: a queue
         shows here before any response does."""
-        while self.waiting and now - self.waiting[0] > FORGET_AFTER:
-            self.waiting.popleft()
-        return now - self.waiting[0] if self.waiting else 0.0
+        while self.waiting:
+            sent_at = next(iter(self.waiting.values()))
+            # Overtaken (the node has answered a request sent well after it) or very old:
+            # not a queue, but a request whose answer went astray, or one a service holds
+            # on purpose (a B2BUA waiting for its callee). It no longer counts.
+            if now - sent_at <= FORGET_AFTER and sent_at >= self.newest_answered - self.target:
+                return now - sent_at
+            self.waiting.popitem(last=False)
+        return 0.0
 
     def admit(self, now: float) -> bool:
         if now - self.last_admitted >= IDLE_PERIOD and not self.waiting:
@@ -106,25 +115,32 @@ class Throttle:
             self.tokens -= 1.0
             self.admitted += 1
             self.last_admitted = now
-            self.waiting.append(now)
             return True
         self.refused += 1
         return False
 
-    def observe(self, delay: float, now: float, initial: bool) -> None:
+    def sent(self, key: str, now: float) -> None:
+        """An admitted request went to the node as `key`: it waits for its answer."""
+        self.waiting[key] = now
+
+    def forget(self, key: str) -> None:
+        """`key` will not be answered by this node (it went elsewhere, or expired)."""
+        self.waiting.pop(key, None)
+
+    def observe(self, delay: float, now: float, initial: bool, key: str = "") -> None:
         """A response from the node, `delay` s after the request was forwarded; `initial`
-        if it answers a new request (one the bucket admitted)."""
+        if it answers a new request (one the bucket admitted), sent as `key`."""
         first = self.judgements == 0 and self.answered == 0
         self.smoothed = delay if first else self.smoothed + (delay - self.smoothed) * SMOOTHING
         self.delay_sum += delay
         self.answered += 1
+        self.newest_answered = max(self.newest_answered, now - delay)
         if initial:
             self.completed += 1
             self.done.append(now)
             if self.started < 0:
                 self.started = now
-            if self.waiting:
-                self.waiting.popleft()  # answers come back in about the order sent
+            self.waiting.pop(key, None)
         since = now - self.judged_at
         if since >= ADJUST_PERIOD and (self.answered >= ADJUST_EVERY or since >= 2.5 * ADJUST_PERIOD):
             self.judge(now)

@@ -256,6 +256,8 @@ class Balancer:
             self.pending[pending_key] = PendingRequest(
                 node, data, msg.call_id, now + SOFT_STATE_TTL, sent=now, initial=initial
             )
+            if initial:
+                self.throttle(node).sent(pending_key, now)
             self.pending.move_to_end(pending_key)
         self.outbox.append((data, self.liveness.nodes[node].addr))
         self.count(f"to.{node}")
@@ -475,7 +477,7 @@ class Balancer:
         if pending is not None and not pending.timed and source == self.liveness.nodes[pending.node].addr:
             # The node's response time: what admission control holds near its target.
             pending.timed = True
-            self.throttle(pending.node).observe(now - pending.sent, now, pending.initial)
+            self.throttle(pending.node).observe(now - pending.sent, now, pending.initial, key)
         if msg.status >= 200:
             self.pending.pop(key, None)
         if "zsv" in ours.params:  # a response to a node's request: restore its Via
@@ -575,7 +577,9 @@ class Balancer:
         while self.soft and next(iter(self.soft.values()))[1] <= now:
             self.soft.popitem(last=False)
         while self.pending and next(iter(self.pending.values())).expiry <= now:
-            self.pending.popitem(last=False)
+            key, expired = self.pending.popitem(last=False)
+            if expired.initial and expired.node in self.throttles:
+                self.throttles[expired.node].forget(key)
 
     def reroute(self, now: float) -> None:
         """Requests whose node died before answering go to a survivor (which recognises a
@@ -585,6 +589,10 @@ class Balancer:
         # a second copy on another node would double the load and race the first.
         alive = self.liveness.reachable(now)
         live = self.liveness.live(now) or alive
+        for gone in [n for n in self.throttles if n not in alive]:
+            # A node that is gone answers nothing it was sent: its bucket starts afresh
+            # (at its ceiling) when it is back, not with what it measured before.
+            del self.throttles[gone]
         for branch, pending in list(self.pending.items()):
             if pending.node in alive:
                 continue

@@ -13,10 +13,12 @@ import zmq
 
 from sip_ra.core import Outcome, RaCore
 from sip_ra.dialog import Dialog, uac_dialog
+from sip_ra.session_timer import Session, ends_in
 from zeroslee import bus, keys
 from zeroslee.ftra import FaultTolerance, ReplicatedData
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, is_address, resolve_udp, run, serve_control, udp_socket, watch_connection
+from zeroslee.sipmsg import parse_name_addr
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 ROUTER_ANSWER_TIMEOUT = 8.0  # a request the router never answers gets 500 after this
@@ -127,7 +129,61 @@ class SipRa(asyncio.DatagramProtocol):
         self.core.forget_dialog(key)
 
     def timer_fired(self, key: str) -> None:
-        pass  # the SIP RA keeps no fault-tolerant timers of its own yet
+        """Dialog `key` went unrefreshed (RFC 4028 §10) or idle for `idle_limit`: as its
+        owner, end it with BYE, and let the services see it end. (The fault-tolerance
+        loop removes the entry next; the router's DialogEnded removes it as well.)"""
+        raw = self.dialogs.get(key)
+        if raw is None:
+            return
+        dialog = Dialog.decode(raw)
+        why = "session expired" if dialog.refresher == "uac" else "idle limit"
+        self.proc.count("dialogs.expired")
+        self.proc.log.info("dialog ended", dialog=key, call_id=dialog.call_id, why=why)
+        bye = msgspec.structs.replace(dialog, local_cseq=dialog.local_cseq + 1)
+        self.core.send_in_dialog(bye, "BYE", b"", "", time.monotonic())
+        self.core.forget_dialog(key)
+        self.flush()
+        self.spawn(self.tell_router(bus.DialogEnded(key, [keys.dialog(key)])))
+
+    def expiry(self, dialog: Dialog) -> float:
+        """When `dialog` ends unless refreshed (epoch s: the timer is replicated, and any
+        node may become its owner): RFC 4028's early BYE, or the idle limit."""
+        session = Session(dialog.session_interval, dialog.refresher) if dialog.session_interval else None
+        return time.time() + ends_in(session, self.proc.config.sip.idle_limit)
+
+    def note_activity(self, dialog_id: str) -> None:
+        """A request on a dialog without session timers: push its idle end back, lazily
+        (a commit only once half the idle limit has gone, not one per request)."""
+        _, entry = self.dialogs.read_entry(dialog_id)
+        if entry is None or not entry.fire_at:
+            return
+        dialog = Dialog.decode(entry.value)
+        if dialog.refresher == "uac":
+            return  # only a refresh (a re-INVITE answered 2xx) moves a session's end
+        if entry.fire_at - time.time() < self.proc.config.sip.idle_limit / 2:
+            self.spawn(self.move_expiry(dialog_id, None))
+
+    async def move_expiry(self, dialog_id: str, session: Session | None) -> None:
+        """Set a new end for `dialog_id`, from now: after a successful session refresh
+        (with what it negotiated), or on activity (the idle limit). Versioned, retried."""
+        for _ in range(COMMIT_ATTEMPTS):
+            version, entry = self.dialogs.read_entry(dialog_id)
+            if entry is None:
+                return
+            dialog = Dialog.decode(entry.value)
+            if session is not None:
+                dialog = msgspec.structs.replace(dialog, session_interval=session.interval, refresher=session.refresher)
+            write = self.dialogs.write_of(dialog_id, dialog.encode(), entry.owner, self.expiry(dialog))
+            try:
+                if (await self.store.commit([(keys.dialog(dialog_id), version)], [write])).ok:
+                    cached = self.core.dialogs.get(dialog_id)
+                    if cached is not None and session is not None:
+                        self.core.dialogs[dialog_id] = msgspec.structs.replace(
+                            cached, session_interval=session.interval, refresher=session.refresher
+                        )
+                    return
+            except CommitFailed:
+                return  # the next request or refresh tries again
 
     async def forward(self, outcome: Outcome) -> None:
         """Replicate a new dialog, then hand the event to the router (DESIGN §3.1)."""
@@ -138,8 +194,9 @@ class SipRa(asyncio.DatagramProtocol):
                 self.shed(event, d.id)
                 return
             index = [(k, d.id.encode()) for k in event.ra_keys]
+            write = self.dialogs.write_of(d.id, d.encode(), fire_at=self.expiry(d))
             try:
-                await self.store.commit([(keys.dialog(d.id), 0)], [self.dialogs.write_of(d.id, d.encode()), *index])
+                await self.store.commit([(keys.dialog(d.id), 0)], [write, *index])
             except CommitFailed as exc:
                 self.answer(event.tx, 503, "Service Unavailable", str(exc) or "store unavailable")
                 return
@@ -160,6 +217,8 @@ class SipRa(asyncio.DatagramProtocol):
             self.shed_in_dialog(event)
             return
         if isinstance(event, bus.RequestReceived):
+            if event.activity_type == "sip-dialog" and event.method not in ("BYE", "ACK", "CANCEL"):
+                self.note_activity(event.activity)
             loop = asyncio.get_running_loop()
             self.answer_timers[event.tx] = loop.call_later(
                 ROUTER_ANSWER_TIMEOUT, self.answer, event.tx, 500, "Server Internal Error", "router timeout"
@@ -202,8 +261,13 @@ class SipRa(asyncio.DatagramProtocol):
             ended = bus.DialogEnded(pending.dialog.id, [keys.dialog(pending.dialog.id)])
             self.spawn(self.tell_router(ended))
             self.core.forget_dialog(pending.dialog.id)
+
         self.core.respond(tx, status, reason, time.monotonic(), **kw)  # type: ignore[arg-type]
         self.flush()
+        within = bool(parse_name_addr(request.get("To") or "").tag)
+        if 200 <= status < 300 and request.method in ("INVITE", "UPDATE") and within and pending.dialog is not None:
+            # RFC 4028 §9: a refresh (whatever it negotiated, if anything) moves the end.
+            self.spawn(self.move_expiry(pending.dialog.id, pending.session))
         if status >= 200:
             self.proc.log.info(
                 "transaction",
@@ -253,11 +317,12 @@ class SipRa(asyncio.DatagramProtocol):
         for _ in range(COMMIT_ATTEMPTS):
             version, entry = self.dialogs.read_entry(dialog.id)
             owner = entry.owner if entry is not None else None
+            fire_at = entry.fire_at if entry is not None else self.expiry(dialog)
             if entry is not None:
                 stored_cseq = Dialog.decode(entry.value).local_cseq
                 dialog = msgspec.structs.replace(dialog, local_cseq=max(dialog.local_cseq, stored_cseq))
             try:
-                write = self.dialogs.write_of(dialog.id, dialog.encode(), owner)
+                write = self.dialogs.write_of(dialog.id, dialog.encode(), owner, fire_at)
                 if (await self.store.commit([(keys.dialog(dialog.id), version)], [write])).ok:
                     return True
             except CommitFailed as exc:
@@ -305,7 +370,9 @@ class SipRa(asyncio.DatagramProtocol):
         dialog = uac_dialog(cmd.dialog, cmd.from_uri, cmd.to_uri, self.node.id, self.core.contact, host, host)
         for _ in range(COMMIT_ATTEMPTS):
             reads = [(keys.dialog(dialog.id), 0)]
-            writes: list[tuple[str, bytes | None]] = [self.dialogs.write_of(dialog.id, dialog.encode())]
+            writes: list[tuple[str, bytes | None]] = [
+                self.dialogs.write_of(dialog.id, dialog.encode(), fire_at=self.expiry(dialog))
+            ]
             if cmd.outgoing:
                 version = self.journal_versions([cmd])[cmd.outgoing]
                 if version == 0:
@@ -381,7 +448,7 @@ class SipRa(asyncio.DatagramProtocol):
             dialog = msgspec.structs.replace(stored, local_cseq=stored.local_cseq + len(cmds))
             # Sending on another node's dialog is an ordinary transaction: the owner stays.
             reads.append((key, version))
-            writes.append(self.dialogs.write_of(dialog.id, dialog.encode(), entry.owner))
+            writes.append(self.dialogs.write_of(dialog.id, dialog.encode(), entry.owner, entry.fire_at))
             try:
                 result = await self.store.commit(reads, writes)
             except CommitFailed as exc:

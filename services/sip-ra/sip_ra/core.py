@@ -47,6 +47,7 @@ from sip_ra.dialog import (
     top_branch,
     uas_dialog,
 )
+from sip_ra.session_timer import Session, negotiate, option_tags, response_headers
 from zeroslee import bus, keys
 from zeroslee.config import SipTimers
 from zeroslee.records import ServerResponse
@@ -64,6 +65,7 @@ from zeroslee.sipmsg import (
 
 Addr = tuple[str, int]
 ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS"
+SUPPORTED = frozenset({"timer"})  # option tags a request may Require of us (RFC 4028)
 # Methods we recognise (RFC 3261 and its common extensions): others get 501 (§8.2.1);
 # recognised ones no service handles get 405 from the router.
 KNOWN_METHODS = frozenset(
@@ -93,6 +95,7 @@ class Pending:
     request: SipMessage
     tx: txn.Transaction
     dialog: Dialog | None
+    session: Session | None = None  # RFC 4028: what our 2xx will grant
 
 
 @dataclass
@@ -243,8 +246,19 @@ class RaCore:
             else:
                 new_dialog = uas_dialog(msg, self.node, self.contact or f"<sip:{self.sip_host}>")
                 dialog = self._remember(new_dialog)
+        session: Session | None = None
+        if msg.method in ("INVITE", "UPDATE") and dialog is not None:
+            session, refusal = negotiate(msg, self.timers.min_se, self.timers.session_expires)
+            if refusal is not None:
+                if new_dialog is not None:
+                    self.forget_dialog(new_dialog.id)
+                return self._answer_now(msg, tx, None, refusal, now)
+            if new_dialog is not None and session is not None:
+                new_dialog = dialog = self._remember(
+                    _with(new_dialog, session_interval=session.interval, refresher=session.refresher)
+                )
         self.transactions[key] = tx
-        self.pending[key] = Pending(msg, tx, dialog)
+        self.pending[key] = Pending(msg, tx, dialog, session)
         if msg.method == "INVITE":
             heapq.heappush(self.wakeups, (now + TRYING_AFTER, "100:" + key))
         ra_keys = [keys.invite_index(invite_digest(msg.call_id, from_tag))] if new_dialog else []
@@ -328,9 +342,9 @@ class RaCore:
             return exc.status, "" if exc.status == 416 else exc.reason, []
         if msg.method not in KNOWN_METHODS:
             return 501, "", [("Allow", ALLOW)]
-        required = msg.get_all("Require")
-        if required and msg.method not in ("ACK", "CANCEL"):
-            return 420, "", [("Unsupported", ", ".join(required))]
+        unsupported = option_tags(msg, "Require") - SUPPORTED
+        if unsupported and msg.method not in ("ACK", "CANCEL"):
+            return 420, "", [("Unsupported", ", ".join(sorted(unsupported)))]
         if msg.method == "INVITE" and msg.body:
             content_type = (msg.get("Content-Type") or "").split(";")[0].strip().lower()
             if content_type != "application/sdp":
@@ -481,6 +495,10 @@ class RaCore:
             extra.append(("Contact", dialog.local_contact))
             if not parse_name_addr(request.get("To") or "").tag:
                 extra += [("Record-Route", route) for route in request.get_all("Record-Route")]
+        if 200 <= status < 300 and pending.session is not None:
+            extra += response_headers(pending.session)
+        if request.method == "INVITE" and 200 <= status < 300:
+            extra.append(("Supported", "timer"))
         if (status == 405 or request.method == "OPTIONS") and not any(k == "Allow" for k, _ in extra):
             extra.append(("Allow", ALLOW))
         response = build_response(request, status, reason, to_tag, extra, body, content_type)

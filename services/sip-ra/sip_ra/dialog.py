@@ -32,6 +32,8 @@ class Dialog(msgspec.Struct, frozen=True):
     owner: str  # node that created it, or adopted it
     created_by: str = ""
     local_contact: str = ""
+    session_interval: int = 0  # RFC 4028: the negotiated Session-Expires (0: none)
+    refresher: str = ""  # "uac" or "uas"
 
     def encode(self) -> bytes:
         return _encoder.encode(self)
