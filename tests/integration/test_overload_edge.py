@@ -116,3 +116,49 @@ def test_an_election_is_not_an_outage_sipp_calls_survive_killing_the_primary_sto
         assert int(c.stats("balancer")["live_changes"]) == survivor_changes + 1
         assert c.stats("statestore", "node-2").get("role") == "primary"
         assert int(c.stats("sip-ra", "node-2").get("overload.rejected", 0)) == 0
+
+
+def in_sync(cluster: DevCluster) -> bool:
+    stats = [cluster.stats("statestore", n) for n in cluster.config.node_ids]
+    return sorted(str(s.get("role")) for s in stats) == ["backup", "primary"] and len({s["seq"] for s in stats}) == 1
+
+
+def test_history_of_bursts_kills_and_restarts_leaves_nothing_that_grows(holding: DevCluster, tmp_path: Path) -> None:
+    """Issue 22, "no slowdown with history": what a day of faults could leave behind and
+    make every later call dearer (a room's leaked members, journal entries, replay
+    records, dialog indexes, transactions, soft state) is all gone once the calls are:
+    both replicas are empty, and so are the RAs' transaction tables and the balancer's
+    requests in flight."""
+    cluster = holding
+    port = 6064
+    for victim in ("node-1", "node-2"):
+        burst = uac(cluster, tmp_path / f"burst-{victim}", 4 * CAPACITY, 5, port)
+        assert burst["timeouts"] == 0, burst
+        # A node killed while calls are being set up and torn down, then restarted.
+        run = subprocess.Popen(
+            [need_sipp(), "-sn", "uac", "{}:{}".format(*cluster.balancer_addr), "-s", "hold-room", "-i", "127.0.0.1"]
+            + ["-p", str(port + 1), "-r", str(CAPACITY / 2), "-m", str(int(CAPACITY * 3)), "-nostdin"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            eventually(lambda: len(admin.rows_for(cluster.config, "entities")) > 0, what="calls under way")
+            cluster.kill_node(victim)
+            assert run.wait(timeout=60) is not None
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        cluster.start_node(victim)
+        cluster.wait_ready(timeout=30)
+        eventually(lambda: in_sync(cluster), timeout=30, what="the stores in sync again")
+        port += 2
+    # Calls cut by the kills end too (their 2xx unacknowledged: BYE after 64*T1), so wait
+    # for the state, bounded: every store entry of every call, on both replicas.
+    for node in cluster.config.node_ids:
+        eventually(lambda n=node: admin.query_node(cluster.config, n, "") == [], timeout=60, what=f"{node} empty")
+        # Completed transactions linger for Timer J (64*T1, 32 s), as RFC 3261 wants.
+        transactions = f"{node}'s transactions ended"
+        eventually(lambda n=node: int(cluster.stats("sip-ra", n)["transactions"]) == 0, timeout=40, what=transactions)
+    eventually(lambda: int(cluster.stats("balancer")["pending"]) == 0, what="nothing in flight at the balancer")

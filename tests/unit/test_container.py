@@ -516,3 +516,34 @@ def test_a_failing_rolled_back_hook_goes_no_further_and_its_effects_go() -> None
     container.roll_back(again, failure.value, "t1")  # raises nothing
     assert [str(f.error) for f in container.hook_failures] == ["rolled_back too"]
     assert again.messages == []  # the hook's 299 went with it
+
+
+class CountingView(DictView):
+    """Counts the entries each range read returns."""
+
+    def __init__(self, data: dict[str, tuple[int, bytes]]) -> None:
+        super().__init__(data)
+        self.entries_read = 0
+
+    def scan(self, prefix: str, limit: int = 1_000_000) -> list[tuple[str, int, bytes]]:
+        found = super().scan(prefix, limit)
+        self.entries_read += len(found)
+        return found
+
+
+def test_the_last_one_out_check_of_a_busy_room_reads_a_few_entries_not_every_member() -> None:
+    """Issue 22, "no slowdown with history": a leave read the whole attachment range, so
+    a room whose members piled up (leaked ones included) made every call cost more."""
+    members = {keys.attachment("room", f"sbb-{i:05d}"): (1, b"") for i in range(10_000)}
+    view = CountingView(members)
+    tx = Transaction(view, "node-1")
+    tx.delete(keys.attachment("room", "sbb-00000"))  # the first member in key order leaves
+    assert tx.holds_any(keys.attachments_of("room"))
+    assert view.entries_read <= 2
+    assert keys.attachment("room", "sbb-00001") in tx.reads  # "yes" rests on a key read
+    # The last one out: nothing left under the range, decided with the range guarded.
+    alone = CountingView({keys.attachment("hall", "sbb-1"): (3, b"")})
+    last = Transaction(alone, "node-1")
+    last.delete(keys.attachment("hall", "sbb-1"))
+    assert not last.holds_any(keys.attachments_of("hall"))
+    assert keys.attachments_of("hall") in last.prefix_reads

@@ -12,7 +12,7 @@ import msgspec
 import zmq
 
 from sip_ra.core import Outcome, RaCore
-from sip_ra.dialog import Dialog, uac_dialog
+from sip_ra.dialog import Dialog, stored_keys, uac_dialog
 from sip_ra.session_timer import Session, ends_in
 from zeroslee import bus, keys
 from zeroslee.ftra import FaultTolerance, ReplicatedData
@@ -143,7 +143,7 @@ class SipRa(asyncio.DatagramProtocol):
         self.core.send_in_dialog(bye, "BYE", b"", "", time.monotonic())
         self.core.forget_dialog(key)
         self.flush()
-        self.spawn(self.tell_router(bus.DialogEnded(key, [keys.dialog(key)])))
+        self.spawn(self.tell_router(bus.DialogEnded(key, stored_keys(dialog))))
 
     def expiry(self, dialog: Dialog) -> float:
         """When `dialog` ends unless refreshed (epoch s: the timer is replicated, and any
@@ -258,7 +258,7 @@ class SipRa(asyncio.DatagramProtocol):
         if why and status >= 300 and request.method == "INVITE" and pending.dialog is not None:
             # We answer the INVITE ourselves (the router failed or was too slow): the dialog
             # never was. Let the router end it, even if its delivery commits after all.
-            ended = bus.DialogEnded(pending.dialog.id, [keys.dialog(pending.dialog.id)])
+            ended = bus.DialogEnded(pending.dialog.id, stored_keys(pending.dialog))
             self.spawn(self.tell_router(ended))
             self.core.forget_dialog(pending.dialog.id)
 
@@ -496,8 +496,8 @@ class SipRa(asyncio.DatagramProtocol):
                     "transaction", method=expired.method, status=expired.status, call_id=expired.call_id, why="timeout"
                 )
                 await self.router.send(bus.encode(expired))  # the services hear of it (408)
-            for ident in self.core.abandoned:  # never ACKed: we sent BYE; the services let go
-                await self.tell_router(bus.DialogEnded(ident, [keys.dialog(ident)]))
+            for ident, stored in self.core.abandoned:  # never ACKed: we sent BYE; the services let go
+                await self.tell_router(bus.DialogEnded(ident, stored))
             self.core.abandoned.clear()
             self.flush()
 

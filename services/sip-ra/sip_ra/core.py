@@ -44,6 +44,7 @@ from sip_ra.dialog import (
     dialog_id,
     invite_digest,
     new_tag,
+    stored_keys,
     top_branch,
     uas_dialog,
 )
@@ -122,7 +123,7 @@ class RaCore:
     outbox: list[tuple[bytes, Addr]] = field(default_factory=list)
     wakeups: list[tuple[float, str]] = field(default_factory=list)  # lazy heap
     reinvite_out: set[str] = field(default_factory=set)  # dialogs with our INVITE pending
-    abandoned: list[str] = field(default_factory=list)  # dialogs ended for want of an ACK
+    abandoned: list[tuple[str, list[str]]] = field(default_factory=list)  # ended for want of an ACK: (id, keys)
     reinvite_in: dict[str, str] = field(default_factory=dict)  # dialog -> pending server tx
     cancelled: set[str] = field(default_factory=set)  # our INVITEs CANCELled by Timer C
     counters: dict[str, int] = field(default_factory=dict)
@@ -261,7 +262,11 @@ class RaCore:
         self.pending[key] = Pending(msg, tx, dialog, session)
         if msg.method == "INVITE":
             heapq.heappush(self.wakeups, (now + TRYING_AFTER, "100:" + key))
-        ra_keys = [keys.invite_index(invite_digest(msg.call_id, from_tag))] if new_dialog else []
+        # The INVITE's index goes with the activity it creates, also when another node wrote
+        # it (that node died before its router took the INVITE, and the balancer sent the
+        # INVITE here): without it, the activity's end left the index behind for good.
+        initial = msg.method == "INVITE" and not to_tag
+        ra_keys = [keys.invite_index(invite_digest(msg.call_id, from_tag))] if initial else []
         event = self._event(msg, key, dialog, msg.method == "INVITE" and not to_tag, ra_keys)
         refresh = dialog if to_tag and refreshed else None
         return Outcome(event=event, new_dialog=new_dialog, refreshed=refresh, summary=msg.method)
@@ -636,7 +641,7 @@ class RaCore:
             if dialog is not None:
                 self.send_in_dialog(_with(dialog, local_cseq=dialog.local_cseq + 1), "BYE", b"", "", now)
                 self.forget_dialog(ident)
-            self.abandoned.append(ident)
+            self.abandoned.append((ident, stored_keys(dialog) if dialog is not None else [keys.dialog(ident)]))
             return
         self.outbox.append((unacked.data, unacked.peer))
         unacked.interval = min(2 * unacked.interval, self.timers.t2)

@@ -12,6 +12,7 @@ import secrets
 
 import msgspec
 
+from zeroslee import keys
 from zeroslee.sipmsg import SipMessage, parse, parse_name_addr, parse_via
 
 _encoder = msgspec.msgpack.Encoder()
@@ -80,6 +81,13 @@ def dialog_id(call_id: str, local_tag: str) -> str:
     """Cluster-unique and derivable from any in-dialog request (Call-ID + our tag)."""
     digest = hashlib.blake2b(f"{call_id}\x00{local_tag}".encode(), digest_size=12)
     return "d" + digest.hexdigest()
+
+
+def stored_keys(dialog: Dialog) -> list[str]:
+    """Every store key the RA writes for `dialog`: its entry, and (for a dialog we answered)
+    the index of the INVITE behind it. Whoever ends a dialog removes them all: an index
+    left behind (its dialog ended before any activity recorded it) stays for good."""
+    return [keys.dialog(dialog.id), keys.invite_index(invite_digest(dialog.call_id, dialog.remote_tag))]
 
 
 def invite_digest(call_id: str, from_tag: str) -> str:
