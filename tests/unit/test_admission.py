@@ -180,3 +180,19 @@ def test_a_node_calling_out_offers_oc_to_the_next_hop() -> None:
     b.receive_datagram(invite, NODES["node-1"], 0.0)
     [(out, _)] = sent(b)
     assert out.get_all("Via")[0].endswith(";oc")
+
+
+def test_the_quick_path_reads_only_plain_new_requests() -> None:
+    from balancer.core import quick_look
+
+    plain = request(call_id="q1")
+    method, via, call_id, copied = quick_look(plain) or ("", "", "", [])
+    assert (method, call_id) == ("INVITE", "q1") and via.startswith("SIP/2.0/UDP 10.0.0.9:6000")
+    assert [name for name, _ in copied] == [b"Via", b"From", b"To", b"Call-ID", b"CSeq"]
+    assert quick_look(request(call_id="q2", to_tag="x")) is None  # within a dialog
+    assert quick_look(request("BYE", call_id="q3")) is None
+    assert quick_look(request(call_id="q4", route="<sip:127.0.0.1:5060;lr>")) is None
+    folded = plain.replace(b"Max-Forwards: 70", b"Max-Forwards:\r\n 70")
+    assert quick_look(folded) is None  # folding: the full parser's job
+    two_vias = plain.replace(b";rport", b";rport, SIP/2.0/UDP 10.0.0.8;branch=z9hG4bKx")
+    assert quick_look(two_vias) is None

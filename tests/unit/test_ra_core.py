@@ -332,3 +332,32 @@ def test_ipv6_requests_get_their_answers_on_the_address_they_came_from() -> None
     bad.receive_datagram(ipv6_request("sip:2001:db8::10"), peer, 0.0)  # §4.2: no brackets
     [(sent, addr)] = bad.datagrams_to_send()
     assert (parse(sent).status, addr) == (400, peer)
+
+
+def with_headers(data: bytes, *headers: str) -> bytes:
+    return data.replace(b"Content-Length: 0", "\r\n".join([*headers, "Content-Length: 0"]).encode())
+
+
+def test_session_timers_are_a_supported_extension_others_get_420() -> None:
+    ra = core()
+    timer = with_headers(invite(), "Require: timer", "Session-Expires: 1800")
+    outcome = ra.receive_datagram(timer, UA, 0.0)
+    assert outcome.event is not None and outcome.new_dialog is not None
+    assert (outcome.new_dialog.session_interval, outcome.new_dialog.refresher) == (1800, "uac")
+    ra.respond(outcome.event.tx, 200, "", 0.05)  # type: ignore[union-attr]
+    [ok] = out(ra)
+    assert ok.get("Session-Expires") == "1800;refresher=uac" and ok.get("Require") == "timer"
+    assert outcome.new_dialog.id in ra.dialogs
+    other = with_headers(invite(call_id="c2", branch="z9hG4bK2"), "Require: 100rel, timer")
+    ra.receive_datagram(other, UA, 0.0)
+    [refused] = out(ra)
+    assert refused.status == 420 and refused.get("Unsupported") == "100rel"
+
+
+def test_an_interval_below_min_se_is_422_and_creates_no_dialog() -> None:
+    ra = core()
+    outcome = ra.receive_datagram(with_headers(invite(), "Supported: timer", "Session-Expires: 30"), UA, 0.0)
+    assert outcome.event is None
+    [refused] = out(ra)
+    assert refused.status == 422 and refused.get("Min-SE") == "90"
+    assert len(ra.dialogs) == 0

@@ -138,6 +138,10 @@ class Statestore:
     async def commit(self, message: bus.Commit) -> bus.CommitResult:
         for attempt in range(2):
             role = self.serving_role(time.monotonic()) or await self.wait_for_primary()
+            if role is None and self.members.role is Role.BACKUP and self.members.primary is not None:
+                # No election came of it (the primary's hellos were merely late: load):
+                # forward to it as before; the forward has its own timeout.
+                role = Role.BACKUP
             if role is Role.PRIMARY:
                 return await self.enqueue(message)  # type: ignore[return-value]
             primary = self.members.primary
