@@ -75,6 +75,7 @@ class Throttle:
     hold_until: float = 0.0  # no second cut before the first one's effect can be seen
     refused_share: float = 0.0  # of the last judged period, for RFC 7339's `oc`
     judgements: int = 0
+    over: int = 0  # judgements in a row with the delay over target
 
     def __post_init__(self) -> None:
         self.rate = self.rate or self.max_rate
@@ -158,7 +159,11 @@ class Throttle:
         self.refused_share = self.refused / offered if offered else 0.0
         delay = max(self.delay_sum / self.answered if self.answered else 0.0, self.oldest_wait(now))
         error = (delay - self.target) / self.target
-        if error > 0 and now >= self.hold_until:
+        self.over = self.over + 1 if error > 0 else 0
+        # A moment over target (a GC pause, a map resize, a burst of joins in one room)
+        # is no overload: near capacity it refused calls of a rate that is otherwise clean.
+        # Cut when over target twice running, or at once when far over (a real burst).
+        if (self.over >= 2 or error > 1) and now >= self.hold_until:
             # Over target: a queue has formed. Far above what the node completes (the
             # start, or a node that slowed down at once): down to that at once; otherwise
             # a tenth off. Then no second cut before one delay has passed, so that the
