@@ -53,7 +53,14 @@ class Replica:
             if not (self.path / "data.mdb").exists():
                 raise ReplicaUnavailable(str(self.path))
             env = lmdb.open(str(self.path), readonly=True, lock=True, max_dbs=4, create=False, max_readers=1024)
-            self._db = env.open_db(DATA_DB, create=False)
+            try:
+                self._db = env.open_db(DATA_DB, create=False)
+            except lmdb.NotFoundError as exc:
+                # The store has created its file but not yet committed its database (it is
+                # starting beside us): not there yet, like a missing file. It crashed a
+                # router that started a moment before its store.
+                env.close()
+                raise ReplicaUnavailable(f"{self.path}: no database yet") from exc
             self._env = env
         return self._env
 

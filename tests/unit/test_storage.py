@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from statestore.storage import Storage
+from zeroslee.replica import Replica, ReplicaUnavailable, env_path
 
 
 def test_a_full_map_doubles_and_the_commit_goes_through(tmp_path: Path) -> None:
@@ -56,3 +58,13 @@ def test_a_store_of_another_key_format_is_refused_with_a_way_out(tmp_path: Path)
         Storage(old_store("slash", b"name/room-7", b"name/a/b"), 1 << 20, False)
     with pytest.raises(StoreFormatError, match="make clean"):
         Storage(old_store("percent", b"name/50%"), 1 << 20, False)
+
+
+def test_a_replica_whose_store_has_not_created_its_database_yet_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    """A router or RA that starts a moment before its store finds the LMDB file without
+    the store's database in it: ReplicaUnavailable (retried), never lmdb.NotFoundError."""
+    path = env_path(tmp_path)
+    path.mkdir(parents=True)
+    lmdb.open(str(path), max_dbs=4).close()  # the file exists; the named database does not
+    with pytest.raises(ReplicaUnavailable):
+        Replica(tmp_path).read()

@@ -13,14 +13,15 @@ node's measured response time, as in Welsh and Culler's adaptive overload contro
   requests sent well after it: then it is no queue but a lost answer, or a request a
   service holds on purpose, and it stops counting);
 - about every `ADJUST_EVERY` responses (and at most every `ADJUST_PERIOD`), the rate is
-  judged on the period's mean delay: above the target, it is cut below the rate at
-  which the node completed new requests in the period just ended (its capacity now,
-  for this mix of work), so that a queue that formed drains, and not cut again before
-  that cut can show (one delay later); comfortably below the target, it grows by a
-  share of itself scaled by the margin;
-- a node that was sent nothing for `IDLE_PERIOD` gets `max_rate` back, so a cluster
-  that came through a burst takes its full rate again (issue 22: "recovery"); one kept
-  busy below target climbs back by the rule above.
+  judged on the period's mean delay: over the target twice running (or far over once),
+  it is cut to `DECREASE` of itself, or of the rate at which the node answered new
+  requests over the last second when it is far above that (its capacity now, for this
+  mix of work), so that a queue that formed drains, and not cut again before that cut
+  can show (one delay later); comfortably below the target while refusing, it grows by
+  a share of itself scaled by the margin;
+- a node that was sent nothing new for `IDLE_PERIOD`, and owes no answer, gets
+  `max_rate` back, so a cluster that came through a burst takes its full rate again
+  (issue 22: "recovery").
 
 The delay is what the user sees (setup latency), not a count: a fixed in-flight limit
 admits too much when requests are expensive and too little when they are cheap. The
@@ -63,7 +64,6 @@ class Throttle:
     smoothed: float = 0.0  # s, EWMA of every response's delay (for the stats)
     delay_sum: float = 0.0  # s, over the responses since the last judgement
     answered: int = 0  # responses since the last judgement
-    completed: int = 0  # of which first responses to new requests
     admitted: int = 0  # new requests let through since the last judgement
     refused: int = 0  # and refused
     done: deque[float] = field(default_factory=deque)  # when each new request was answered, last second
@@ -137,7 +137,6 @@ class Throttle:
         self.answered += 1
         self.newest_answered = max(self.newest_answered, now - delay)
         if initial:
-            self.completed += 1
             self.done.append(now)
             if self.started < 0:
                 self.started = now
@@ -179,7 +178,7 @@ class Throttle:
         self.judgements += 1
 
     def restart_period(self, now: float) -> None:
-        self.delay_sum, self.answered, self.completed, self.admitted, self.refused = 0.0, 0, 0, 0, 0
+        self.delay_sum, self.answered, self.admitted, self.refused = 0.0, 0, 0, 0
         self.judged_at = now
 
 
