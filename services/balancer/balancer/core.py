@@ -36,6 +36,7 @@ from zeroslee.liveness import Liveness
 from zeroslee.sipmsg import (
     ParseError,
     SipMessage,
+    Via,
     error_response,
     keepalive_kind,
     parse,
@@ -97,6 +98,16 @@ def quick_look(data: bytes) -> tuple[str, str, str, list[tuple[bytes, bytes]]] |
         return method.decode(), via.decode(), call_id.decode(), copied
     except UnicodeDecodeError:
         return None
+
+
+def rfc3261_key(via: Via, method: str) -> str:
+    """§17.2.3: a server transaction is its branch, its sent-by and its method."""
+    return f"{via.branch}|{via.host.lower()}:{via.port or 5060}|{method}"
+
+
+def refusal_tag(call_id: str) -> str:
+    """The To tag of our stateless 503 (§8.2.6.2: the same for every retransmission)."""
+    return REFUSAL_TAG + hashlib.blake2b(call_id.encode(), digest_size=4).hexdigest()
 
 
 def format_via(transport: str, host: str, port: int | None, params: dict[str, str]) -> str:
@@ -232,13 +243,14 @@ class Balancer:
                 self._reply(msg, addr, 503, "Service Unavailable", [("Retry-After", "5")])
             self.count("no_node")
             return "503"
-        initial = not seen and msg.method not in EXEMPT and not parse_name_addr(msg.get("To") or "").tag
+        to_tag = parse_name_addr(msg.get("To") or "").tag
+        initial = not seen and msg.method not in EXEMPT and not to_tag
         if initial and match != self._admitted and not self.throttle(node).admit(now):
             return self._refuse(msg, addr, match, now)
         self._stamp_received(msg, addr)
         # §16.6 step 3: a copy without Max-Forwards gets one.
         msg.set("Max-Forwards", str(int(mf) - 1) if mf is not None else "70")
-        if msg.method == "INVITE" and not parse_name_addr(msg.get("To") or "").tag:
+        if msg.method == "INVITE" and not to_tag:
             msg.prepend("Record-Route", f"<sip:{self.host};lr;zsnode={node}>")
         ours = self._branch(match)
         msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={ours}")
@@ -277,7 +289,7 @@ class Balancer:
             return None
         if not via.branch.startswith("z9hG4bK"):
             return None
-        match = f"{via.branch}|{via.host.lower()}:{via.port or 5060}|{method}"
+        match = rfc3261_key(via, method)
         if match in self.soft:
             return None  # a retransmission: the full path knows what became of it
         live = self.liveness.live(now) or self.liveness.reachable(now)
@@ -287,10 +299,8 @@ class Balancer:
         if self.throttle(node).admit(now):
             self._admitted = match
             return None
-        self.count("overload.refused")
-        self.soft[match] = (REFUSED, now + SOFT_STATE_TTL)
-        self.soft.move_to_end(match)
-        tag = (REFUSAL_TAG + hashlib.blake2b(call_id.encode(), digest_size=4).hexdigest()).encode()
+        self._note_refused(match, now)
+        tag = refusal_tag(call_id).encode()
         out = [b"SIP/2.0 503 Service Unavailable"]
         for name, value in copied:
             if name == b"To":
@@ -307,16 +317,19 @@ class Balancer:
         the request, so a retransmission gets the same answer), and costs no node any
         work. The transaction is remembered as refused, so that its retransmissions, its
         ACK and a CANCEL that crossed the 503 are answered here too."""
+        self._note_refused(match, now)
+        self._refusal(msg, addr)
+        return "refused"
+
+    def _note_refused(self, match: str, now: float) -> None:
         self.count("overload.refused")
         if match:
             self.soft[match] = (REFUSED, now + SOFT_STATE_TTL)
             self.soft.move_to_end(match)
-        self._refusal(msg, addr)
-        return "refused"
 
     def _refusal(self, msg: SipMessage, addr: Addr) -> None:
-        tag = REFUSAL_TAG + hashlib.blake2b(msg.call_id.encode(), digest_size=4).hexdigest()
-        self._reply(msg, addr, 503, "Service Unavailable", [("Retry-After", str(self.retry_after))], to_tag=tag)
+        headers = [("Retry-After", str(self.retry_after))]
+        self._reply(msg, addr, 503, "Service Unavailable", headers, to_tag=refusal_tag(msg.call_id))
 
     def _refused_again(self, msg: SipMessage, addr: Addr) -> str:
         """A request of a transaction we refused: its ACK is absorbed (§17.2.1: the 503's
@@ -340,9 +353,8 @@ class Balancer:
         cookie (RFC 2543), the Request-URI, From tag, Call-ID, CSeq number and top Via."""
         via = parse_via(top_via)
         method = "INVITE" if msg.method in ("ACK", "CANCEL") else msg.method
-        sent_by = f"{via.host.lower()}:{via.port or 5060}"
         if via.branch.startswith("z9hG4bK"):
-            return f"{via.branch}|{sent_by}|{method}"
+            return rfc3261_key(via, method)
         from_tag = parse_name_addr(msg.get("From") or "").tag
         return f"{msg.uri}|{from_tag}|{msg.call_id}|{msg.cseq[0]}|{top_via}|{method}"
 

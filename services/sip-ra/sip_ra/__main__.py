@@ -155,12 +155,9 @@ class SipRa(asyncio.DatagramProtocol):
         """A request on a dialog without session timers: push its idle end back, lazily
         (a commit only once half the idle limit has gone, not one per request)."""
         _, entry = self.dialogs.read_entry(dialog_id)
-        if entry is None or not entry.fire_at:
-            return
-        dialog = Dialog.decode(entry.value)
-        if dialog.refresher == "uac":
-            return  # only a refresh (a re-INVITE answered 2xx) moves a session's end
-        if entry.fire_at - time.time() < self.proc.config.sip.idle_limit / 2:
+        if entry is None or not entry.fire_at or entry.fire_at - time.time() >= self.proc.config.sip.idle_limit / 2:
+            return  # the common case, decided without decoding the dialog
+        if Dialog.decode(entry.value).refresher != "uac":  # a session's end moves only on a refresh
             self.spawn(self.move_expiry(dialog_id, None))
 
     async def move_expiry(self, dialog_id: str, session: Session | None) -> None:
