@@ -8,8 +8,10 @@ MYPY_PATHS := shared/zeroslee services/router/router services/statestore/statest
 
 .PHONY: setup test lint demo cluster bench lock outdated clean
 
+# setup also makes the bus keys the default cluster file names, if missing (var/keys).
 setup:
 	@scripts/setup.sh
+	@$(VENV)/bin/zeroslee-admin keygen --cluster
 
 test: setup lint
 	$(VENV)/bin/python -m pytest

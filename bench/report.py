@@ -100,6 +100,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {'' if loaded else _met(rep['p99_ms'] <= TARGETS['commit_p99'])} |"
         )
         lines.append(f"| commit p50 / p99, single store | {_num(one['p50_ms'])} / {_num(one['p99_ms'])} ms | | |")
+    sec = results.get("security")
+    if sec:
+        plain, curve, r = sec["plaintext"], sec["curve"], sec["ratios"]
+        lines.append(
+            f"| CURVE on the bus vs plaintext, same run (median of {sec['rounds']}): idle commit p99; "
+            f"CPU per call at {sec['rate']}/s, one room per call "
+            f"| {_num(curve['commit_p99_ms'])} vs {_num(plain['commit_p99_ms'])} ms (x{_num(r['commit_p99_ms'])}); "
+            f"{_num(curve['cpu_ms_per_call'])} vs {_num(plain['cpu_ms_per_call'])} ms (x{_num(r['cpu_ms_per_call'])}) "
+            f"| p99 x ≤ 1.2 | {_met(r['commit_p99_ms'] is not None and r['commit_p99_ms'] <= 1.2)} |"
+        )
     fo = results.get("failover")
     if fo:
         gaps = ", ".join(_num(k["gap_ms"]) for k in fo["kills"])

@@ -36,7 +36,7 @@ import lmdb
 import zmq
 
 from bench import chatload, report, tools
-from zeroslee import admin, bus, hashing
+from zeroslee import admin, bus, curve, hashing
 from zeroslee.devcluster import DevCluster
 from zeroslee.replica import DATA_DB, env_path
 from zeroslee.runtime import loop_factory
@@ -116,8 +116,8 @@ class Bench:
     def log(self, text: str) -> None:
         print(f"bench: {text}", flush=True)
 
-    def cluster(self, name: str, nodes: int = 2) -> DevCluster:
-        c = DevCluster(self.work / name, base=BASE, nodes=nodes)
+    def cluster(self, name: str, nodes: int = 2, insecure: bool = False) -> DevCluster:
+        c = DevCluster(self.work / name, base=BASE, nodes=nodes, insecure=insecure)
         c.start_all()
         try:
             c.wait_ready(timeout=30, nodes=nodes)
@@ -354,6 +354,59 @@ class Bench:
             ua.transport.close()
         return {**result, "offered_relays_per_s": rate, "relayed": relayed, "sent": len(stream.sent)}
 
+    # --- 3b. what CURVE costs ----------------------------------------------------------
+    def security(self) -> None:
+        """The same cluster with a plaintext bus and with CURVE, in this run: idle
+        replicated commit latency, then CPU per call at a fixed rate well below capacity
+        (SIPp uac, one room per call). Rounds alternate the two, so that drift on a shared
+        machine falls on both; the figures compared are the medians over rounds."""
+        rate = 20 if self.plan.smoke else 150
+        rounds = 1 if self.plan.smoke else 3
+        runs: dict[str, list[dict[str, Any]]] = {"plaintext": [], "curve": []}
+        rooms = tools.BENCH / "scenarios" / "rooms.xml"
+        for i in range(rounds):
+            for label, insecure in (("plaintext", True), ("curve", False)):
+                c = self.cluster(f"security-{label}-{i}", insecure=insecure)
+                try:
+                    commit = commit_latency(c, self.plan.commits)
+                    host, port = c.balancer_addr
+                    before = cluster_cpu(c)
+                    run, argv = tools.sipp_uac(
+                        f"{host}:{port}",
+                        rate,
+                        self.plan.step,
+                        self.work / f"security-{label}-{i}-sipp",
+                        UAC_PORT,
+                        scenario=rooms,
+                    )
+                    self.note(argv)
+                    cpu = cpu_per(before, cluster_cpu(c), run.successful)
+                finally:
+                    c.stop()
+                runs[label].append(
+                    {"commit": commit, "calls": run.successful, "failed": run.failed, "cpu_ms_per_call": cpu}
+                )
+                self.log(f"security {label} round {i}: commit p99 {commit['p99_ms']} ms, {cpu.get('all')} ms/call")
+
+        def median(label: str, pick: Callable[[dict[str, Any]], float]) -> float:
+            values = sorted(pick(r) for r in runs[label])
+            return values[len(values) // 2]
+
+        summary: dict[str, Any] = {"rate": rate, "rounds": rounds, "runs": runs}
+        for label in runs:
+            summary[label] = {
+                "commit_p50_ms": median(label, lambda r: float(r["commit"]["p50_ms"])),
+                "commit_p99_ms": median(label, lambda r: float(r["commit"]["p99_ms"])),
+                "cpu_ms_per_call": median(label, lambda r: float(r["cpu_ms_per_call"].get("all", 0.0))),
+                "failed": sum(int(r["failed"]) for r in runs[label]),
+            }
+        plain, secure = summary["plaintext"], summary["curve"]
+        summary["ratios"] = {
+            k: round(secure[k] / plain[k], 3) if plain[k] else None
+            for k in ("commit_p50_ms", "commit_p99_ms", "cpu_ms_per_call")
+        }
+        self.results["security"] = summary
+
     # --- 4. failover gap ------------------------------------------------------------
     def failover(self) -> None:
         c = self.cluster("failover")
@@ -538,17 +591,6 @@ def call_id_on(node: str, nodes: list[str], prefix: str) -> str:
     raise RuntimeError("no Call-ID hashes there")
 
 
-def ask(endpoint: str, message: bus.Message, timeout_ms: int = 5000) -> bus.Message | None:
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    try:
-        sock.send(bus.encode(message))
-        return bus.decode(sock.recv()) if sock.poll(timeout_ms) else None
-    finally:
-        sock.close()
-
-
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -646,7 +688,7 @@ def commit_latency(c: DevCluster, n: int, until: threading.Event | None = None) 
     primary = store_primary(c)
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(c.config.node(primary).store)
+    curve.connect(sock, c.config, primary, c.config.node(primary).store)  # as the node's own client
     payload = b"x" * 200
     lat: list[float] = []
     refused = 0
@@ -787,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds per phase: proves the harness runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--phases", default="setup,overload,relay,commit,failover,memory,profile")
+    parser.add_argument("--phases", default="setup,overload,relay,commit,security,failover,memory,profile")
     parser.add_argument("--readme", action="store_true", help="quote the table in README.md")
     parser.add_argument("--profile-rate", type=int, help="the profile phase's call rate (default: the best setup rate)")
     parser.add_argument("--only-zeroslee", action="store_true", help="setup phase: skip the baselines (no ratios)")
@@ -804,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
         "overload": Bench.overload,
         "relay": Bench.relay,
         "commit": Bench.commit,
+        "security": Bench.security,
         "failover": Bench.failover,
         "memory": Bench.memory,
         "profile": Bench.profile,

@@ -71,7 +71,7 @@ def make_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevCluste
     """`make cluster`'s own launcher (one honcho per node) on the default ports, with its
     data in a temp dir; stopped by the launcher's PID (it stops its honchos)."""
     tmp = tmp_path_factory.mktemp("make-cluster")
-    text = (REPO / "config" / "cluster.toml").read_text().replace('data_root = "var"', f'data_root = "{tmp}/var"')
+    text = (REPO / "config" / "cluster.toml").read_text().replace('"var', f'"{tmp}/var')
     (tmp / "cluster.toml").write_text(text)
     env = {**os.environ, "ZEROSLEE_CONFIG": str(tmp / "cluster.toml")}
     with (tmp / "cluster.log").open("wb") as log:

@@ -18,10 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "shared"))
 
 from zeroslee.config import load  # noqa: E402
+from zeroslee.curve import create_missing_keys  # noqa: E402
 
 
 def main() -> int:
+    os.chdir(ROOT)  # the cluster file's paths (var/) are relative to the checkout
     config = load(os.environ.get("ZEROSLEE_CONFIG") or ROOT / "config" / "cluster.toml")
+    made = create_missing_keys(config)
+    if made:
+        print(f"cluster: made bus keys for {', '.join(made)} in {config.security.keys}", flush=True)
     env = dict(os.environ)
     # honcho and the services run from the venv this launcher runs in (make's VENV).
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

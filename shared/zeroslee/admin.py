@@ -2,35 +2,81 @@
 
 Every subcommand asks over the bus (JSON-able replies): the statestores for clustered
 state, the routers and balancer for statistics. Tables by default, JSON with --json.
+It holds a key like every member (curve.py): `admin`'s, or the one `--as` names; a
+server that does not accept that key makes the subcommand fail at once, saying so.
+`keygen NAME` makes a member's key pair; `keygen --cluster` every one the cluster file
+expects on this host that is missing (what `make setup` runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import zmq
+import zmq.auth
 
-from zeroslee import bus, keys
+from zeroslee import access, bus, curve, keys
 from zeroslee.config import Config, load
 
 TIMEOUT_MS = 2000
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+_keyrings: dict[tuple[int, str], tuple[Config, curve.Keyring]] = {}
+member_in_use = access.ADMIN  # whose key the admin holds (`--as`)
 
 
-def ask(endpoint: str, message: bus.Message) -> bus.Message | None:
+def keyring(config: Config) -> curve.Keyring | None:
+    """The admin's keys for `config` (loaded once), None on an insecure cluster. A
+    missing or unlisted key ends the command with the reason, before anything is sent."""
+    if config.security.insecure:
+        return None
+    cached = _keyrings.get((id(config), member_in_use))
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    try:
+        ring = curve.Keyring(config, member_in_use)
+    except curve.SecurityError as exc:
+        raise SystemExit(f"zeroslee-admin: {exc}") from None
+    _keyrings[(id(config), member_in_use)] = (config, ring)
+    return ring
+
+
+def ask(config: Config, endpoint: str, message: bus.Message) -> bus.Message | None:
+    """One request and its reply; None if no reply came in time."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    ring = keyring(config)
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    monitor = None
+    if ring is not None:
+        ring.dial(sock, endpoint)
+        monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+        poller.register(monitor, zmq.POLLIN)
     sock.connect(endpoint)
     try:
         sock.send(bus.encode(message))
-        if not sock.poll(TIMEOUT_MS):
-            return None
-        return bus.decode(sock.recv())
+        ready = dict(poller.poll(TIMEOUT_MS))
+        if sock in ready:
+            return bus.decode(sock.recv())
+        if monitor is not None and monitor in ready:
+            raise SystemExit(
+                f"zeroslee-admin: {endpoint} refused {member_in_use}'s key (is it listed in "
+                "[security.public] of the cluster file that process runs with?)"
+            )
+        return None
     finally:
+        if monitor is not None:
+            sock.disable_monitor()
+            monitor.close()
         sock.close()
 
 
@@ -43,14 +89,14 @@ def endpoint_of(config: Config, service: str, node: str | None) -> str:
 
 
 def request_stats(config: Config, service: str, node: str | None = None) -> dict[str, Any]:
-    reply = ask(endpoint_of(config, service, node), bus.StatsRequest(1))
+    reply = ask(config, endpoint_of(config, service, node), bus.StatsRequest(1))
     return dict(reply.stats) if isinstance(reply, bus.StatsReply) else {}
 
 
 def query(config: Config, prefix: str) -> list[tuple[str, int, bytes]]:
     """Read `prefix` from the first store that answers (every store holds a full mirror)."""
     for node in config.nodes:
-        reply = ask(node.store, bus.Query(1, prefix))
+        reply = ask(config, node.store, bus.Query(1, prefix))
         if isinstance(reply, bus.QueryResult):
             return reply.items
     raise SystemExit("no statestore answered")
@@ -58,7 +104,7 @@ def query(config: Config, prefix: str) -> list[tuple[str, int, bytes]]:
 
 def query_node(config: Config, node: str, prefix: str) -> list[tuple[str, int, bytes]] | None:
     """One store's replica under `prefix` (None if it does not answer)."""
-    reply = ask(config.node(node).store, bus.Query(1, prefix))
+    reply = ask(config, config.node(node).store, bus.Query(1, prefix))
     return reply.items if isinstance(reply, bus.QueryResult) else None
 
 
@@ -156,7 +202,7 @@ def end_activity(config: Config, activity: str) -> dict[str, Any]:
     if owner is None:
         raise SystemExit(f"no activity {activity}")
     for node in [owner] + [n for n in config.node_ids if n != owner]:
-        if isinstance(ask(config.node(node).router, bus.EndActivity(1, activity)), bus.Pong):
+        if isinstance(ask(config, config.node(node).router, bus.EndActivity(1, activity)), bus.Pong):
             return {"activity": activity, "ended_by": node}
     raise SystemExit("no router answered")
 
@@ -173,18 +219,57 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
 
 
+def keygen(config: Config, member: str | None, everyone: bool, directory: str | None) -> list[dict[str, Any]]:
+    """Make one member's key pair (or, with `everyone`, every missing one the cluster file
+    expects here); rows of what was made, with the line to list in [security.public]."""
+    if everyone:
+        made = curve.create_missing_keys(config)
+        return [{"member": m, "public": str(curve.secret_path(config, m).with_suffix(".key"))} for m in made]
+    assert member is not None
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", member):
+        raise SystemExit(f"zeroslee-admin: {member!r} cannot be a member name (letters, digits, '.', '_', '-')")
+    try:
+        public, secret = curve.create_keys(Path(directory or config.security.keys), member)
+    except curve.SecurityError as exc:
+        raise SystemExit(f"zeroslee-admin: {exc}") from None
+    key, _ = zmq.auth.load_certificate(public)
+    return [{"member": member, "secret": str(secret), "list": f'{member} = "{key.decode()}"'}]
+
+
 def main(argv: list[str] | None = None) -> int:
+    global member_in_use
     parser = argparse.ArgumentParser(prog="zeroslee-admin")
     parser.add_argument("--config", default=None)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--as", dest="member", default=access.ADMIN, help="whose key to use (default admin)")
     parser.add_argument(
         "what",
-        choices=["services", "activities", "entities", "names", "timers", "alarms", "routing", "stats", "end-activity"],
+        choices=[
+            "services",
+            "activities",
+            "entities",
+            "names",
+            "timers",
+            "alarms",
+            "routing",
+            "stats",
+            "end-activity",
+            "keygen",
+        ],
     )
-    parser.add_argument("id", nargs="?", help="the activity id, for end-activity")
+    parser.add_argument("id", nargs="?", help="the activity id (end-activity), the member's name (keygen)")
+    parser.add_argument("--cluster", action="store_true", help="keygen: every missing key of the cluster file")
+    parser.add_argument("--dir", default=None, help="keygen: where to write (default [security] keys)")
     args = parser.parse_args(argv)
     config = load(args.config)
-    if args.what == "end-activity":
+    member_in_use = args.member
+    if args.what == "keygen":
+        if not args.id and not args.cluster:
+            parser.error("keygen needs a member name, or --cluster")
+        rows = keygen(config, args.id, args.cluster, args.dir)
+        if not rows:
+            return 0  # every key was there already: nothing to say
+    elif args.what == "end-activity":
         if not args.id:
             parser.error("end-activity needs an activity id")
         rows = [end_activity(config, args.id)]

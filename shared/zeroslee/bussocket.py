@@ -13,6 +13,12 @@ ZeroMQ's `FD` is edge-like: it signals that the socket's state may have changed,
 send or receive may consume that signal. So whenever an operation succeeds while the
 other direction has parked futures, the socket is re-examined on the next loop turn
 (`pump`), which is what libzmq's documentation asks of `ZMQ_FD` users.
+
+With a keyring (curve.py), `bind` makes the socket a CURVE server of its endpoint's
+domain and `connect` a CURVE client of its endpoint's member; `recv_from` also returns
+the member the handshake authenticated, for sockets that check each message's sender.
+Every socket refuses messages over `max_message` bytes (ZMQ_MAXMSGSIZE): libzmq drops
+the connection that sent one, before any of it reaches us.
 """
 
 from __future__ import annotations
@@ -20,24 +26,36 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import zmq
+
+if TYPE_CHECKING:
+    from zeroslee.curve import Keyring
 
 _POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 _NOBLOCK, _EVENTS = int(zmq.NOBLOCK), int(zmq.EVENTS)
 _monitor_ids = itertools.count(1)
+_SINGLE, _MULTIPART, _WITH_USER = 0, 1, 2  # what a parked reader waits for
+MAX_MESSAGE = 16 * 1024 * 1024  # bytes: far above any commit, event or reply we send
 
 
 class BusSocket:
     """One ZeroMQ socket driven by the running event loop (create it inside the loop)."""
 
-    def __init__(self, ctx: zmq.Context[Any], kind: int) -> None:
+    def __init__(
+        self, ctx: zmq.Context[Any], kind: int, keyring: Keyring | None = None, max_message: int = MAX_MESSAGE
+    ) -> None:
         self.zmq: zmq.Socket[bytes] = ctx.socket(kind)
         self.zmq.setsockopt(zmq.LINGER, 0)
+        self.zmq.setsockopt(zmq.MAXMSGSIZE, max_message)
+        self.keyring = keyring
+        self.domain = ""  # what it serves, once bound with a keyring (access.py)
+        self.on_bind: Callable[[BusSocket], None] | None = None  # told after each bind
         self._ctx = ctx
         self._loop = asyncio.get_running_loop()
-        self._readers: deque[tuple[asyncio.Future[Any], bool]] = deque()  # (future, multipart)
+        self._readers: deque[tuple[asyncio.Future[Any], int]] = deque()  # (future, what)
         self._senders: deque[tuple[asyncio.Future[None], list[bytes]]] = deque()
         self._fd: int = self.zmq.getsockopt(zmq.FD)
         self._pump_scheduled = False
@@ -49,9 +67,15 @@ class BusSocket:
         self.zmq.setsockopt(option, value)
 
     def bind(self, endpoint: str) -> None:
+        if self.keyring is not None:
+            self.domain = self.keyring.serve(self.zmq, endpoint)
         self.zmq.bind(endpoint)
+        if self.on_bind is not None:
+            self.on_bind(self)
 
     def connect(self, endpoint: str) -> None:
+        if self.keyring is not None:
+            self.keyring.dial(self.zmq, endpoint)
         self.zmq.connect(endpoint)
 
     def get_monitor_socket(self, events: int) -> BusSocket:
@@ -80,25 +104,42 @@ class BusSocket:
         """One single-frame message. With `zmq.NOBLOCK`, raises `zmq.Again` if none waits."""
         if flags & _NOBLOCK:
             return self.zmq.recv(_NOBLOCK)
-        data: bytes = await self._receive(False)
+        data: bytes = await self._receive(_SINGLE)
         return data
 
     async def recv_multipart(self) -> list[bytes]:
-        frames: list[bytes] = await self._receive(True)
+        frames: list[bytes] = await self._receive(_MULTIPART)
         return frames
 
-    async def _receive(self, multipart: bool) -> Any:
+    async def recv_from(self) -> tuple[list[bytes], str]:
+        """A multipart message and the member who sent it (its connection's User-Id; ""
+        without a keyring, where no one is authenticated)."""
+        got: tuple[list[bytes], str] = await self._receive(_WITH_USER)
+        return got
+
+    def _take(self, what: int) -> Any:
+        """One message off the socket now (raises zmq.Again if none waits)."""
+        sock = self.zmq
+        if what == _SINGLE:
+            return sock.recv(_NOBLOCK)
+        if what == _MULTIPART or self.keyring is None:
+            frames = sock.recv_multipart(_NOBLOCK)
+            return frames if what == _MULTIPART else (frames, "")
+        parts = sock.recv_multipart(_NOBLOCK, copy=False)
+        return [part.bytes for part in parts], str(parts[-1].get("User-Id"))
+
+    async def _receive(self, what: int) -> Any:
         self._drop_abandoned()
         if not self._readers:
             try:
-                got = self.zmq.recv_multipart(_NOBLOCK) if multipart else self.zmq.recv(_NOBLOCK)
+                got = self._take(what)
             except zmq.Again:
                 pass
             else:
                 self._recheck_senders()
                 return got
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._readers.append((fut, multipart))
+        self._readers.append((fut, what))
         return await fut
 
     # --- sending ------------------------------------------------------------------
@@ -148,8 +189,8 @@ class BusSocket:
             if events & _POLLIN:
                 self._drop_abandoned()
                 if self._readers:
-                    fut, multipart = self._readers.popleft()
-                    fut.set_result(sock.recv_multipart(_NOBLOCK) if multipart else sock.recv(_NOBLOCK))
+                    fut, what = self._readers.popleft()
+                    fut.set_result(self._take(what))
                     moved = True
             if events & _POLLOUT:
                 while self._senders and self._senders[0][0].done():

@@ -104,6 +104,18 @@ class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     journal_tries: int = 3
 
 
+class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """CURVE on the bus (zeroslee/curve.py, access.py). `public` lists every member's
+    public key, by member name (node ids, `balancer`, `witness`, `admin`...): Z85 text,
+    or the path of the certificate file holding it. `keys` is where this host keeps its
+    members' secret keys (`<name>.key_secret`, mode 0600). `insecure = true` turns
+    CURVE off: every socket then accepts anyone, and each process says so at start."""
+
+    insecure: bool = False
+    keys: str = "var/keys"
+    public: dict[str, str] = {}
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nodes: list[NodeConfig]
     services: list[ServiceConfig]
@@ -112,6 +124,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     store: StoreTuning = StoreTuning()
     witness: WitnessConfig = WitnessConfig()
     router: RouterConfig = RouterConfig()
+    security: SecurityConfig = SecurityConfig()
     heartbeat_interval: float = 0.1
     data_root: str = "var"
     log_level: str = "info"

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from zeroslee import config as cfg
+from zeroslee import curve
 from zeroslee.sipmsg import SipMessage, parse
 
 SERVICES = ("statestore", "router", "sip-ra")
@@ -42,12 +43,17 @@ def cluster_toml(
     max_in_flight_in_dialog: int = 400,
     sip_host: str = "",
     sip_options: dict[str, float] | None = None,
+    insecure: bool = False,
 ) -> str:
     """A cluster file: balancer at `base`, node i's ports at base+10*i+1..6. `hosts` gives
     the address of "front" (balancer, witness) and of each node (default 127.0.0.1);
-    `sip_host` (e.g. "[::1]") puts every SIP socket there instead, the bus staying put."""
+    `sip_host` (e.g. "[::1]") puts every SIP socket there instead, the bus staying put.
+    The bus is CURVE-secured, every member's keys in `keys` beside `data_root` (made by
+    `DevCluster`), unless `insecure`."""
     where = hosts or {}
     front = where.get("front", "127.0.0.1")
+    keydir = data_root.parent / "keys"
+    members = [*(f"node-{i}" for i in range(1, nodes + 1)), "balancer", "witness", "admin"]
     lines = [
         f'data_root = "{data_root}"',
         "heartbeat_interval = 0.1",
@@ -66,6 +72,11 @@ def cluster_toml(
         "peer_dead_after = 0.6",
         "[witness]",
         f'endpoint = "tcp://{front}:{base + 8}"',
+        "[security]",
+        f"insecure = {'true' if insecure else 'false'}",
+        f'keys = "{keydir}"',
+        "[security.public]",
+        *(f'{m} = "{keydir / m}.key"' for m in members),
     ]
     for i in range(1, nodes + 1):
         p, h = base + 10 * i, where.get(f"node-{i}", "127.0.0.1")
@@ -100,6 +111,7 @@ class DevCluster:
         max_in_flight_in_dialog: int = 400,
         sip_host: str = "",
         sip_options: dict[str, float] | None = None,
+        insecure: bool = False,
     ) -> None:
         """`wrap[node]` prefixes that node's commands (e.g. `ip netns exec NS`)."""
         self.wrap = wrap or {}
@@ -119,9 +131,11 @@ class DevCluster:
             max_in_flight_in_dialog,
             sip_host,
             sip_options,
+            insecure,
         )
         self.config_path.write_text(text)
         self.config = cfg.load(self.config_path)
+        curve.create_missing_keys(self.config)
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
 
     @classmethod

@@ -16,6 +16,7 @@ import itertools
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -24,10 +25,14 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from zeroslee import bus, log
-from zeroslee.bussocket import BusSocket
+from zeroslee import access, bus, curve, log
+from zeroslee.bussocket import MAX_MESSAGE, BusSocket
 from zeroslee.config import Config, load, parse_hostport
 from zeroslee.liveness import Liveness
+
+HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 class Process:
@@ -46,6 +51,30 @@ class Process:
         self.stopping = asyncio.Event()
         self.crashed = False
         self.beacons: list[Beacon] = []
+        self.keyring: curve.Keyring | None = None
+        self.gatekeeper: curve.Gatekeeper | None = None
+        self.guards: list[asyncio.Task[None]] = []  # count failed handshakes (`guard`)
+        self.member = node or service  # whose key this process holds (access.py)
+        if config.security.insecure:
+            self.log.warning("bus insecure", detail="insecure = true: every bus socket accepts anyone, in plaintext")
+        else:
+            self.secure()
+
+    def secure(self) -> None:
+        """Load our keys and start the ZAP handler before any socket binds: a CURVE
+        server whose context has no handler would accept every client key."""
+        self.keyring = curve.Keyring(self.config, self.member)
+        if self.keyring.loose_mode:
+            self.log.warning("secret key readable by others", detail=self.keyring.loose_mode)
+        loop = asyncio.get_running_loop()
+
+        def refused(domain: str, who: str, times: int) -> None:  # the handler's thread
+            loop.call_soon_threadsafe(
+                lambda: self.log.warning("bus connection refused", domain=domain, member=who, times=times)
+            )
+
+        self.gatekeeper = curve.Gatekeeper(self.ctx, self.keyring, refused)
+        self.gatekeeper.start()
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
@@ -63,22 +92,65 @@ class Process:
             self.reject("bus", exc, socket=socket)
             return None
 
-    def socket(self, kind: int) -> BusSocket:
-        sock = BusSocket(self.ctx, kind)
+    def socket(self, kind: int, max_message: int = MAX_MESSAGE) -> BusSocket:
+        sock = BusSocket(self.ctx, kind, self.keyring, max_message)
+        if self.keyring is not None:
+            sock.on_bind = lambda bound: self.guard(bound, bound.domain)
         self.sockets.append(sock)
         return sock
 
+    def guard(self, sock: BusSocket | zmq.Socket[bytes], domain: str) -> None:
+        """Count every failed handshake on a bound socket (`rejected.handshake`): a client
+        without keys (the mechanism does not match), with a key the ZAP handler refused,
+        or speaking no ZMTP at all. Logged at the first and every 100th, per socket:
+        a refused client retries every 100 ms."""
+        if isinstance(sock, BusSocket):
+            monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+        else:  # a beacon's socket, owned by its thread: its monitor is read here
+            endpoint = f"inproc://zeroslee-guard-{id(sock)}"
+            sock.monitor(endpoint, HANDSHAKE_FAILED)
+            monitor = BusSocket(self.ctx, zmq.PAIR)
+            monitor.connect(endpoint)
+            self.sockets.append(monitor)
+        self.guards.append(asyncio.ensure_future(self._count_failures(monitor, domain)))
+
+    async def _count_failures(self, monitor: BusSocket, domain: str) -> None:
+        failures = 0
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            failures += 1
+            self.count("rejected.handshake")
+            if failures == 1 or failures % 100 == 0:
+                self.log.warning("bus handshake failed", domain=domain, code=event["value"], failures=failures)
+
+    def permits(self, sock: BusSocket, member: str, message: bus.Message) -> bool:
+        """Whether `member` may send `message` on `sock` (access.py's second layer):
+        counted and logged as `rejected.forbidden` when not. Everyone may, insecure."""
+        if self.keyring is None:
+            return True
+        kind = type(message).__name__
+        if access.may_send(sock.domain, self.keyring.role(member), kind):
+            return True
+        self.reject("forbidden", f"{member or 'unknown'} may not send {kind} on {sock.domain}", member=member)
+        return False
+
     def beacon(self, endpoint: str, interval: float, message: Callable[[], bytes]) -> Beacon:
         """A PUB socket at `endpoint` sending `message()` every `interval` from a thread."""
-        beacon = Beacon(self.ctx, endpoint, interval, message)
+        beacon = Beacon(self.ctx, endpoint, interval, message, self.keyring)
+        if self.keyring is not None:
+            self.guard(beacon.sock, access.HEARTBEAT)
         self.beacons.append(beacon)
         return beacon
 
     def close(self) -> None:
+        for task in self.guards:
+            task.cancel()
         for beacon in self.beacons:
             beacon.stop()
         for sock in self.sockets:
             sock.close()
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
         self.ctx.destroy(linger=0)
 
 
@@ -94,13 +166,21 @@ class Beacon:
     not ready when that stamp is old (see sip-ra's `beat`)."""
 
     def __init__(
-        self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, interval: float, message: Callable[[], bytes]
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        interval: float,
+        message: Callable[[], bytes],
+        keyring: curve.Keyring | None = None,
     ):
         self.interval = interval
         self.message = message
         self.stopped = threading.Event()
         self.sock = ctx.socket(zmq.PUB)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 1024)  # subscribers send subscriptions only
+        if keyring is not None:
+            keyring.serve(self.sock, endpoint)
         self.sock.bind(endpoint)  # here, so that a port in use fails the start, not the thread
         self.thread = threading.Thread(target=self._run, name=f"beacon {endpoint}", daemon=True)
         self.sent = 0
@@ -206,7 +286,12 @@ def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], need
         config.node(node)  # fail fast on an unknown node id
 
     async def runner() -> bool:
-        proc = Process(service, config, node)
+        try:
+            proc = Process(service, config, node)
+        except curve.SecurityError as exc:  # the operator's keys, not a bug: one line
+            log.configure(service, node, config.log_level).error("keys refused", error=str(exc))
+            print(f"{service}: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(78) from None  # EX_CONFIG
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, proc.stopping.set)
@@ -311,10 +396,12 @@ class Requester:
     already timed out are dropped (and counted by the caller's `on_unmatched`).
     """
 
-    def __init__(self, proc: Process, endpoint: str, identity: bytes | None = None) -> None:
+    def __init__(
+        self, proc: Process, endpoint: str, identity: bytes | None = None, max_message: int = MAX_MESSAGE
+    ) -> None:
         self.proc = proc
         self.endpoint = endpoint
-        self.sock = proc.socket(zmq.DEALER)
+        self.sock = proc.socket(zmq.DEALER, max_message)
         if identity is not None:
             self.sock.setsockopt(zmq.ROUTING_ID, identity)
         self.sock.connect(endpoint)

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
-from tests.conftest import REPO, eventually
+import pytest
+
+from tests.conftest import REPO, eventually, running
+from tests.ra.events import SERVICE
 from zeroslee import admin
 from zeroslee.devcluster import DevCluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[DevCluster]:
+    """The default cluster, and a service that declares the counter RA's Tick."""
+    yield from running(DevCluster(tmp_path, extra=SERVICE))
 
 
 def ra_events(cluster: DevCluster, node: str) -> list[tuple[str, str]]:

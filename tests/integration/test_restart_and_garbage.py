@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from tests.conftest import call_id_on, eventually
-from zeroslee import admin, bus
+from zeroslee import admin, bus, curve
 from zeroslee.devcluster import DevCluster
 from zeroslee.sipmsg import parse
 from zeroslee.ua import UserAgent
@@ -81,18 +81,21 @@ def test_malformed_datagrams_are_answered_or_counted_and_nothing_crashes(cluster
 
 
 def test_garbage_on_every_bus_socket_is_counted_and_ignored(cluster: DevCluster) -> None:
-    endpoints = {"balancer": (cluster.config.balancer.control, None)}
+    """From members that may connect there (garbage from an authenticated peer)."""
+    nodes = cluster.config.node_ids
+    endpoints = {"balancer": (cluster.config.balancer.control, "admin")}
     for n in cluster.config.nodes:
-        endpoints[f"{n.id}/router"] = (n.router, ("router", n.id))
-        endpoints[f"{n.id}/store"] = (n.store, ("statestore", n.id))
-        endpoints[f"{n.id}/peer"] = (n.peer, ("statestore", n.id))
-        endpoints[f"{n.id}/control"] = (n.control, ("sip-ra", n.id))
+        other = next(o for o in nodes if o != n.id)
+        endpoints[f"{n.id}/router"] = (n.router, n.id)
+        endpoints[f"{n.id}/store"] = (n.store, n.id)
+        endpoints[f"{n.id}/peer"] = (n.peer, other)
+        endpoints[f"{n.id}/control"] = (n.control, "admin")
     ctx = zmq.Context()
     try:
-        for endpoint, _ in endpoints.values():
+        for endpoint, member in endpoints.values():
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 1000)
-            sock.connect(endpoint)
+            curve.connect(sock, cluster.config, member, endpoint)
             for junk in (b"", b"\x93\x01\x02", b"\xc1not msgpack", b'{"t":"Commit"}'):
                 sock.send(junk)
             sock.close()
@@ -104,7 +107,7 @@ def test_garbage_on_every_bus_socket_is_counted_and_ignored(cluster: DevCluster)
         for n in cluster.config.nodes:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 1000)
-            sock.connect(n.router)
+            curve.connect(sock, cluster.config, n.id, n.router)
             sock.send(bus.encode(bus.FireEvent(0, "no-such-activity", "nowhere:Nothing", b"\x80")))
             sock.close()
     finally:

@@ -19,6 +19,7 @@ CORES = [
     "shared/zeroslee/sipmsg.py",
     "shared/zeroslee/sipheaders.py",
     "shared/zeroslee/hashing.py",
+    "shared/zeroslee/access.py",
 ]
 FORBIDDEN = {"asyncio", "zmq", "lmdb", "logging", "structlog", "time", "socket"}
 

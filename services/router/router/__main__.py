@@ -24,8 +24,8 @@ from router.records import (
     PendingEvent,
     TimerRecord,
     Transaction,
+    UnknownEventType,
     decode,
-    decode_event,
     encode,
 )
 from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
@@ -44,6 +44,7 @@ JOURNAL_PATIENCE = 8  # tries (0.5 + 1 + ... + 3.5 s = 14 s) for one the store k
 TIMER_SLACK = 0.002  # seconds added to a timer's delay (see `schedule`)
 OUTGOING_SWEEP = 2.0  # seconds between looks for journaled requests our RA never sent
 TIMER = object()  # queue marker: the pending key is a timer record's
+UNREADABLE = object()  # queue marker: a journaled event of no declared type, to drop
 
 Body = Callable[[Transaction], Outcome | None]
 
@@ -99,11 +100,13 @@ class Router:
 
     async def serve(self) -> None:
         while True:
-            ident, data = await self.sock.recv_multipart()
+            (ident, data), member = await self.sock.recv_from()
             try:
                 message = bus.decode(data)
             except bus.BadMessage as exc:
                 self.proc.reject("bus", exc, socket="router")
+                continue
+            if not self.proc.permits(self.sock, member, message):
                 continue
             match message:
                 case bus.RequestReceived():
@@ -206,6 +209,9 @@ class Router:
                 lambda tx: self.container.fire_timer(tx, pending_key, time.time()), log.bind(event_type="TimerEvent")
             )
             return
+        if event is UNREADABLE and pending_key is not None:
+            await self.drop_journaled(pending_key, "its type is no deployed service's", log)
+            return
         if isinstance(event, bus.EndActivity):
             await self.run(lambda tx: self.end(tx, activity), log.bind(event_type="EndActivity"))
             return
@@ -220,9 +226,9 @@ class Router:
         if isinstance(event, bus.FireEvent):
             pending = PendingEvent(f"ra-{time.time_ns()}", event.activity, event.type, event.payload)
             try:
-                event = decode_event(pending)
-            except (ImportError, AttributeError, ValueError, msgspec.DecodeError) as exc:
-                self.proc.reject("event", exc, activity=activity, type=pending.type)  # bad input: no crash
+                event = self.container.event_types.decode(pending)
+            except (UnknownEventType, ValueError, msgspec.DecodeError) as exc:
+                self.proc.reject("event", exc, activity=activity, type=pending.type[:100])  # bad input: no crash
                 return
         assert isinstance(event, msgspec.Struct)
         log = log.bind(event_type=type(event).__name__)
@@ -245,17 +251,30 @@ class Router:
             self.proc.count("event.retried")
             asyncio.get_running_loop().call_later(JOURNAL_RETRY * tries, self.enqueue, activity, event, pending_key)
             return
-        self.proc.count("event.dropped")  # poison: out of the journal, so its activity can end
-        self.alarms.raise_now("journal", f"dropped {pending_key} after {tries} failed deliveries", time.monotonic())
         log.error("poison event dropped", key=pending_key, tries=tries, service_failures=failed)
         del self.retries[pending_key], self.poisoned[pending_key]
-        key = pending_key
+        await self.drop_journaled(pending_key, f"dropped after {tries} failed deliveries", log)
+
+    async def drop_journaled(self, key: str, why: str, log: structlog.typing.FilteringBoundLogger) -> None:
+        """Take a journaled event out of the journal, so that its activity can end."""
+        self.proc.count("event.dropped")
+        self.alarms.raise_now("journal", f"{key}: {why}", time.monotonic())
 
         def drop(tx: Transaction) -> Outcome:
             tx.delete(key)
             return Outcome([], [], [], [])
 
         await self.run(drop, log.bind(event_type="DroppedEvent"))
+
+    def enqueue_journaled(self, pending: PendingEvent, pending_key: str) -> None:
+        """A journaled event, decoded through the deployed services' event types only."""
+        try:
+            event = self.container.event_types.decode(pending)
+        except (UnknownEventType, ValueError, msgspec.DecodeError) as exc:
+            self.proc.reject("event", exc, activity=pending.activity, type=pending.type[:100])
+            self.enqueue(pending.activity, UNREADABLE, pending_key)
+            return
+        self.enqueue(pending.activity, event, pending_key)
 
     def start(self, tx: Transaction, message: bus.StartActivity) -> Outcome | None:
         if tx.get(keys.activity(message.activity)) is not None:
@@ -390,7 +409,7 @@ class Router:
         for message in tx.messages:
             await self.sock.send_multipart([self.sip_ra, bus.encode(message)])
         for pending in tx.fired:
-            self.enqueue(pending.activity, decode_event(pending), keys.pending_event(pending.activity, pending.id))
+            self.enqueue_journaled(pending, keys.pending_event(pending.activity, pending.id))
         for timer in tx.timers:
             self.schedule(timer)
 
@@ -471,12 +490,12 @@ class Router:
                 self.proc.count("adopted.activities")
                 for pending_key, raw in self.scan(keys.pending_events_of(activity.id)):
                     self.proc.count("adopted.events")  # in flight when their node died
-                    self.enqueue(activity.id, decode_event(decode(raw, PendingEvent)), pending_key)
+                    self.enqueue_journaled(decode(raw, PendingEvent), pending_key)
             else:
                 complete = False
         for pending_key, event in found.events:
             self.proc.count("adopted.events")  # fired by a dead node on a live node's activity
-            self.enqueue(event.activity, decode_event(event), pending_key)
+            self.enqueue_journaled(event, pending_key)
         for key, timer in found.timers:
             moved_timer = msgspec.structs.replace(timer, owner=self.node.id)
             if await self.take(key, encode(moved_timer)):

@@ -29,6 +29,7 @@ from router.context import Context
 from router.records import (
     ActivityRecord,
     Attachment,
+    EventTypes,
     SbbRecord,
     TimerRecord,
     Transaction,
@@ -84,6 +85,7 @@ class Container:
         self.node = node
         self.services = services
         self.by_service = {s.name: s for s in services}
+        self.event_types = EventTypes(t for s in services for t in s.root.declared_event_types())
         self.touched: set[str] = set()
         self.responded: set[str] = set()
         self.stale_names: list[str] = []

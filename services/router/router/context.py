@@ -18,9 +18,9 @@ from router.records import (
     PendingEvent,
     TimerRecord,
     Transaction,
+    UnknownEventType,
     decode,
     encode,
-    event_type_name,
 )
 from router.sbb import ActivityEnding, FacilityError, NameAlreadyBound, NameNotBound, SipRequest
 from zeroslee import bus, keys
@@ -129,9 +129,11 @@ class Context:
         record = self._require_activity(activity)
         if record.ending or activity in self.container.ending:
             raise ActivityEnding(f"activity {activity} is ending: no new events")
-        pending = PendingEvent(
-            "e" + secrets.token_hex(8), activity, event_type_name(event), encode(event), self.tx.node
-        )
+        try:
+            name = self.container.event_types.name_of(event)
+        except UnknownEventType as exc:  # the SBB's mistake: its delivery rolls back
+            raise FacilityError(f"{exc}: list it in the SBB's event_types") from None
+        pending = PendingEvent("e" + secrets.token_hex(8), activity, name, encode(event), self.tx.node)
         self.tx.put(keys.pending_event(activity, pending.id), encode(pending))
         self.tx.fired.append(pending)
 

@@ -7,7 +7,7 @@ sends the lot to the primary store as one `Commit`, which fails if anything read
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -120,15 +120,36 @@ def decode(raw: bytes, kind: type[T]) -> T:
     return msgspec.msgpack.decode(raw, type=kind)
 
 
-def event_type_name(event: msgspec.Struct) -> str:
-    cls = type(event)
+def type_name(cls: type) -> str:
+    """An event type's name in journaled events and FireEvent: `module:QualName`."""
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def decode_event(pending: PendingEvent) -> msgspec.Struct:
-    module, _, name = pending.type.partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    return msgspec.msgpack.decode(pending.payload, type=cls)  # type: ignore[no-any-return]
+class UnknownEventType(Exception):
+    """A journaled or fired event names a type no deployed service declares."""
+
+
+class EventTypes:
+    """The event types the deployed services declare (`Sbb.event_types`, and every type
+    a handler takes): the only ones a pending event may be decoded as. A name read from
+    the store or the bus is looked up here, never imported: whoever can write a record
+    must not choose which code the router loads."""
+
+    def __init__(self, types: Iterable[type]) -> None:
+        self.by_name = {type_name(t): t for t in types if isinstance(t, type) and issubclass(t, msgspec.Struct)}
+
+    def name_of(self, event: msgspec.Struct) -> str:
+        name = type_name(type(event))
+        if self.by_name.get(name) is not type(event):
+            raise UnknownEventType(f"{name} is not an event type any deployed service declares")
+        return name
+
+    def decode(self, pending: PendingEvent) -> msgspec.Struct:
+        """The event `pending` carries; UnknownEventType or msgspec.DecodeError if none."""
+        cls = self.by_name.get(pending.type)
+        if cls is None:
+            raise UnknownEventType(f"{pending.type[:100]!r} is not an event type any deployed service declares")
+        return msgspec.msgpack.decode(pending.payload, type=cls)
 
 
 @dataclass

@@ -135,6 +135,9 @@ class Sbb:
     State: ClassVar[type[msgspec.Struct]] = msgspec.Struct
     priority: ClassVar[int] = 0
     handlers: ClassVar[list[Handler]] = []
+    # Custom events this SBB fires but has no handler for; every type a handler takes
+    # is declared already. The router decodes journaled events as these types only.
+    event_types: ClassVar[tuple[type[msgspec.Struct], ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -154,6 +157,10 @@ class Sbb:
 
     def rolled_back(self, ctx: SbbContext, error: BaseException) -> None:
         pass
+
+    @classmethod
+    def declared_event_types(cls) -> list[type]:
+        return [*cls.event_types, *(h.event_type for h in cls.handlers)]
 
     @classmethod
     def handler_for(cls, event: object) -> Handler | None:

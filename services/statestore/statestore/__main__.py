@@ -20,6 +20,9 @@ from zeroslee import bus
 from zeroslee.runtime import Process, Requester, run, watch_exits
 
 MAX_GROUP = 256  # commits acknowledged together at most
+# Requests of one connection answered at a time at most. A router or RA under load has
+# a few hundred commits in flight (its RA's max_in_flight bounds them).
+MAX_PENDING = 4096
 FAILOVER_WAIT = 2.0  # how long a store that lost its primary still calls itself ready
 ELECTION_POLL = 0.005  # s between looks at the role while a commit waits for an election
 
@@ -52,14 +55,19 @@ class Statestore:
         self.witness = Requester(proc, cfg.witness.endpoint) if cfg.witness.endpoint else None
         self.clients = proc.socket(zmq.ROUTER)
         self.clients.bind(self.node.store)
-        self.peer_in = proc.socket(zmq.ROUTER)
+        # Between stores, a message is as large as a whole mirror at most (a Snapshot).
+        mirror = cfg.store.map_size + 1024 * 1024
+        self.peer_in = proc.socket(zmq.ROUTER, mirror)
         self.peer_in.bind(self.node.peer)
         self.peers = {
-            n.id: Requester(proc, n.peer, identity=proc.node.encode()) for n in cfg.nodes if n.id != proc.node
+            n.id: Requester(proc, n.peer, identity=proc.node.encode(), max_message=mirror)
+            for n in cfg.nodes
+            if n.id != proc.node
         }
         self.backups: set[str] = set()
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.pending: dict[bytes, int] = {}  # requests being answered, per connection
         self.stepping = asyncio.Lock()
         self.synced = asyncio.Event()
         self.settled = asyncio.Event()  # set while PRIMARY or BACKUP
@@ -85,18 +93,38 @@ class Statestore:
 
     async def serve_clients(self) -> None:
         while True:
-            ident, data = await self.clients.recv_multipart()
+            (ident, data), member = await self.clients.recv_from()
             try:
                 message = bus.decode(data)
             except bus.BadMessage as exc:
                 self.proc.reject("bus", exc, socket="store")
                 continue
-            self.spawn(self.answer_client(ident, message))
+            if self.proc.permits(self.clients, member, message) and self.admits(ident, "store"):
+                self.spawn(self.answer_client(ident, message), ident)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def admits(self, ident: bytes, socket: str) -> bool:
+        """At most MAX_PENDING requests of one connection are answered at a time: past
+        that, a client that does not wait for its answers gets none (counted, logged),
+        rather than an unbounded pile of tasks."""
+        if self.pending.get(ident, 0) < MAX_PENDING:
+            return True
+        self.proc.reject("too_many_pending", f"{MAX_PENDING} requests already pending", socket=socket)
+        return False
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], ident: bytes = b"") -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        if ident:
+            self.pending[ident] = self.pending.get(ident, 0) + 1
+            task.add_done_callback(lambda _: self.settled_one(ident))
+
+    def settled_one(self, ident: bytes) -> None:
+        left = self.pending[ident] - 1
+        if left:
+            self.pending[ident] = left
+        else:
+            del self.pending[ident]
 
     async def answer_client(self, ident: bytes, message: bus.Message) -> None:
         reply: bus.Message
@@ -263,13 +291,14 @@ class Statestore:
 
     async def serve_peers(self) -> None:
         while True:
-            ident, data = await self.peer_in.recv_multipart()
+            (ident, data), member = await self.peer_in.recv_from()
             try:
                 message = bus.decode(data)
             except bus.BadMessage as exc:
                 self.proc.reject("bus", exc, socket="peer")
                 continue
-            self.spawn(self.answer_peer(ident, message))
+            if self.proc.permits(self.peer_in, member, message) and self.admits(ident, "peer"):
+                self.spawn(self.answer_peer(ident, message), ident)
 
     async def answer_peer(self, ident: bytes, message: bus.Message) -> None:
         reply: bus.Message

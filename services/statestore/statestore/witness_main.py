@@ -52,11 +52,13 @@ async def main(proc: Process) -> None:
 
 async def serve(proc: Process, sock: BusSocket, witness: Witness, path: Path) -> None:
     while True:
-        ident, data = await sock.recv_multipart()
+        (ident, data), member = await sock.recv_from()
         try:
             message = bus.decode(data)
         except bus.BadMessage as exc:
             proc.reject("bus", exc, socket="witness")
+            continue
+        if not proc.permits(sock, member, message):
             continue
         before = witness.state
         reply: bus.Message
