@@ -43,6 +43,7 @@ from zeroslee.runtime import loop_factory
 
 T = TypeVar("T")
 BASE = 5900  # the bench cluster's ports: 5900-5939 (tests use 5500-5899, make cluster 5060-5125)
+SECURITY_BASE = 5940  # a second cluster beside it, for side-by-side figures: 5940-5979
 UAC_PORT, UAS_PORTS, KAMAILIO_PORT = 6010, [6101, 6102], 6100
 HOT = [("", "balancer"), ("node-1", "sip-ra"), ("node-1", "router"), ("node-1", "statestore")]
 
@@ -116,8 +117,8 @@ class Bench:
     def log(self, text: str) -> None:
         print(f"bench: {text}", flush=True)
 
-    def cluster(self, name: str, nodes: int = 2, insecure: bool = False) -> DevCluster:
-        c = DevCluster(self.work / name, base=BASE, nodes=nodes, insecure=insecure)
+    def cluster(self, name: str, nodes: int = 2, insecure: bool = False, base: int = BASE) -> DevCluster:
+        c = DevCluster(self.work / name, base=base, nodes=nodes, insecure=insecure)
         c.start_all()
         try:
             c.wait_ready(timeout=30, nodes=nodes)
@@ -356,37 +357,45 @@ class Bench:
 
     # --- 3b. what CURVE costs ----------------------------------------------------------
     def security(self) -> None:
-        """The same cluster with a plaintext bus and with CURVE, in this run: idle
-        replicated commit latency, then CPU per call at a fixed rate well below capacity
-        (SIPp uac, one room per call). Rounds alternate the two, so that drift on a shared
-        machine falls on both; the figures compared are the medians over rounds."""
+        """What CURVE costs: a cluster with a plaintext bus and one with CURVE, both up at
+        once. Commit latency (idle, replicated) side by side, one commit to each in turn,
+        so the machine's noise falls on both alike; then CPU per call at a fixed rate well
+        below capacity (SIPp uac, one room per call), each cluster in turn while the
+        other idles. `rounds` times; the figures compared are the medians."""
         rate = 20 if self.plan.smoke else 150
         rounds = 1 if self.plan.smoke else 3
         runs: dict[str, list[dict[str, Any]]] = {"plaintext": [], "curve": []}
         rooms = tools.BENCH / "scenarios" / "rooms.xml"
-        for i in range(rounds):
-            for label, insecure in (("plaintext", True), ("curve", False)):
-                c = self.cluster(f"security-{label}-{i}", insecure=insecure)
-                try:
-                    commit = commit_latency(c, self.plan.commits)
+        clusters: dict[str, DevCluster] = {}
+        try:
+            clusters["plaintext"] = self.cluster("security-plaintext", insecure=True)
+            clusters["curve"] = self.cluster("security-curve", base=SECURITY_BASE)
+            for i in range(rounds):
+                commits = commit_latency_side_by_side(clusters, self.plan.commits)
+                for label, c in clusters.items():
                     host, port = c.balancer_addr
                     before = cluster_cpu(c)
+                    sipp_dir = self.work / f"security-{label}-{i}-sipp"
                     run, argv = tools.sipp_uac(
-                        f"{host}:{port}",
-                        rate,
-                        self.plan.step,
-                        self.work / f"security-{label}-{i}-sipp",
-                        UAC_PORT,
-                        scenario=rooms,
+                        f"{host}:{port}", rate, self.plan.step, sipp_dir, UAC_PORT, scenario=rooms
                     )
                     self.note(argv)
                     cpu = cpu_per(before, cluster_cpu(c), run.successful)
-                finally:
-                    c.stop()
-                runs[label].append(
-                    {"commit": commit, "calls": run.successful, "failed": run.failed, "cpu_ms_per_call": cpu}
-                )
-                self.log(f"security {label} round {i}: commit p99 {commit['p99_ms']} ms, {cpu.get('all')} ms/call")
+                    runs[label].append(
+                        {
+                            "commit": commits[label],
+                            "calls": run.successful,
+                            "failed": run.failed,
+                            "cpu_ms_per_call": cpu,
+                        }
+                    )
+                    self.log(
+                        f"security {label} round {i}: commit p50/p99 {commits[label]['p50_ms']}/"
+                        f"{commits[label]['p99_ms']} ms, {cpu.get('all')} ms CPU/call"
+                    )
+        finally:
+            for c in clusters.values():
+                c.stop()
 
         def median(label: str, pick: Callable[[dict[str, Any]], float]) -> float:
             values = sorted(pick(r) for r in runs[label])
@@ -682,45 +691,76 @@ def wait_transactions_ended(c: DevCluster, timeout: float) -> dict[str, int]:
     return held
 
 
-def commit_latency(c: DevCluster, n: int, until: threading.Event | None = None) -> dict[str, Any]:
-    """`n` one-at-a-time commits of one 200-byte write to the primary (fewer if `until`
-    is set first); p50/p99 in ms."""
-    primary = store_primary(c)
-    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    curve.connect(sock, c.config, primary, c.config.node(primary).store)  # as the node's own client
-    payload = b"x" * 200
-    lat: list[float] = []
-    refused = 0
-    try:
-        for i in range(n + 1):
-            if until is not None and until.is_set() and i < n:
-                n = i  # the load ended: the rest would not be measured under it
-            message = bus.Commit(i + 1, [], [(f"bench/commit/{i % 100}", payload if i < n else None)], [], "bench")
-            t0 = time.perf_counter()
-            sock.send(bus.encode(message))
-            if not sock.poll(5000):
-                raise TimeoutError("statestore did not answer a commit within 5 s")
-            result = bus.decode(sock.recv())
-            if i < n:
-                lat.append((time.perf_counter() - t0) * 1000)
+class Committer:
+    """One-at-a-time commits of one 200-byte write to a cluster's primary, as a client of
+    that node (holding its key), timed from send to reply."""
+
+    def __init__(self, c: DevCluster) -> None:
+        self.primary = store_primary(c)
+        self.sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        curve.connect(self.sock, c.config, self.primary, c.config.node(self.primary).store)
+        self.lat: list[float] = []
+        self.refused = 0
+        self.req = 0
+
+    def commit(self, key: str, value: bytes | None, timed: bool) -> None:
+        self.req += 1
+        t0 = time.perf_counter()
+        self.sock.send(bus.encode(bus.Commit(self.req, [], [(key, value)], [], "bench")))
+        if not self.sock.poll(5000):
+            raise TimeoutError("statestore did not answer a commit within 5 s")
+        result = bus.decode(self.sock.recv())
+        if timed:
+            self.lat.append((time.perf_counter() - t0) * 1000)
             if not (isinstance(result, bus.CommitResult) and result.ok):
-                refused += 1
-        for i in range(100):  # leave nothing behind
-            sock.send(bus.encode(bus.Commit(n + 2 + i, [], [(f"bench/commit/{i}", None)], [], "bench")))
-            if sock.poll(5000):
-                sock.recv()
+                self.refused += 1
+
+    def close(self) -> dict[str, Any]:
+        """Delete what the commits wrote; the figures."""
+        try:
+            for i in range(100):  # leave nothing behind
+                self.commit(f"bench/commit/{i}", None, timed=False)
+        finally:
+            self.sock.close()
+        lat = self.lat
+        return {
+            "commits": len(lat),
+            "refused": self.refused,
+            "primary": self.primary,
+            "p50_ms": round(chatload.percentile(lat, 50), 3),
+            "p99_ms": round(chatload.percentile(lat, 99), 3),
+            "max_ms": round(max(lat), 3) if lat else 0.0,
+            "commits_per_s": round(len(lat) / (sum(lat) / 1000), 1) if lat else 0.0,
+        }
+
+
+def commit_latency(c: DevCluster, n: int, until: threading.Event | None = None) -> dict[str, Any]:
+    """`n` commits one at a time (fewer if `until` is set first); p50/p99 in ms."""
+    committer = Committer(c)
+    payload = b"x" * 200
+    try:
+        for i in range(n):
+            if until is not None and until.is_set():
+                break  # the load ended: the rest would not be measured under it
+            committer.commit(f"bench/commit/{i % 100}", payload, timed=True)
     finally:
-        sock.close()
-    return {
-        "commits": n,
-        "refused": refused,
-        "primary": primary,
-        "p50_ms": round(chatload.percentile(lat, 50), 3),
-        "p99_ms": round(chatload.percentile(lat, 99), 3),
-        "max_ms": round(max(lat), 3),
-        "commits_per_s": round(n / (sum(lat) / 1000), 1),
-    }
+        figures = committer.close()
+    return figures
+
+
+def commit_latency_side_by_side(clusters: dict[str, DevCluster], n: int) -> dict[str, dict[str, Any]]:
+    """`n` commits to each cluster, alternating between them one by one, so that what
+    else the machine does at any moment weighs on every cluster alike: the fair A/B."""
+    committers = {label: Committer(c) for label, c in clusters.items()}
+    payload = b"x" * 200
+    try:
+        for i in range(n):
+            for committer in committers.values():
+                committer.commit(f"bench/commit/{i % 100}", payload, timed=True)
+    finally:
+        figures = {label: committer.close() for label, committer in committers.items()}
+    return figures
 
 
 def cluster_cpu(c: DevCluster) -> dict[str, float]:

@@ -69,6 +69,10 @@ class BalancerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     target_delay: float = 0.1  # s
     max_rate: float = 5000.0  # new requests/s per node at most (and at start)
     retry_after: int = 1  # s, in the 503s the balancer sends when it refuses a call
+    # SIP over TCP on the same address (balancer/streams.py): idle connections are closed
+    # after `tcp_idle` s; past `tcp_max_connections`, the longest idle is closed first.
+    tcp_idle: float = 300.0
+    tcp_max_connections: int = 4096
 
     @property
     def sip_addr(self) -> tuple[str, int]:

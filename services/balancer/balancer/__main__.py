@@ -1,4 +1,5 @@
-"""balancer shell: the UDP front on 5060, heartbeat subscriptions, a stats socket."""
+"""balancer shell: the SIP front on 5060 (UDP, and TCP through streams.py), heartbeat
+subscriptions, a stats socket."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 import json
 import time
 
-from balancer.core import Balancer
+from balancer.core import TCP, Balancer
+from balancer.streams import Connection, Streams
 from zeroslee.liveness import Liveness, NodeState
 from zeroslee.runtime import Process, follow_heartbeats, is_address, resolve_udp, run, serve_control, udp_socket
 
@@ -28,6 +30,7 @@ class Front(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.live: list[str] = []
         self.lookups: set[asyncio.Future[None]] = set()
+        self.streams = Streams(proc, self.stream_received, self.fell_back, self.stream_failed)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -39,7 +42,25 @@ class Front(asyncio.DatagramProtocol):
             self.proc.reject("sip", summary, peer=f"{addr[0]}:{addr[1]}")
         self.flush()
 
+    def stream_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        summary = self.core.receive_datagram(data, addr, time.monotonic(), TCP)
+        if summary.startswith("rejected"):
+            self.proc.reject("sip", summary, peer=f"{addr[0]}:{addr[1]}", transport="tcp")
+        self.flush()
+
+    def fell_back(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.core.over_udp(data, addr)
+        self.flush()
+
+    def stream_failed(self, data: bytes) -> None:
+        self.core.send_failed(data)
+        self.flush()
+
     def flush(self) -> None:
+        for contact, peer in self.core.connection_aliases():
+            self.streams.alias(contact, peer)
+        for out, peer, may_fall_back in self.core.stream_messages_to_send():
+            self.streams.send(out, peer, may_fall_back)
         for out, peer in self.core.datagrams_to_send():
             if is_address(peer[0]):
                 self.send(out, peer)
@@ -102,6 +123,7 @@ class Front(asyncio.DatagramProtocol):
         out["live"] = json.dumps(self.live)
         out["soft_state"] = len(self.core.soft)
         out["pending"] = len(self.core.pending)
+        out.update(self.streams.stats())
         for node, throttle in self.core.throttles.items():  # admission control, per node
             out[f"admission.{node}.rate"] = round(throttle.rate, 1)
             out[f"admission.{node}.delay_ms"] = round(throttle.smoothed * 1000, 1)
@@ -119,11 +141,17 @@ async def main(proc: Process) -> None:
     loop = asyncio.get_running_loop()
     sock = udp_socket(proc, proc.config.balancer.sip_addr)
     transport, _ = await loop.create_datagram_endpoint(lambda: front, sock=sock)
+    host, port = proc.config.balancer.sip_addr
+    server = await loop.create_server(lambda: Connection(front.streams), host, port, reuse_address=True)
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(front.watch())
             group.create_task(front.control())
+            group.create_task(front.streams.reap())
     finally:
+        server.close()
+        for conn in list(front.streams.connections.values()):
+            conn.close()
         transport.close()
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from balancer.admission import Loss, Throttle
 from zeroslee import hashing
-from zeroslee.config import format_hostport
+from zeroslee.config import format_hostport, parse_hostport
 from zeroslee.liveness import Liveness
 from zeroslee.sipmsg import (
     ParseError,
@@ -46,6 +46,10 @@ from zeroslee.sipmsg import (
 )
 
 Addr = tuple[str, int]
+UDP, TCP = "udp", "tcp"
+# §18.1.1: a request this large (and not bound to UDP by its URI) goes over TCP, since
+# the path MTU is unknown; if TCP cannot be had, it goes back to UDP.
+UDP_SIZE_LIMIT = 1300
 BRANCH_PREFIX = "z9hG4bKzsb"
 SOFT_STATE_TTL = 32.0  # 64*T1: how long a transaction's node choice is remembered
 REFUSED = ""  # the soft state of a transaction we refused (503): its ACK, CANCEL and retransmissions stay here
@@ -142,7 +146,12 @@ class Balancer:
     # write, which moves it to the end), so expiring takes only the entries that are due.
     soft: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)  # branch -> (node, expiry)
     pending: OrderedDict[str, PendingRequest] = field(default_factory=OrderedDict)  # our branch -> request
-    outbox: list[tuple[bytes, Addr]] = field(default_factory=list)
+    outbox: list[tuple[bytes, Addr]] = field(default_factory=list)  # datagrams (UDP)
+    # Messages for TCP: (data, address, may go over UDP instead if TCP cannot be had).
+    stream_outbox: list[tuple[bytes, Addr, bool]] = field(default_factory=list)
+    # (a Contact's address, the connection it came on): a TCP UA's Contact names where it
+    # listens, not the connection it uses; requests toward it reuse that connection.
+    aliases: list[tuple[Addr, Addr]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     target_delay: float = 0.1
     max_rate: float = 5000.0
@@ -153,6 +162,7 @@ class Balancer:
     _oc_seq: int = 0
     _admitted: str = ""  # the transaction the quick path let through (not to be counted twice)
     _now: float = 0.0  # the time of the datagram being handled
+    _transport: str = UDP  # what the message being handled came over
 
     def throttle(self, node: str) -> Throttle:
         throttle = self.throttles.get(node)
@@ -177,15 +187,40 @@ class Balancer:
         out, self.outbox = self.outbox, []
         return out
 
+    def stream_messages_to_send(self) -> list[tuple[bytes, Addr, bool]]:
+        """What goes over TCP: to the connection with that remote address (or an alias
+        of it) if one is open, else over a new one. The flag: §18.1.1's size rule chose
+        TCP, and the message may go over UDP (`over_udp`) if no connection can be made."""
+        out, self.stream_outbox = self.stream_outbox, []
+        return out
+
+    def connection_aliases(self) -> list[tuple[Addr, Addr]]:
+        out, self.aliases = self.aliases, []
+        return out
+
+    def _emit(self, data: bytes, addr: Addr, transport: str, may_fall_back: bool = False) -> None:
+        if transport == TCP:
+            self.stream_outbox.append((data, addr, may_fall_back))
+        else:
+            self.outbox.append((data, addr))
+
+    def over_udp(self, data: bytes, addr: Addr) -> None:
+        """§18.1.1: a request sent over TCP only for its size, to a peer that takes no
+        TCP connection, goes by UDP after all; its top Via (ours) says so."""
+        self.count("tcp.fell_back_to_udp")
+        self.outbox.append((data.replace(b"Via: SIP/2.0/TCP ", b"Via: SIP/2.0/UDP ", 1), addr))
+
     def node_at(self, addr: Addr) -> str | None:
         for node, state in self.liveness.nodes.items():
             if state.addr == addr:
                 return node
         return None
 
-    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> str:
-        """Route one datagram; returns a short summary for the shell's counters."""
+    def receive_datagram(self, data: bytes, addr: Addr, now: float, transport: str = UDP) -> str:
+        """Route one datagram, or one message framed from a TCP connection whose remote
+        address is `addr`; returns a short summary for the shell's counters."""
         self._now = now
+        self._transport = transport
         self._admitted = ""
         if data.startswith(b"ACK ") and _REFUSAL_TAG in data:  # the ACK of one of our 503s
             self.count("overload.ack_absorbed")
@@ -201,7 +236,7 @@ class Balancer:
             self.count("rejected.sip")
             response = error_response(data, exc)
             if response is not None:
-                self.outbox.append((response.to_bytes(), addr))
+                self._emit(response.to_bytes(), addr, transport)
             return f"rejected: {exc.reason}"
         try:
             if not msg.is_request:
@@ -251,9 +286,14 @@ class Balancer:
         # §16.6 step 3: a copy without Max-Forwards gets one.
         msg.set("Max-Forwards", str(int(mf) - 1) if mf is not None else "70")
         if msg.method == "INVITE" and not to_tag:
-            msg.prepend("Record-Route", f"<sip:{self.host};lr;zsnode={node}>")
+            self._record_route(msg, node, inbound=self._transport, outbound=UDP)
         ours = self._branch(match)
-        msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={ours}")
+        # Over TCP, the response must go back on the connection the request came on
+        # (§18.2.2): its remote address travels in our Via, and returns with the response.
+        back = f";zst={format_hostport(*addr).encode().hex()}" if self._transport == TCP else ""
+        msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={ours}{back}")
+        if self._transport == TCP:
+            self._note_alias(msg, addr)
         data = msg.to_bytes()
         # A CANCEL is a transaction of its own beside its INVITE's (same forwarded branch):
         # each has its pending entry, so a node dying while ringing re-forwards the INVITE.
@@ -308,7 +348,7 @@ class Balancer:
             out.append(name + b": " + value)
         out.append(b"Retry-After: " + str(self.retry_after).encode())
         out.append(b"Content-Length: 0\r\n\r\n")
-        self.outbox.append((b"\r\n".join(out), addr))
+        self._emit(b"\r\n".join(out), addr, self._transport)
         return "refused"
 
     def _refuse(self, msg: SipMessage, addr: Addr, match: str, now: float) -> str:
@@ -401,18 +441,51 @@ class Balancer:
         return node
 
     def _pop_own_route(self, msg: SipMessage) -> str | None:
-        """Remove our own Route entry (loose routing, §16.4); return its node hint."""
+        """Remove our own Route entries (loose routing, §16.4: two of them where we
+        record-routed twice, RFC 5658); return their node hint."""
         routes = msg.get_all("Route")
-        if not routes:
-            return None
-        top = parse_name_addr(routes[0])
-        uri = parse_uri(top.uri)
-        if (uri.host.strip("[]"), uri.port or 5060) != self.address:
+        hint: str | None = None
+        ours = 0
+        for route in routes:
+            uri = parse_uri(parse_name_addr(route).uri)
+            if (uri.host.strip("[]"), uri.port or 5060) != self.address:
+                break
+            hint = uri.params.get("zsnode", hint)
+            ours += 1
+        if not ours:
             return None
         msg.remove("Route")
-        for route in routes[1:]:
+        for route in routes[ours:]:
             msg.headers.append(("Route", route))
-        return uri.params.get("zsnode")
+        return hint
+
+    def _record_route(self, msg: SipMessage, node: str, inbound: str, outbound: str) -> None:
+        """Stay on the dialog's path. Where the request came in over one transport and
+        leaves over another, twice (RFC 5658 §4: "double record-routing"): the entry on
+        top faces the next hop downstream, the one below faces where the request came
+        from, each naming its transport, so each side reaches us the way it can."""
+
+        def entry(transport: str) -> str:
+            params = ";transport=tcp" if transport == TCP else ""
+            return f"<sip:{self.host}{params};lr;zsnode={node}>"
+
+        if inbound != outbound:
+            msg.prepend("Record-Route", entry(inbound))
+        msg.prepend("Record-Route", entry(outbound))
+
+    def _note_alias(self, msg: SipMessage, addr: Addr) -> None:
+        """A TCP UA's Contact (where it says it listens) leads to the connection it
+        uses, while that connection lives (the shell keeps the alias with it)."""
+        contact = msg.get("Contact")
+        if not contact or contact.strip() == "*":
+            return
+        try:
+            uri = parse_uri(parse_name_addr(contact).uri)
+        except ParseError:
+            return
+        target = (uri.host.strip("[]"), uri.port or 5060)
+        if target != addr:
+            self.aliases.append((target, addr))
 
     def _stamp_received(self, msg: SipMessage, addr: Addr) -> None:
         """§18.2.1 and RFC 3581: note in the top Via where the request really came from."""
@@ -442,10 +515,6 @@ class Balancer:
 
     def _from_node(self, msg: SipMessage, node: str) -> str:
         self._pop_own_route(msg)
-        if msg.method == "INVITE" and not parse_name_addr(msg.get("To") or "").tag:
-            # A node calling out: stay on the path, so the callee's requests come back here
-            # and reach that node (or a survivor) like any other dialog's.
-            msg.prepend("Record-Route", f"<sip:{self.host};lr;zsnode={node}>")
         routes = msg.get_all("Route")
         target_uri = parse_name_addr(routes[0]).uri if routes else msg.uri
         try:
@@ -453,6 +522,12 @@ class Balancer:
         except ParseError:
             self.count("rejected.target")
             return "bad target"
+        named = uri.params.get("transport", "").lower()
+        transport = TCP if named == TCP else UDP
+        if msg.method == "INVITE" and not parse_name_addr(msg.get("To") or "").tag:
+            # A node calling out: stay on the path, so the callee's requests come back here
+            # and reach that node (or a survivor) like any other dialog's.
+            self._record_route(msg, node, inbound=UDP, outbound=transport)
         vias = msg.get_all("Via")
         if not vias:
             self.count("rejected.no_via")
@@ -463,14 +538,20 @@ class Balancer:
         msg.headers = [("Via", v) for v in vias[1:]] + msg.headers
         ours = self._branch(self._match_key(msg, vias[0]))
         # `oc`: we take RFC 7339 loss-based overload control from the next hop.
-        msg.prepend("Via", f"SIP/2.0/UDP {self.host};branch={ours};zsv={vias[0].encode().hex()};oc")
+        via = f"{self.host};branch={ours};zsv={vias[0].encode().hex()};oc"
+        size = len(msg.to_bytes()) + len(via) + len("Via: SIP/2.0/UDP \r\n")
+        # §18.1.1: larger than 1300 bytes on a path of unknown MTU, and not bound to UDP.
+        upgraded = transport == UDP and not named and size > UDP_SIZE_LIMIT
+        if upgraded:
+            transport = TCP
+        msg.prepend("Via", f"SIP/2.0/{transport.upper()} {via}")
         target = (uri.host.strip("[]"), uri.port or 5060)
         fresh = msg.method not in EXEMPT and not parse_name_addr(msg.get("To") or "").tag
         if fresh and self.loss.drop(target, self._now):
             self.count("overload.shed_downstream")
             self._answer_node(msg, 503, "Service Unavailable", [("Retry-After", str(self.retry_after))])
             return "shed"
-        self.outbox.append((msg.to_bytes(), target))
+        self._emit(msg.to_bytes(), target, transport, may_fall_back=upgraded)
         self.count("from_node")
         return "outbound"
 
@@ -506,16 +587,29 @@ class Balancer:
         if len(vias) < 2:
             self.count("response.no_next_via")
             return "dropped"
-        nxt = parse_via(vias[1])
-        host = nxt.params.get("received") or nxt.host
-        port = int(nxt.params["rport"]) if nxt.params.get("rport", "").isdigit() else (nxt.port or 5060)
+        target, transport = self._response_hop(ours, parse_via(vias[1]))
         msg.remove("Via")
         vias[1] = self._with_oc(vias[1])
         for value in vias[1:]:
             msg.headers.append(("Via", value))
         self._move_vias_first(msg)
-        self.outbox.append((msg.to_bytes(), (host.strip("[]"), port)))
+        self._emit(msg.to_bytes(), target, transport)
         return "response"
+
+    @staticmethod
+    def _response_hop(ours: Via, nxt: Via) -> tuple[Addr, str]:
+        """Where a response goes (§18.2.2): back on the TCP connection its request came
+        on (named in our Via), else to the next Via's `received`/`rport` (or sent-by),
+        over the transport that Via names."""
+        back = ours.params.get("zst")
+        if back:
+            try:
+                return parse_hostport(bytes.fromhex(back).decode()), TCP
+            except (ValueError, UnicodeDecodeError):
+                pass
+        host = nxt.params.get("received") or nxt.host
+        port = int(nxt.params["rport"]) if nxt.params.get("rport", "").isdigit() else (nxt.port or 5060)
+        return (host.strip("[]"), port), TCP if nxt.transport.upper() == "TCP" else UDP
 
     def send_failed(self, data: bytes) -> None:
         """A datagram we could not send (its next hop has no address, or the send failed).
@@ -562,7 +656,7 @@ class Balancer:
                 value = f"{value};tag={to_tag}"
             response.headers.append((name, value))
         response.headers.extend(headers or [])
-        self.outbox.append((response.to_bytes(), addr))
+        self._emit(response.to_bytes(), addr, self._transport)
 
     def _with_oc(self, via: str) -> str:
         """RFC 7339 §5.2: a client whose Via offers `oc` learns, in that Via of every
@@ -617,17 +711,14 @@ class Balancer:
                 self.count(f"poison.{msg.method}")
             if node is None or poison:
                 del self.pending[branch]
-                vias = msg.get_all("Via")[1:]
-                nxt = parse_via(vias[0])
-                port = int(nxt.params["rport"]) if nxt.params.get("rport", "").isdigit() else (nxt.port or 5060)
+                vias = msg.get_all("Via")
+                target, self._transport = self._response_hop(parse_via(vias[0]), parse_via(vias[1]))
                 status, reason, extra = (
                     (500, "Server Internal Error", [])
                     if poison
                     else (503, "Service Unavailable", [("Retry-After", "5")])
                 )
-                self._reply(
-                    msg, (nxt.params.get("received") or nxt.host, port), status, reason, extra, strip_top_via=True
-                )
+                self._reply(msg, target, status, reason, extra, strip_top_via=True)
                 continue
             routes = msg.get_all("Record-Route")
             if routes and f"zsnode={pending.node}>" in routes[0]:
