@@ -178,10 +178,8 @@ def sipp_uas(port: int, cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
     return proc, argv
 
 
-def kamailio(port: int, uas_ports: list[int], cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
-    """Kamailio's dispatcher on loopback: Call-ID hash over `uas_ports`, record-routing."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    binary = need("kamailio")
+def kamailio_modules() -> Path:
+    """Where Debian's kamailio package keeps its modules."""
     modules = next(
         (
             p
@@ -195,16 +193,30 @@ def kamailio(port: int, uas_ports: list[int], cwd: Path) -> tuple[subprocess.Pop
         if not found:
             raise SystemExit("bench: kamailio's modules directory not found")
         modules = found[0]
-    (cwd / "dispatcher.list").write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in uas_ports))
-    cfg = (BENCH / "kamailio.cfg.in").read_text()
-    cfg = cfg.replace("@PORT@", str(port)).replace("@MODULES@", str(modules))
-    cfg = cfg.replace("@LIST@", str(cwd / "dispatcher.list")).replace("@BUFF@", str(BUFF))
+    return modules
+
+
+def start_kamailio(cfg: str, port: int, cwd: Path, shm_mb: int = 256) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """Kamailio in the foreground of its own session (stop it with `stop_group`), with
+    `cfg` (its @PORT@ and @MODULES@ filled in), once it has bound UDP `port`."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.replace("@PORT@", str(port)).replace("@MODULES@", str(kamailio_modules()))
     (cwd / "kamailio.cfg").write_text(cfg)
-    argv = [binary, "-f", str(cwd / "kamailio.cfg"), "-DD", "-E", "-m", "256", "-M", "16", "-P", str(cwd / "pid")]
+    argv = [need("kamailio"), "-f", str(cwd / "kamailio.cfg"), "-DD", "-E", "-m", str(shm_mb), "-M", "16"]
+    argv += ["-P", str(cwd / "pid")]
     with (cwd / "kamailio.log").open("wb") as log:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_udp(port, proc)
     return proc, argv
+
+
+def kamailio(port: int, uas_ports: list[int], cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """Kamailio's dispatcher on loopback: Call-ID hash over `uas_ports`, record-routing."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    (cwd / "dispatcher.list").write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in uas_ports))
+    cfg = (BENCH / "kamailio.cfg.in").read_text()
+    cfg = cfg.replace("@LIST@", str(cwd / "dispatcher.list")).replace("@BUFF@", str(BUFF))
+    return start_kamailio(cfg, port, cwd)
 
 
 def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

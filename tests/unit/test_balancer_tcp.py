@@ -146,3 +146,18 @@ def test_the_framer_gives_up_on_a_stream_it_cannot_frame(data: bytes, status: in
     assert framer.feed(data) == []
     assert framer.failed is not None and framer.failed.status == status
     assert framer.feed(tcp_invite()) == []  # nothing more is read from it
+
+
+def test_a_response_goes_back_the_way_its_request_came_whatever_the_via_claims() -> None:
+    """A datagram whose Via says TCP (RFC 4475 has several) is answered by datagram, to
+    the Via's sent-by (no rport asked for), never over a TCP connection."""
+    b = balancer()
+    node = b.receive_datagram(tcp_invite("claims-tcp"), TCP_UA, 0.0)  # came over UDP
+    out = b.datagrams_to_send()
+    assert [parse(d).status for d, a in out if d.startswith(b"SIP/2.0")] == [100]
+    [data] = [d for d, _ in out if not d.startswith(b"SIP/2.0")]
+    ok = data.replace(b"INVITE sip:room@example.com SIP/2.0", b"SIP/2.0 200 OK", 1)
+    b.receive_datagram(ok, NODES[node], 0.1)
+    assert b.stream_messages_to_send() == []
+    [(response, to)] = b.datagrams_to_send()
+    assert parse(response).status == 200 and to == ("10.0.0.9", 5060)

@@ -599,8 +599,8 @@ class Balancer:
     @staticmethod
     def _response_hop(ours: Via, nxt: Via) -> tuple[Addr, str]:
         """Where a response goes (§18.2.2): back on the TCP connection its request came
-        on (named in our Via), else to the next Via's `received`/`rport` (or sent-by),
-        over the transport that Via names."""
+        on (named in our Via), else by UDP, the way its request came, to the next Via's
+        `received`/`rport` (or sent-by), whatever transport that Via claims."""
         back = ours.params.get("zst")
         if back:
             try:
@@ -609,7 +609,7 @@ class Balancer:
                 pass
         host = nxt.params.get("received") or nxt.host
         port = int(nxt.params["rport"]) if nxt.params.get("rport", "").isdigit() else (nxt.port or 5060)
-        return (host.strip("[]"), port), TCP if nxt.transport.upper() == "TCP" else UDP
+        return (host.strip("[]"), port), UDP
 
     def send_failed(self, data: bytes) -> None:
         """A datagram we could not send (its next hop has no address, or the send failed).
