@@ -44,6 +44,7 @@ def cluster_toml(
     sip_host: str = "",
     sip_options: dict[str, float] | None = None,
     insecure: bool = False,
+    balancer_options: dict[str, float] | None = None,
 ) -> str:
     """A cluster file: balancer at `base`, node i's ports at base+10*i+1..6. `hosts` gives
     the address of "front" (balancer, witness) and of each node (default 127.0.0.1);
@@ -68,6 +69,7 @@ def cluster_toml(
         f'sip = "{sip_host or front}:{base}"',
         f'control = "tcp://{front}:{base + 9}"',
         f"spread = {'true' if spread else 'false'}",
+        *(f"{name} = {value}" for name, value in (balancer_options or {}).items()),
         "[store]",
         "peer_dead_after = 0.6",
         "[witness]",
@@ -112,6 +114,7 @@ class DevCluster:
         sip_host: str = "",
         sip_options: dict[str, float] | None = None,
         insecure: bool = False,
+        balancer_options: dict[str, float] | None = None,
     ) -> None:
         """`wrap[node]` prefixes that node's commands (e.g. `ip netns exec NS`)."""
         self.wrap = wrap or {}
@@ -132,6 +135,7 @@ class DevCluster:
             sip_host,
             sip_options,
             insecure,
+            balancer_options,
         )
         self.config_path.write_text(text)
         self.config = cfg.load(self.config_path)

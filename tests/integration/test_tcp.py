@@ -7,12 +7,13 @@ from __future__ import annotations
 import secrets
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from balancer.stream import StreamFramer
-from tests.conftest import call_id_on, need_sipp, sipp_stats
+from tests.conftest import call_id_on, need_sipp, running, sipp_stats
 from zeroslee.devcluster import DevCluster
 from zeroslee.sipmsg import SipMessage, parse, parse_name_addr
 from zeroslee.ua import UserAgent
@@ -162,3 +163,39 @@ def test_keepalive_pings_get_pongs_and_a_stream_without_framing_is_refused(clust
             data += chunk
         assert parse(data).status == 400  # then the connection is closed
     assert int(cluster.stats("balancer").get("rejected.tcp_framing", 0)) == 1
+
+
+@pytest.fixture
+def tight(tmp_path: Path) -> Iterator[DevCluster]:
+    """Connections reaped after 1 s idle, and at most 2 of them."""
+    yield from running(DevCluster(tmp_path, balancer_options={"tcp_idle": 1.0, "tcp_max_connections": 2}))
+
+
+def closed_by_peer(sock: socket.socket, within: float = 10.0) -> bool:
+    """Whether the balancer closes `sock` within `within` seconds (reads until EOF)."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_idle_connections_are_reaped_and_the_longest_idle_is_evicted_first(tight: DevCluster) -> None:
+    idle = socket.create_connection(tight.balancer_addr, timeout=5)
+    assert closed_by_peer(idle)  # idle for tcp_idle: reaped
+    assert int(tight.stats("balancer")["tcp.reaped"]) == 1
+    first = socket.create_connection(tight.balancer_addr, timeout=5)
+    second = socket.create_connection(tight.balancer_addr, timeout=5)
+    second.sendall(b"\r\n\r\n")  # a keepalive: `second` is the more recently active
+    assert second.recv(16) == b"\r\n"
+    third = socket.create_connection(tight.balancer_addr, timeout=5)
+    try:
+        assert closed_by_peer(first, within=0.9)  # evicted at once for the third, not reaped
+        third.sendall(b"\r\n\r\n")
+        assert third.recv(16) == b"\r\n"
+        assert int(tight.stats("balancer")["tcp.evicted"]) == 1
+    finally:
+        for sock in (idle, first, second, third):
+            sock.close()
