@@ -379,3 +379,22 @@ def test_a_request_is_reforwarded_once_then_answered_500_not_passed_to_a_third_n
     [(answer_, addr)] = sent(b)
     assert (answer_.status, addr) == (500, UA) and b.pending == {}
     assert b.counters["poison.INVITE"] == 1
+
+
+def test_an_invite_no_node_ever_answers_gets_408_but_one_that_rings_does_not() -> None:
+    """The UA stopped retransmitting at our 100 Trying: after 64*T1 with no response at
+    all, it hears 408 from us; a call that rings is the node's to end."""
+    b = balancer()
+    node = b.receive_datagram(request(call_id="silent"), UA, 0.0)
+    b.receive_datagram(request(call_id="rings", branch="z9hG4bKua2"), UA, 0.0)
+    out = sent(b)
+    forwarded = [m for m, _ in out if m.is_request and m.call_id == "rings"][0]
+    ringing = forwarded.to_bytes().replace(b"INVITE sip:room@example.com SIP/2.0", b"SIP/2.0 180 Ringing", 1)
+    b.receive_datagram(ringing, NODES[hashing.choose("rings", ["node-1", "node-2"])], 1.0)
+    sent(b)
+    b.expire(31.0)
+    assert sent(b) == []
+    b.expire(33.0)
+    [(timeout, to)] = sent(b)
+    assert (timeout.status, timeout.call_id, to) == (408, "silent", UA), node
+    assert b.counters["timeout.408"] == 1

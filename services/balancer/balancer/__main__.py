@@ -116,6 +116,10 @@ class Front(asyncio.DatagramProtocol):
                 self.core.reroute(now)
                 self.flush()
         self.core.expire(now)
+        for call_id, node, forwards in self.core.timed_out:
+            self.proc.log.warning("invite unanswered: 408", call_id=call_id, node=node, forwards=forwards)
+        self.core.timed_out.clear()
+        self.flush()  # an INVITE no node answered gets its 408 now
 
     def stats(self) -> dict[str, int | str | float]:
         out: dict[str, int | str | float] = dict(self.proc.counters)

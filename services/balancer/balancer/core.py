@@ -152,6 +152,7 @@ class Balancer:
     # (a Contact's address, the connection it came on): a TCP UA's Contact names where it
     # listens, not the connection it uses; requests toward it reuse that connection.
     aliases: list[tuple[Addr, Addr]] = field(default_factory=list)
+    timed_out: list[tuple[str, str, int]] = field(default_factory=list)  # (Call-ID, node, forwards): to log
     counters: dict[str, int] = field(default_factory=dict)
     target_delay: float = 0.1
     max_rate: float = 5000.0
@@ -686,6 +687,20 @@ class Balancer:
             key, expired = self.pending.popitem(last=False)
             if expired.initial and expired.node in self.throttles:
                 self.throttles[expired.node].forget(key)
+            if key.endswith("|INVITE") and not expired.timed:
+                self._time_out(expired)
+
+    def _time_out(self, expired: PendingRequest) -> None:
+        """An INVITE we answered 100 Trying that no node has answered at all in 64*T1:
+        the UA, which stopped retransmitting at our 100, would wait for ever. It gets
+        408, as from a proxy whose client transaction timed out (§16.7 step 10 with
+        §16.8). One that rings (a response came) is the node's to end, not ours."""
+        msg = parse(expired.data)
+        vias = msg.get_all("Via")
+        self.count("timeout.408")
+        self.timed_out.append((expired.call_id, expired.node, expired.forwards))
+        target, self._transport = self._response_hop(parse_via(vias[0]), parse_via(vias[1]))
+        self._reply(msg, target, 408, "Request Timeout", strip_top_via=True)
 
     def reroute(self, now: float) -> None:
         """Requests whose node died before answering go to a survivor (which recognises a
