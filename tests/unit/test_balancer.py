@@ -398,3 +398,20 @@ def test_an_invite_no_node_ever_answers_gets_408_but_one_that_rings_does_not() -
     [(timeout, to)] = sent(b)
     assert (timeout.status, timeout.call_id, to) == (408, "silent", UA), node
     assert b.counters["timeout.408"] == 1
+
+
+def test_a_request_held_by_a_node_that_stopped_being_ready_moves_when_that_node_dies() -> None:
+    """A kill of a whole node: its store first (the node says not ready, and keeps what
+    it holds), its RA a moment later (exited: what it held goes to a survivor)."""
+    b = balancer()
+    b.notice(0.0)
+    call = next(f"held-{i}" for i in range(100) if hashing.choose(f"held-{i}", ["node-1", "node-2"]) == "node-1")
+    assert b.receive_datagram(request(call_id=call), UA, 0.0) == "node-1"
+    sent(b)
+    b.liveness.heartbeat("node-1", False, NODES["node-1"], 0.05)  # store gone: not ready
+    assert b.notice(0.05) == ["node-2"]
+    assert sent(b) == []  # still its node's: it works on what it has
+    b.liveness.gone("node-1")  # its RA exited
+    assert b.notice(0.06) == ["node-2"]
+    [(moved, addr)] = sent(b)
+    assert addr == NODES["node-2"] and moved.call_id == call and moved.method == "INVITE"

@@ -106,15 +106,11 @@ class Front(asyncio.DatagramProtocol):
 
     def report_changes(self) -> None:
         now = time.monotonic()
-        live = self.core.liveness.live(now)
-        if live != self.live:
+        was = self.live
+        self.live = self.core.notice(now)
+        if self.live != was:
             self.proc.count("live_changes")
-            self.proc.log.info("live nodes", live=live, was=self.live)
-            lost = set(self.live) - set(live)
-            self.live = live
-            if lost:
-                self.core.reroute(now)
-                self.flush()
+            self.proc.log.info("live nodes", live=self.live, was=was)
         self.core.expire(now)
         for call_id, node, forwards in self.core.timed_out:
             self.proc.log.warning("invite unanswered: 408", call_id=call_id, node=node, forwards=forwards)

@@ -164,6 +164,8 @@ class Balancer:
     _admitted: str = ""  # the transaction the quick path let through (not to be counted twice)
     _now: float = 0.0  # the time of the datagram being handled
     _transport: str = UDP  # what the message being handled came over
+    _seen_live: list[str] = field(default_factory=list)  # at the last `notice`
+    _seen_reachable: list[str] = field(default_factory=list)
 
     def throttle(self, node: str) -> Throttle:
         throttle = self.throttles.get(node)
@@ -701,6 +703,21 @@ class Balancer:
         self.timed_out.append((expired.call_id, expired.node, expired.forwards))
         target, self._transport = self._response_hop(parse_via(vias[0]), parse_via(vias[1]))
         self._reply(msg, target, 408, "Request Timeout", strip_top_via=True)
+
+    def notice(self, now: float) -> list[str]:
+        """Look at liveness again; the live nodes. Requests held by a node that left
+        the live set, or that is gone (exited or silent) having left it earlier, go to a
+        survivor now: a node that stops being ready keeps what it was sent, but one that
+        then dies (a node's store is killed first, its RA a moment later) leaves the
+        live set unchanged, and a UA that had our 100 Trying would not retransmit."""
+        live = self.liveness.live(now)
+        reachable = self.liveness.reachable(now)
+        lost = set(self._seen_live) - set(live)
+        gone = set(self._seen_reachable) - set(reachable)
+        self._seen_live, self._seen_reachable = live, reachable
+        if lost or gone:
+            self.reroute(now)
+        return live
 
     def reroute(self, now: float) -> None:
         """Requests whose node died before answering go to a survivor (which recognises a
