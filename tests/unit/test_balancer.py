@@ -383,7 +383,8 @@ def test_a_request_is_reforwarded_once_then_answered_500_not_passed_to_a_third_n
 
 def test_an_invite_no_node_ever_answers_gets_408_but_one_that_rings_does_not() -> None:
     """The UA stopped retransmitting at our 100 Trying: after 64*T1 with no response at
-    all, it hears 408 from us; a call that rings is the node's to end."""
+    all, it hears 408 from us; a call that rings, or that its node took (its own 100
+    Trying), is the node's to end."""
     b = balancer()
     node = b.receive_datagram(request(call_id="silent"), UA, 0.0)
     b.receive_datagram(request(call_id="rings", branch="z9hG4bKua2"), UA, 0.0)
@@ -391,6 +392,10 @@ def test_an_invite_no_node_ever_answers_gets_408_but_one_that_rings_does_not() -
     forwarded = [m for m, _ in out if m.is_request and m.call_id == "rings"][0]
     ringing = forwarded.to_bytes().replace(b"INVITE sip:room@example.com SIP/2.0", b"SIP/2.0 180 Ringing", 1)
     b.receive_datagram(ringing, NODES[hashing.choose("rings", ["node-1", "node-2"])], 1.0)
+    b.receive_datagram(request(call_id="slow", branch="z9hG4bKua3"), UA, 0.0)
+    slow = [m for m, _ in sent(b) if m.is_request and m.call_id == "slow"][0]
+    trying = slow.to_bytes().replace(b"INVITE sip:room@example.com SIP/2.0", b"SIP/2.0 100 Trying", 1)
+    b.receive_datagram(trying, NODES[hashing.choose("slow", ["node-1", "node-2"])], 1.0)  # a slow service
     sent(b)
     b.expire(31.0)
     assert sent(b) == []

@@ -135,6 +135,7 @@ class PendingRequest:
     sent: float = 0.0  # when it was forwarded (its response's delay feeds admission control)
     initial: bool = False  # a new request, let through by the node's throttle
     timed: bool = False  # its first response other than 100 has been timed
+    heard: bool = False  # its node answered it, if only with 100 Trying: the node's to end
 
 
 @dataclass
@@ -565,8 +566,11 @@ class Balancer:
         if not vias or BRANCH_PREFIX not in vias[0]:
             self.count("response.not_ours")
             return "dropped"
-        if msg.status == 100:
-            return "100 absorbed"  # hop by hop (§16.7): we sent our own 100
+        if msg.status == 100:  # hop by hop (§16.7): we sent our own 100
+            heard = self.pending.get(f"{parse_via(vias[0]).branch}|{msg.cseq[1]}")
+            if heard is not None:
+                heard.heard = True
+            return "100 absorbed"
         ours = parse_via(vias[0])
         key = f"{ours.branch}|{msg.cseq[1]}"
         pending = self.pending.get(key)
@@ -689,14 +693,14 @@ class Balancer:
             key, expired = self.pending.popitem(last=False)
             if expired.initial and expired.node in self.throttles:
                 self.throttles[expired.node].forget(key)
-            if key.endswith("|INVITE") and not expired.timed:
+            if key.endswith("|INVITE") and not (expired.timed or expired.heard):
                 self._time_out(expired)
 
     def _time_out(self, expired: PendingRequest) -> None:
         """An INVITE we answered 100 Trying that no node has answered at all in 64*T1:
         the UA, which stopped retransmitting at our 100, would wait for ever. It gets
         408, as from a proxy whose client transaction timed out (§16.7 step 10 with
-        §16.8). One that rings (a response came) is the node's to end, not ours."""
+        §16.8). One its node answered at all (100 Trying, ringing) is the node's to end."""
         msg = parse(expired.data)
         vias = msg.get_all("Via")
         self.count("timeout.408")
