@@ -2,7 +2,7 @@
 # Idempotent machine set-up: a venv ($VENV, default .venv) holding exactly requirements.lock
 # (every Python package, with hashes, the installer and build backend included), the project
 # itself with --no-deps, and the Debian peers of scripts/debian-packages.txt (SIPp, sipsak,
-# baresip, Kamailio), installed by name, with a warning where a version differs from the recorded one.
+# baresip, Kamailio, sngrep, tshark), installed by name, with a warning where a version differs from the recorded one.
 # Re-runs only when the lock, pyproject.toml or this script change; after that it needs no
 # network.
 set -euo pipefail
@@ -11,7 +11,9 @@ venv=${VENV:-.venv}
 python=${PYTHON:-python3}
 packages=scripts/debian-packages.txt
 debian_names() { grep -v '^#' "$packages" | awk 'NF { print $1 }'; }
-have_peers() { command -v sipp && command -v sipsak && command -v kamailio && command -v baresip; } >/dev/null 2>&1
+have_peers() {
+  command -v sipp && command -v sipsak && command -v kamailio && command -v baresip && command -v sngrep && command -v tshark
+} >/dev/null 2>&1
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 apt_install() {

@@ -2,7 +2,8 @@
 
 Starts a balancer and two nodes (separate processes), plays UA-1 (lands on node-1) and
 UA-2 (lands on node-2), relays UA-2's "hello" to UA-1, prints what each node did (from
-the routers' own log lines and the clustered state), then stops every process it started.
+the routers' own log lines and the clustered state), shows UA-1's call as every process
+recorded it (`zeroslee-admin trace`), then stops every process it started.
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ def main() -> int:
         say("UA-2", f"BYE <- {ua2.request('BYE').status} OK")
         left = admin.rows_for(cluster.config, "activities")
         say("cluster state", f"{len(left)} activities left (the room ended with its last participant)")
+
+        call1 = ua1.call.call_id if ua1.call is not None else ""
+        print(f"\n6. UA-1's call across the cluster: zeroslee-admin trace {call1}")
+        admin.print_ladder(call1, admin.trace(cluster.config, call1))
         ok = relayed.body == b"hello" and not left
         print("\ndemo", "passed" if ok else "FAILED", f"(logs: {cluster.logdir})")
         return 0 if ok else 1

@@ -14,6 +14,7 @@ import argparse
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,65 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
     raise SystemExit(f"unknown subcommand {what}")
 
 
+def metrics_urls(config: Config) -> list[str]:
+    """Every process's /metrics, in the cluster file's order (balancer, witness, then each
+    node's statestore, router and sip-ra): what a Prometheus scrape config lists."""
+    return [f"http://{hostport}/metrics" for _, _, hostport in config.metrics_endpoints()]
+
+
+def trace_sources(config: Config) -> list[tuple[str, str]]:
+    """(process, control endpoint) of every process that keeps trace records."""
+    out = [("balancer", config.balancer.control)]
+    for node in config.nodes:
+        if node.control:
+            out.append((f"{node.id}/sip-ra", node.control))
+        out.append((f"{node.id}/router", node.router))
+    return out
+
+
+def trace(config: Config, call_id: str) -> list[dict[str, Any]]:
+    """Every process's records of `call_id`, and the routers' records of the SBB entities
+    those records name (an SBB of this call run on another node, for another call's
+    event, shows where it ran), merged in time order."""
+    sources = trace_sources(config)
+    seen: set[tuple[float, str, str, str, str]] = set()
+    rows: list[dict[str, Any]] = []
+
+    def gather(wanted: list[str], only_routers: bool) -> None:
+        for process, endpoint in sources:
+            if only_routers and not process.endswith("/router"):
+                continue
+            reply = ask(config, endpoint, bus.TraceRequest(1, wanted))
+            if not isinstance(reply, bus.TraceReply):
+                continue
+            for _, when, source, destination, what in reply.records:
+                key = (when, source, destination, what, process)
+                if key not in seen:
+                    seen.add(key)
+                    rows.append({"time": when, "from": source, "to": destination, "what": what, "at": process})
+
+    gather([call_id], only_routers=False)
+    sbbs = sorted({r["to"].rsplit(" ", 1)[1] for r in rows if " sbb " in r["to"]})
+    if sbbs:
+        gather(sbbs, only_routers=True)
+    rows.sort(key=lambda r: r["time"])  # stable: one process's records of one moment keep their order
+    return rows
+
+
+def print_ladder(call_id: str, rows: list[dict[str, Any]]) -> None:
+    """One line per record: time, who -> whom, what, and which process recorded it."""
+    if not rows:
+        print(f"no records of {call_id} (unknown Call-ID, or older than every process's trace ring)")
+        return
+    left = max(len(r["from"]) for r in rows)
+    right = max(len(r["to"]) for r in rows)
+    what = max(len(r["what"]) for r in rows)
+    print(f"call {call_id}: {len(rows)} records from {len({r['at'] for r in rows})} processes")
+    for r in rows:
+        stamp = time.strftime("%H:%M:%S", time.localtime(r["time"])) + f".{int(r['time'] * 1e6) % 1_000_000:06d}"
+        print(f"{stamp}  {r['from']:>{left}} -> {r['to']:<{right}}  {r['what']:<{what}}  @{r['at']}")
+
+
 def end_activity(config: Config, activity: str) -> dict[str, Any]:
     """Ask the owner's router (or any live one) to end `activity`."""
     owner = next((r["owner"] for r in rows_for(config, "activities") if r["id"] == activity), None)
@@ -255,9 +315,13 @@ def main(argv: list[str] | None = None) -> int:
             "stats",
             "end-activity",
             "keygen",
+            "metrics",
+            "trace",
         ],
     )
-    parser.add_argument("id", nargs="?", help="the activity id (end-activity), the member's name (keygen)")
+    parser.add_argument(
+        "id", nargs="?", help="the activity id (end-activity), the member's name (keygen), the Call-ID (trace)"
+    )
     parser.add_argument("--cluster", action="store_true", help="keygen: every missing key of the cluster file")
     parser.add_argument("--dir", default=None, help="keygen: where to write (default [security] keys)")
     args = parser.parse_args(argv)
@@ -269,6 +333,21 @@ def main(argv: list[str] | None = None) -> int:
         rows = keygen(config, args.id, args.cluster, args.dir)
         if not rows:
             return 0  # every key was there already: nothing to say
+    elif args.what == "metrics":
+        urls = metrics_urls(config)
+        if args.json:
+            json.dump(urls, sys.stdout, indent=2)
+            print()
+        else:
+            print("\n".join(urls))
+        return 0
+    elif args.what == "trace":
+        if not args.id:
+            parser.error("trace needs a Call-ID")
+        rows = trace(config, args.id)
+        if not args.json:
+            print_ladder(args.id, rows)
+            return 0
     elif args.what == "end-activity":
         if not args.id:
             parser.error("end-activity needs an activity id")

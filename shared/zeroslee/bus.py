@@ -87,6 +87,20 @@ class StatsReply(Message, frozen=True, tag=True):
     stats: dict[str, int | str | float] = {}
 
 
+class TraceRequest(Message, frozen=True, tag=True):
+    """Management: this process's trace records of `keys` (Call-IDs, SBB ids)."""
+
+    req: int
+    keys: list[str] = []
+
+
+class TraceReply(Message, frozen=True, tag=True):
+    req: int
+    service: str
+    node: str
+    records: list[tuple[str, float, str, str, str]] = []  # (key, time, source, destination, what)
+
+
 # --- between stores --------------------------------------------------------------------
 
 
@@ -278,6 +292,8 @@ Any = (
     | QueryResult
     | StatsRequest
     | StatsReply
+    | TraceRequest
+    | TraceReply
     | Hello
     | StoreStatus
     | Join

@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 
 DEFAULT_CONFIG = "config/cluster.toml"
+NODE_SERVICES = ("statestore", "router", "sip-ra")  # the processes of every node
 
 
 class SipTimers(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -52,6 +53,9 @@ class NodeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     heartbeat: str  # PUB: node liveness, read by balancers
     control: str = ""  # ROUTER: sip-ra statistics (management)
     data_dir: str = ""
+    # Prometheus: host:port of each of the node's processes' /metrics, by service
+    # ("statestore", "router", "sip-ra"); a service not listed serves none.
+    metrics: dict[str, str] = {}
 
     @property
     def sip_addr(self) -> tuple[str, int]:
@@ -73,6 +77,7 @@ class BalancerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # after `tcp_idle` s; past `tcp_max_connections`, the longest idle is closed first.
     tcp_idle: float = 300.0
     tcp_max_connections: int = 4096
+    metrics: str = ""  # host:port of the balancer's /metrics (Prometheus); empty: none
 
     @property
     def sip_addr(self) -> tuple[str, int]:
@@ -94,6 +99,27 @@ class WitnessConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     endpoint: str = ""
     lease_wait: float = 1.2  # > store.lease: a silent primary has fenced itself by then
     data_dir: str = ""
+    metrics: str = ""  # host:port of the witness's /metrics
+
+
+class CaptureConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """HEP (zeroslee/hep.py): the balancer and every sip-ra mirror each SIP message they
+    send or receive, as HEPv3 over UDP, to `hep` (host:port of a Homer collector,
+    heplify-server or `sngrep -L`). Empty: off, and nothing is built or sent.
+    `agent_id` is the HEP capture agent id every copy carries (beside the process's own
+    name: `balancer`, or the node id)."""
+
+    hep: str = ""
+    agent_id: int = 2001
+
+
+class TraceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`zeroslee-admin trace CALL-ID` (zeroslee/tracing.py): each process keeps the
+    records of the `calls` most recent Call-IDs (and SBBs), `per_call` records each.
+    `calls = 0` turns it off."""
+
+    calls: int = 4096
+    per_call: int = 64
 
 
 class ServiceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -129,6 +155,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     witness: WitnessConfig = WitnessConfig()
     router: RouterConfig = RouterConfig()
     security: SecurityConfig = SecurityConfig()
+    capture: CaptureConfig = CaptureConfig()
+    trace: TraceConfig = TraceConfig()
     heartbeat_interval: float = 0.1
     data_root: str = "var"
     log_level: str = "info"
@@ -142,6 +170,19 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def node_ids(self) -> list[str]:
         return [n.id for n in self.nodes]
+
+    def metrics_endpoints(self) -> list[tuple[str, str, str]]:
+        """(service, node id or "", host:port) of every process that serves /metrics."""
+        out = [("balancer", "", self.balancer.metrics), ("witness", "", self.witness.metrics)]
+        for node in self.nodes:
+            out += [(service, node.id, node.metrics.get(service, "")) for service in NODE_SERVICES]
+        return [row for row in out if row[2]]
+
+    def metrics_endpoint(self, service: str, node: str | None) -> str:
+        """This process's /metrics address, empty if it serves none."""
+        if node is None:
+            return {"balancer": self.balancer.metrics, "witness": self.witness.metrics}.get(service, "")
+        return self.node(node).metrics.get(service, "")
 
     def data_dir(self, node_id: str) -> Path:
         node = self.node(node_id)

@@ -68,12 +68,14 @@ def cluster_toml(
         "[balancer]",
         f'sip = "{sip_host or front}:{base}"',
         f'control = "tcp://{front}:{base + 9}"',
+        f'metrics = "{front}:{base + 1}"',
         f"spread = {'true' if spread else 'false'}",
         *(f"{name} = {value}" for name, value in (balancer_options or {}).items()),
         "[store]",
         "peer_dead_after = 0.6",
         "[witness]",
         f'endpoint = "tcp://{front}:{base + 8}"',
+        f'metrics = "{front}:{base + 2}"',
         "[security]",
         f"insecure = {'true' if insecure else 'false'}",
         f'keys = "{keydir}"',
@@ -91,6 +93,7 @@ def cluster_toml(
             f'peer = "tcp://{h}:{p + 4}"',
             f'heartbeat = "tcp://{h}:{p + 5}"',
             f'control = "tcp://{h}:{p + 6}"',
+            f'metrics = {{ statestore = "{h}:{p + 7}", router = "{h}:{p + 8}", sip-ra = "{h}:{p + 9}" }}',
         ]
     lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
     lines += ['options = { users = "^(?!wakeup-|echo$|hold-)", ring_delay = "2.0" }']

@@ -108,6 +108,19 @@ class ReadView:
             return 0, None
         return unpack(bytes(raw))
 
+    def count(self, prefix: str) -> int:
+        """How many keys lie under `prefix` (keys only: no value is copied)."""
+        start = prefix.encode()
+        cursor = self.txn.cursor()
+        if not cursor.set_range(start):
+            return 0
+        n = 0
+        for key in cursor.iternext(keys=True, values=False):
+            if not bytes(key).startswith(start):
+                break
+            n += 1
+        return n
+
     def scan(self, prefix: str, limit: int = 1_000_000) -> list[tuple[str, int, bytes]]:
         found: list[tuple[str, int, bytes]] = []
         start = prefix.encode()

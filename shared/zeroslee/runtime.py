@@ -29,6 +29,8 @@ from zeroslee import access, bus, curve, log
 from zeroslee.bussocket import MAX_MESSAGE, BusSocket
 from zeroslee.config import Config, load, parse_hostport
 from zeroslee.liveness import Liveness
+from zeroslee.metrics import Metrics, process_families
+from zeroslee.tracing import Trace
 
 HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
@@ -55,6 +57,9 @@ class Process:
         self.gatekeeper: curve.Gatekeeper | None = None
         self.guards: list[asyncio.Task[None]] = []  # count failed handshakes (`guard`)
         self.member = node or service  # whose key this process holds (access.py)
+        self.metrics = Metrics(service, node or "")
+        self.metrics.source(lambda: process_families(self.counters))
+        self.trace = Trace(config.trace)
         if config.security.insecure:
             self.log.warning("bus insecure", detail="insecure = true: every bus socket accepts anyone, in plaintext")
         else:
@@ -142,7 +147,23 @@ class Process:
         self.beacons.append(beacon)
         return beacon
 
+    def serve_metrics(self) -> None:
+        """Serve /metrics where the cluster file says; a port that cannot be had costs
+        the process its metrics (logged), never its service."""
+        endpoint = self.config.metrics_endpoint(self.service, self.node)
+        if not endpoint:
+            return
+        try:
+            self.metrics.serve(endpoint, asyncio.get_running_loop())
+        except OSError as exc:
+            self.count("metrics.unavailable")
+            self.log.error("metrics not served", endpoint=endpoint, error=str(exc))
+
+    def traced(self, message: bus.TraceRequest) -> bus.TraceReply:
+        return bus.TraceReply(message.req, self.service, self.node or "", self.trace.records(message.keys))
+
     def close(self) -> None:
+        self.metrics.close()
         for task in self.guards:
             task.cancel()
         for beacon in self.beacons:
@@ -296,6 +317,7 @@ def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], need
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, proc.stopping.set)
         proc.log.info("started", pid=os.getpid())
+        proc.serve_metrics()
         tune_gc()
         lag = asyncio.create_task(watch_loop_lag(proc))
         task = asyncio.create_task(main(proc))
@@ -337,6 +359,7 @@ async def watch_loop_lag(proc: Process) -> None:
         due = loop.time() + LAG_PERIOD
         await asyncio.sleep(LAG_PERIOD)
         late = loop.time() - due
+        proc.metrics.loop_lag.observe(max(late, 0.0))
         if late > LAG_WARN:
             ms = round(late * 1000, 1)
             proc.count("loop.stalls")
@@ -556,6 +579,8 @@ async def serve_control(
             reply: bus.Message = bus.StatsReply(message.req, proc.service, proc.node or "", stats())
         elif isinstance(message, bus.Ping):
             reply = bus.Pong(message.req, proc.service, ready())
+        elif isinstance(message, bus.TraceRequest):
+            reply = proc.traced(message)
         else:
             proc.reject("unexpected", type(message).__name__, socket="control")
             continue

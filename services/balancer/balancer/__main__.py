@@ -10,7 +10,9 @@ import time
 from balancer.core import TCP, Balancer
 from balancer.streams import Connection, Streams
 from zeroslee.liveness import Liveness, NodeState
+from zeroslee.metrics import Metric, counter, counters, gauge, gauges, method_label
 from zeroslee.runtime import Process, follow_heartbeats, is_address, resolve_udp, run, serve_control, udp_socket
+from zeroslee.tap import Tap
 
 
 class Front(asyncio.DatagramProtocol):
@@ -31,19 +33,33 @@ class Front(asyncio.DatagramProtocol):
         self.live: list[str] = []
         self.lookups: set[asyncio.Future[None]] = set()
         self.streams = Streams(proc, self.stream_received, self.fell_back, self.stream_failed)
+        self.nodes = {node.sip_addr: node.id for node in proc.config.nodes}
+        self.tap = Tap(proc, cfg.sip_addr, {a: f"{n}/sip-ra" for a, n in self.nodes.items()}, "balancer")
+        self.setup_seconds = proc.metrics.histogram(
+            "zeroslee_setup_seconds", "A new INVITE: received to its node's first response other than 100"
+        )
+        self.relay_seconds = proc.metrics.histogram(
+            "zeroslee_relay_seconds",
+            "Any other request (INFO, BYE...): forwarded to its node's response (a chat INFO's relay)",
+            ["method"],
+        )
+        proc.metrics.source(self.metric_families)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         addr = addr[:2]  # an IPv6 socket gives (host, port, flowinfo, scope_id)
+        edge = addr not in self.nodes
         summary = self.core.receive_datagram(data, addr, time.monotonic())
+        self.tap.received(data, addr, edge=edge, note=f"to {summary}" if summary in self.core.liveness.nodes else "")
         if summary.startswith("rejected"):
             self.proc.reject("sip", summary, peer=f"{addr[0]}:{addr[1]}")
         self.flush()
 
     def stream_received(self, data: bytes, addr: tuple[str, int]) -> None:
         summary = self.core.receive_datagram(data, addr, time.monotonic(), TCP)
+        self.tap.received(data, addr, tcp=True, note=f"to {summary}" if summary in self.core.liveness.nodes else "")
         if summary.startswith("rejected"):
             self.proc.reject("sip", summary, peer=f"{addr[0]}:{addr[1]}", transport="tcp")
         self.flush()
@@ -60,6 +76,7 @@ class Front(asyncio.DatagramProtocol):
         for contact, peer in self.core.connection_aliases():
             self.streams.alias(contact, peer)
         for out, peer, may_fall_back in self.core.stream_messages_to_send():
+            self.tap.sent(out, peer, tcp=True)
             self.streams.send(out, peer, may_fall_back)
         for out, peer in self.core.datagrams_to_send():
             if is_address(peer[0]):
@@ -68,13 +85,23 @@ class Front(asyncio.DatagramProtocol):
                 task = asyncio.ensure_future(self.send_resolved(out, peer))
                 self.lookups.add(task)
                 task.add_done_callback(self.lookups.discard)
+        if self.core.delays:
+            for method, new_call, seconds in self.core.delays:
+                if new_call and method == "INVITE":
+                    self.setup_seconds.observe(seconds)
+                else:
+                    self.relay_seconds.labels(method_label(method)).observe(seconds)
+            self.core.delays.clear()
 
     def send(self, out: bytes, peer: tuple[str, int]) -> None:
         assert self.transport is not None
+        when = time.time()
         try:
             self.transport.sendto(out, peer)
         except (OSError, ValueError) as exc:  # one bad destination costs no other message its send
             self.unsendable(out, peer, str(exc))
+            return
+        self.tap.sent(out, peer, edge=peer not in self.nodes, when=when)
 
     async def send_resolved(self, out: bytes, peer: tuple[str, int]) -> None:
         assert self.transport is not None
@@ -116,6 +143,69 @@ class Front(asyncio.DatagramProtocol):
             self.proc.log.warning("invite unanswered: 408", call_id=call_id, node=node, forwards=forwards)
         self.core.timed_out.clear()
         self.flush()  # an INVITE no node answered gets its 408 now
+
+    def metric_families(self) -> list[Metric]:
+        now, c = time.monotonic(), self.core.counters
+        live = set(self.live)
+        throttles = self.core.throttles
+        refused = c.get("overload.refused", 0) + c.get("overload.refused_again", 0)
+        return [
+            *self._sip_families(),
+            gauges(
+                "zeroslee_node_live",
+                "1 while the balancer routes new calls to the node",
+                "node",
+                {node: float(node in live) for node in self.core.liveness.nodes},
+            ),
+            counter(
+                "zeroslee_live_changes",
+                "Changes of the balancer's live-node set",
+                self.proc.counters.get("live_changes", 0),
+            ),
+            counter("zeroslee_overload_refusals", "New requests refused 503 at the edge (admission control)", refused),
+            counter("zeroslee_no_node_refusals", "Requests refused 503 because no node was up", c.get("no_node", 0)),
+            gauges(
+                "zeroslee_admission_rate",
+                "New requests/s admitted to each node",
+                "node",
+                {n: t.rate for n, t in throttles.items()},
+            ),
+            gauges(
+                "zeroslee_admission_delay_seconds",
+                "Each node's smoothed response time",
+                "node",
+                {n: t.smoothed for n, t in throttles.items()},
+            ),
+            gauges(
+                "zeroslee_admission_oldest_wait_seconds",
+                "The oldest admitted request waiting",
+                "node",
+                {n: t.oldest_wait(now) for n, t in throttles.items()},
+            ),
+            gauge(
+                "zeroslee_transactions",
+                "Transactions the balancer forwarded that await a final response",
+                len(self.core.pending),
+            ),
+            gauge("zeroslee_balancer_soft_state", "Transaction routes the balancer remembers", len(self.core.soft)),
+            gauge("zeroslee_tcp_connections", "Open SIP TCP connections", len(self.streams.connections)),
+            counter(
+                "zeroslee_hep_copies", "SIP messages mirrored as HEP", self.tap.mirror.sent if self.tap.mirror else 0
+            ),
+            counter(
+                "zeroslee_hep_lost", "HEP copies that could not be sent", self.tap.mirror.lost if self.tap.mirror else 0
+            ),
+        ]
+
+    def _sip_families(self) -> list[Metric]:
+        """What the UAs sent us (requests, retransmissions included) and what we sent them."""
+        counts = self.tap.counts
+        received = {method: n for (method, direction), n in counts.requests.items() if direction == "in"}
+        sent = {status: n for (status, direction), n in counts.responses.items() if direction == "out"}
+        return [
+            counters("zeroslee_sip_requests", "SIP requests received from UAs", "method", received),
+            counters("zeroslee_sip_responses", "SIP responses sent to UAs", "status_class", sent),
+        ]
 
     def stats(self) -> dict[str, int | str | float]:
         out: dict[str, int | str | float] = dict(self.proc.counters)

@@ -154,6 +154,9 @@ class Balancer:
     # listens, not the connection it uses; requests toward it reuse that connection.
     aliases: list[tuple[Addr, Addr]] = field(default_factory=list)
     timed_out: list[tuple[str, str, int]] = field(default_factory=list)  # (Call-ID, node, forwards): to log
+    # (method, new call, seconds): each forwarded request's wait for its node's first
+    # response other than 100 (the shell's setup and relay latency histograms).
+    delays: list[tuple[str, bool, float]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     target_delay: float = 0.1
     max_rate: float = 5000.0
@@ -578,6 +581,7 @@ class Balancer:
             # The node's response time: what admission control holds near its target.
             pending.timed = True
             self.throttle(pending.node).observe(now - pending.sent, now, pending.initial, key)
+            self.delays.append((msg.cseq[1], pending.initial, now - pending.sent))
         if msg.status >= 200:
             self.pending.pop(key, None)
         if "zsv" in ours.params:  # a response to a node's request: restore its Via

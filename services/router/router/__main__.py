@@ -32,6 +32,7 @@ from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResp
 from zeroslee import bus, keys
 from zeroslee.alarms import Alarms
 from zeroslee.liveness import Liveness, adoption_dead_after
+from zeroslee.metrics import Metric, counter, counters, gauge, gauges
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats, run
 from zeroslee.storeclient import CommitFailed, StoreClient
@@ -97,6 +98,11 @@ class Router:
         self.next_sweep = 0.0
         self.started = time.monotonic()
         self.grace = 2 * proc.config.balancer.dead_after + 3 * proc.config.heartbeat_interval
+        self.delivered: dict[str, int] = {}  # service -> deliveries to its SBBs
+        self.delivery_seconds = proc.metrics.histogram(
+            "zeroslee_router_delivery_seconds", "An event's delivery: first read to replicated commit"
+        )
+        proc.metrics.source(self.metric_families)
 
     async def serve(self) -> None:
         while True:
@@ -114,6 +120,8 @@ class Router:
                     self.enqueue(message.activity, event, None)
                 case bus.Ping(req=req):
                     await self.sock.send_multipart([ident, bus.encode(bus.Pong(req, "router", True))])
+                case bus.TraceRequest():
+                    await self.sock.send_multipart([ident, bus.encode(self.proc.traced(message))])
                 case bus.StatsRequest(req=req):
                     stats: dict[str, int | str | float] = dict(self.proc.counters)
                     stats["alarms"] = json.dumps([asdict(a) for a in self.alarms.active(time.monotonic())])
@@ -179,6 +187,8 @@ class Router:
                 [sbb for o in done for sbb in o.created],
                 [sbb for o in done for sbb in o.loaded_remote],
                 [name for o in done for name in o.stale_names],
+                [service for o in done for service in o.services],
+                [note for o in done for note in o.notes],
             )
 
         first = type(batch[0][0]).__name__
@@ -318,7 +328,7 @@ class Router:
                 return True
             if not tx.writes:  # read-only delivery: nothing to replicate
                 await self.after_commit(tx)
-                self.count_delivery(event, together)
+                self.count_delivery(event, together, outcome)
                 return True
             try:
                 result = await self.commit(tx)
@@ -336,7 +346,8 @@ class Router:
                 self.proc.count("delivery.conflict")
                 await asyncio.sleep(random.uniform(0, 0.002 * attempt))  # back off, then re-read
                 continue
-            self.count_delivery(event, together)
+            self.count_delivery(event, together, outcome)
+            self.delivery_seconds.observe(time.monotonic() - started)
             log.info(
                 "delivered",
                 seq=result.seq,
@@ -368,11 +379,45 @@ class Router:
         else:
             await self.fail(event, 500, f"{type(exc).__name__}: {exc}", log)
 
-    def count_delivery(self, event: object, together: list[object] | None = None) -> None:
-        """Routing statistics per event type (zeroslee-admin routing)."""
+    def count_delivery(self, event: object, together: list[object] | None, outcome: Outcome) -> None:
+        """Routing statistics per event type (zeroslee-admin routing) and per service
+        (metrics), and the trace records of what ran where."""
         for one in together if together is not None else [event]:
             self.proc.count("delivery.ok")
             self.proc.count(f"delivered.{type(one).__name__ if one is not None else 'Internal'}")
+        for service in outcome.services:
+            self.delivered[service] = self.delivered.get(service, 0) + 1
+        here, now = f"{self.node.id}/router", time.time()
+        for key, whom, what in outcome.notes:
+            self.proc.trace.record(key, here, whom, what, now)
+
+    def metric_families(self) -> list[Metric]:
+        names = [s.name for s in self.container.services]
+        failed = {name: self.proc.counters.get(f"service.failed.{name}", 0) for name in names}
+        alarms = self.alarms.active(time.monotonic())
+        raised = {name: sum(1 for a in alarms if a.source == name) for name in names}
+        return [
+            counters(
+                "zeroslee_sbb_deliveries",
+                "Events delivered to SBBs, by service",
+                "service",
+                {name: self.delivered.get(name, 0) for name in names},
+            ),
+            counters(
+                "zeroslee_sbb_rollbacks",
+                "Deliveries rolled back because the service's code raised, by service",
+                "service",
+                failed,
+            ),
+            gauges("zeroslee_service_alarms", "Alarms raised now, by service", "service", raised),
+            gauge("zeroslee_alarms", "Alarms raised now in this router (services and poison events)", len(alarms)),
+            gauge("zeroslee_router_queued_activities", "Activities with events waiting", len(self.queues)),
+            counter(
+                "zeroslee_router_commit_conflicts",
+                "Deliveries re-run after a version conflict",
+                self.proc.counters.get("delivery.conflict", 0),
+            ),
+        ]
 
     async def commit(self, tx: Transaction) -> bus.CommitResult:
         prefix_reads = [(p, c, v) for p, (c, v) in sorted(tx.prefix_reads.items())]

@@ -62,6 +62,9 @@ class Outcome:
     created: list[str]
     loaded_remote: list[str]  # entities created on another node, loaded from the store
     stale_names: list[str]
+    services: list[str] = field(default_factory=list)  # the service of each delivery, in order
+    # For `zeroslee-admin trace`: (key, to whom, what), keyed by Call-ID and by SBB id.
+    notes: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @contextmanager
@@ -92,11 +95,14 @@ class Container:
         self.ending: set[str] = set()
         self.now = 0.0
         self.hook_failures: list[HandlerFailed] = []  # `rolled_back` hooks that raised
+        # This delivery's (SBB id, service, node it was created on, event type) for each SBB run.
+        self.served: list[tuple[str, str, str, str]] = []
 
     def deliver(self, tx: Transaction, event: msgspec.Struct, activity: str, now: float = 0.0) -> Outcome:
         """Deliver `event`; `now` is cluster time (epoch seconds) for timers set."""
         self.touched, self.responded, self.stale_names, self.now = {activity}, set(), [], now
         self.ending = set()
+        self.served = []
         if isinstance(event, SipRequest):
             if self._answered_already(tx, event):
                 return Outcome([], [], [], [])
@@ -108,7 +114,21 @@ class Container:
             self.end_activity(tx, activity)
         self.remove_stale_names(tx)
         self._collect_garbage(tx)
-        return Outcome(delivered, created, remote, list(self.stale_names))
+        services = [service for _, service, _, _ in self.served]
+        return Outcome(delivered, created, remote, list(self.stale_names), services, self._notes(event, created))
+
+    def _notes(self, event: msgspec.Struct, created: list[str]) -> list[tuple[str, str, str]]:
+        """What `zeroslee-admin trace` shows of this delivery: which SBB of which
+        service got which event, on this node, keyed by the Call-ID and by the SBB."""
+        call_id = getattr(event, "call_id", "")
+        notes = []
+        for sbb_id, service, origin, what in self.served:
+            whence = " (new)" if sbb_id in created else f" (created on {origin})" if origin != self.node else ""
+            note = (f"{service} sbb {sbb_id}", f"{what}{whence}")
+            if call_id:
+                notes.append((call_id, *note))
+            notes.append((sbb_id, *note))
+        return notes
 
     def _answered_already(self, tx: Transaction, event: SipRequest) -> bool:
         """A request of a dialog whose CSeq another delivery already answered (its node
@@ -206,6 +226,10 @@ class Container:
                 continue
             with service_code(sbb_id, service.name, hook=False):
                 sbb = service.root(decode(record.state, service.root.State))
+            # Noted before the handler runs: what it causes (an activity it ends) comes after.
+            self.served.append(
+                (sbb_id, service.name, record.created_on, f"{kind} {getattr(event, 'method', '')}".rstrip())
+            )
             with service_code(sbb_id, service.name):
                 handler.function(sbb, event, Context(tx, sbb_id, activity, self, service))
             self._save(tx, record, sbb)

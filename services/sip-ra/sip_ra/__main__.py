@@ -16,10 +16,12 @@ from sip_ra.dialog import Dialog, stored_keys, uac_dialog
 from sip_ra.session_timer import Session, ends_in
 from zeroslee import bus, keys
 from zeroslee.ftra import FaultTolerance, ReplicatedData
+from zeroslee.metrics import Metric, counter, gauge
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, is_address, resolve_udp, run, serve_control, udp_socket, watch_connection
 from zeroslee.sipmsg import parse_name_addr
 from zeroslee.storeclient import CommitFailed, StoreClient
+from zeroslee.tap import Tap
 
 ROUTER_ANSWER_TIMEOUT = 8.0  # a request the router never answers gets 500 after this
 COMMIT_ATTEMPTS = 8
@@ -56,6 +58,10 @@ class SipRa(asyncio.DatagramProtocol):
         self.tasks: set[asyncio.Future[None]] = set()
         self.sending: dict[str, list[bus.SendRequest]] = {}  # dialog -> requests waiting to send
         self.answer_timers: dict[str, asyncio.TimerHandle] = {}
+        names = {n.sip_addr: f"{n.id}/sip-ra" for n in proc.config.nodes}
+        names[proc.config.balancer.sip_addr] = "balancer"
+        self.tap = Tap(proc, self.node.sip_addr, names, f"{proc.node}/sip-ra")
+        proc.metrics.source(self.metric_families)
 
     # --- UDP -----------------------------------------------------------------------
 
@@ -64,6 +70,7 @@ class SipRa(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         addr = addr[:2]  # an IPv6 socket gives (host, port, flowinfo, scope_id)
+        self.tap.received(data, addr)
         outcome = self.core.receive_datagram(data, addr, time.monotonic())
         self.flush()
         if outcome.event is not None:
@@ -80,10 +87,13 @@ class SipRa(asyncio.DatagramProtocol):
             if not is_address(peer[0]):  # an FQDN next hop: looked up off the loop
                 self.spawn(self.send_resolved(data, peer))
                 continue
+            when = time.time()
             try:
                 self.transport.sendto(data, peer)
             except (OSError, ValueError) as exc:  # e.g. no route: the transactions to that peer fail
                 self.unsendable(peer, str(exc))
+                continue
+            self.tap.sent(data, peer, when=when)
         self.wake.set()
 
     async def send_resolved(self, data: bytes, peer: tuple[str, int]) -> None:
@@ -92,10 +102,13 @@ class SipRa(asyncio.DatagramProtocol):
         if address is None:
             self.unsendable(peer, "no address for the next hop")
             return
+        when = time.time()
         try:
             self.transport.sendto(data, address)
         except (OSError, ValueError) as exc:
             self.unsendable(peer, str(exc))
+            return
+        self.tap.sent(data, address, when=when)
 
     def unsendable(self, peer: tuple[str, int], error: str) -> None:
         """§17.1.4, §17.2.4: the transactions to that peer fail (the TU hears a timeout)."""
@@ -549,6 +562,33 @@ class SipRa(asyncio.DatagramProtocol):
     async def control(self) -> None:
         if self.node.control:
             await serve_control(self.proc, self.node.control, self.stats, lambda: True)
+
+    def metric_families(self) -> list[Metric]:
+        c, core = self.proc.counters, self.core.counters
+        try:
+            with self.store.replica.read() as view:
+                dialogs = view.count(keys.ra_data_of("sip"))
+        except ReplicaUnavailable:
+            dialogs = 0
+        refused = c.get("overload.rejected", 0) + c.get("overload.rejected_in_dialog", 0)
+        return [
+            *self.tap.counts.families("zeroslee_ra_sip"),
+            gauge("zeroslee_ra_transactions", "SIP transactions this RA holds now", len(self.core.transactions)),
+            gauge("zeroslee_ra_dialogs", "SIP dialogs in the cluster (this node's replica)", dialogs),
+            gauge("zeroslee_ra_dialogs_cached", "Dialogs this RA keeps decoded in memory", len(self.core.dialogs)),
+            counter(
+                "zeroslee_ra_overload_refusals",
+                "Requests this RA answered 503 for overload",
+                refused + core.get("overload.rejected", 0),
+            ),
+            gauge("zeroslee_ra_requests_in_flight", "Requests awaiting this node's router", len(self.answer_timers)),
+            counter(
+                "zeroslee_hep_copies", "SIP messages mirrored as HEP", self.tap.mirror.sent if self.tap.mirror else 0
+            ),
+            counter(
+                "zeroslee_hep_lost", "HEP copies that could not be sent", self.tap.mirror.lost if self.tap.mirror else 0
+            ),
+        ]
 
     def stats(self) -> dict[str, int | str | float]:
         out: dict[str, int | str | float] = dict(self.proc.counters)

@@ -17,6 +17,7 @@ import zmq
 from statestore.membership import Action, Input, Membership, Role
 from statestore.storage import Storage, StoreFormatError
 from zeroslee import bus
+from zeroslee.metrics import Metric, counter, counters, gauge, gauges
 from zeroslee.runtime import Process, Requester, run, watch_exits
 
 MAX_GROUP = 256  # commits acknowledged together at most
@@ -76,6 +77,10 @@ class Statestore:
         self.confirmed_epoch = 0  # the epoch whose lease the witness last renewed for us
         self.unreported_drop = False  # a backup was dropped outside a commit group
         self.election_wait = 0.5 * cfg.sip.t1  # how long a commit waits for a primary
+        self.commit_seconds = proc.metrics.histogram(
+            "zeroslee_store_commit_seconds", "A client's commit: received to answered (replication included)"
+        )
+        proc.metrics.source(self.metric_families)
 
     # --- serving -------------------------------------------------------------------
 
@@ -130,7 +135,9 @@ class Statestore:
         reply: bus.Message
         match message:
             case bus.Commit():
+                started = time.monotonic()
                 reply = await self.commit(message)
+                self.commit_seconds.observe(time.monotonic() - started)
             case bus.Query(req=req, prefix=prefix, limit=limit):
                 reply = bus.QueryResult(req, self.storage.snapshot(prefix, limit))
             case bus.Ping(req=req):
@@ -185,6 +192,7 @@ class Statestore:
                 # tells) or is slow. Once, if a new primary is being elected: wait for it.
                 self.proc.count("commit.forward_timeout")
                 if attempt == 0 and self.serving_role(time.monotonic()) is None:
+                    self.proc.count("commit.retry")
                     continue
                 return bus.CommitResult(message.req, ok=False, error="primary did not answer")
             assert isinstance(result, bus.CommitResult)
@@ -494,6 +502,46 @@ class Statestore:
         out.update(self.storage.stats())
         out.update(role=self.members.role.value, epoch=self.members.epoch, seq=self.storage.seq)
         return out
+
+    def replication_lag(self) -> int:
+        """Sequence numbers this store is behind its primary's last report (every
+        heartbeat interval). Replication is synchronous: a primary's in-sync backups hold
+        every commit it acknowledged, so a primary shows 0 and a backup at most the group
+        in flight; a store catching up (syncing, starting) shows its distance."""
+        seq = self.storage.seq
+        if self.members.role is Role.PRIMARY:
+            return 0
+        primary = self.members.primary
+        view = self.members.peers.get(primary) if primary else None
+        return max(0, view.seq - seq) if view is not None else 0
+
+    def metric_families(self) -> list[Metric]:
+        c = self.proc.counters
+        outcomes = {
+            "ok": c.get("commit.ok", 0),
+            "conflict": c.get("commit.conflict", 0),
+            "retry": c.get("commit.retry", 0),
+            "unavailable": c.get("commit.unavailable", 0) + c.get("commit.forward_timeout", 0),
+        }
+        roles = {role.value: float(self.members.role is role) for role in Role}
+        return [
+            counters("zeroslee_store_commits", "Commits by outcome", "outcome", outcomes),
+            counter(
+                "zeroslee_store_commit_groups",
+                "Groups of commits applied together (primary)",
+                c.get("commit.groups", 0),
+            ),
+            gauges("zeroslee_store_role", "This store's role (1 for the current one)", "role", roles),
+            gauge("zeroslee_store_epoch", "The store's epoch (one per primary elected)", self.members.epoch),
+            gauge("zeroslee_store_seq", "The last applied commit's sequence number", self.storage.seq),
+            gauge(
+                "zeroslee_store_replication_lag",
+                "Sequence numbers behind (see statestore README)",
+                self.replication_lag(),
+            ),
+            gauge("zeroslee_store_backups", "In-sync backups (primary)", len(self.backups)),
+            gauge("zeroslee_store_ready", "1 while the store serves its node", float(self.is_ready)),
+        ]
 
     async def main(self) -> None:
         async with asyncio.TaskGroup() as group:
