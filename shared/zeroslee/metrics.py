@@ -41,6 +41,8 @@ METHODS = frozenset(
     "INVITE ACK BYE CANCEL OPTIONS INFO MESSAGE UPDATE PRACK REGISTER SUBSCRIBE NOTIFY REFER PUBLISH".split()
 )
 
+# Every series is exported from the start, at 0: a rate or an increase needs no first sample.
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
 Source = Callable[[], Iterable[Metric]]
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: a restart shows in process_start_time_seconds
 
@@ -87,10 +89,18 @@ class SipCounts:
         {status_class,direction}`, direction "in" or "out"."""
         requests = CounterMetricFamily(f"{prefix}_requests", "SIP requests", labels=["method", "direction"])
         responses = CounterMetricFamily(f"{prefix}_responses", "SIP responses", labels=["status_class", "direction"])
-        for table, family in ((self.requests, requests), (self.responses, responses)):
-            for (label, direction), n in sorted(table.items()):
-                family.add_metric([label, direction], n)
+        for table, family, labels in ((self.requests, requests, METHODS), (self.responses, responses, CLASSES)):
+            for key in sorted({*table, *((label, d) for label in labels for d in ("in", "out"))}):
+                family.add_metric(list(key), table.get(key, 0))
         return [requests, responses]
+
+    def received(self) -> dict[str, int]:
+        """Requests received, by method, every known method present (0 if none yet)."""
+        return {**dict.fromkeys(METHODS, 0), **{m: n for (m, d), n in self.requests.items() if d == "in"}}
+
+    def answered(self) -> dict[str, int]:
+        """Responses sent, by status class, every class present."""
+        return {**dict.fromkeys(CLASSES, 0), **{c: n for (c, d), n in self.responses.items() if d == "out"}}
 
 
 def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:

@@ -200,11 +200,9 @@ class Front(asyncio.DatagramProtocol):
     def _sip_families(self) -> list[Metric]:
         """What the UAs sent us (requests, retransmissions included) and what we sent them."""
         counts = self.tap.counts
-        received = {method: n for (method, direction), n in counts.requests.items() if direction == "in"}
-        sent = {status: n for (status, direction), n in counts.responses.items() if direction == "out"}
         return [
-            counters("zeroslee_sip_requests", "SIP requests received from UAs", "method", received),
-            counters("zeroslee_sip_responses", "SIP responses sent to UAs", "status_class", sent),
+            counters("zeroslee_sip_requests", "SIP requests received from UAs", "method", counts.received()),
+            counters("zeroslee_sip_responses", "SIP responses sent to UAs", "status_class", counts.answered()),
         ]
 
     def stats(self) -> dict[str, int | str | float]:
