@@ -100,6 +100,23 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {'' if loaded else _met(rep['p99_ms'] <= TARGETS['commit_p99'])} |"
         )
         lines.append(f"| commit p50 / p99, single store | {_num(one['p50_ms'])} / {_num(one['p99_ms'])} ms | | |")
+    cost = results.get("cost")
+    if cost:
+        idle, bus = cost["idle_cpu_percent"], cost["idle_bus_per_second"]
+        per = cost["bus_per_call"]
+        lines.append(
+            f"| idle cluster, all processes ({_num(cost['idle_seconds'])} s): CPU; bus messages sent / wake-ups per s "
+            f"| {_num(idle['all'])}% of one core; {_num(bus['messages_sent'])} / {_num(bus['wakeups'])} "
+            f"| ≤ 2% | {_met(idle['all'] <= 2.0)} |"
+        )
+        lines.append(
+            f"| per call at {cost['rate']}/s, one room per call ({_num(cost['calls'])} calls, "
+            f"{cost['failed']} failed): CPU (net of the idle share); bus messages sent / received; bus wake-ups "
+            f"| {_num(cost['cpu_ms_per_call'].get('all'))} ms ({_num(cost['cpu_ms_per_call_net_of_idle'])} ms); "
+            f"{_num(per['messages_sent'])} / "
+            f"{_num(per['messages_received'])}; {_num(per['wakeups'])} | ≤ 1.6 ms CPU "
+            f"| {_met((cost['cpu_ms_per_call'].get('all') or 99) <= 1.6)} |"
+        )
     sec = results.get("security")
     if sec:
         plain, curve, r = sec["plaintext"], sec["curve"], sec["ratios"]

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
@@ -34,6 +35,7 @@ from typing import Any, TypeVar
 
 import lmdb
 import zmq
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import chatload, report, tools
 from zeroslee import admin, bus, curve, hashing
@@ -42,7 +44,7 @@ from zeroslee.replica import DATA_DB, env_path
 from zeroslee.runtime import loop_factory
 
 T = TypeVar("T")
-BASE = 5900  # the bench cluster's ports: 5900-5939 (tests use 5500-5899, make cluster 5060-5125)
+BASE = 5900  # the bench cluster's ports: 5900-5939 (tests use 5500-5899, make cluster 5060-5128)
 SECURITY_BASE = 5940  # a second cluster beside it, for side-by-side figures: 5940-5979
 UAC_PORT, UAS_PORTS, KAMAILIO_PORT = 6010, [6101, 6102], 6100
 HOT = [("", "balancer"), ("node-1", "sip-ra"), ("node-1", "router"), ("node-1", "statestore")]
@@ -354,6 +356,56 @@ class Bench:
             assert ua.transport is not None
             ua.transport.close()
         return {**result, "offered_relays_per_s": rate, "relayed": relayed, "sent": len(stream.sent)}
+
+    # --- 3a. what an idle second and a call cost: CPU, bus messages, wake-ups ------------
+    def cost(self) -> None:
+        """The figures that travel between machines. First an idle cluster: CPU of every
+        process (% of one core) and bus messages and bus wake-ups per second, over a
+        window after it is ready. Then calls at a fixed rate well below capacity (SIPp
+        uac, one room per call): the same per call. Bus figures are every process's
+        `zeroslee_bus_messages_total` and `zeroslee_bus_wakeups_total`, scraped from its
+        /metrics (heartbeats included: the beacons' sends count as sent)."""
+        window = 3.0 if self.plan.smoke else 30.0
+        rate = 20 if self.plan.smoke else 100
+        c = self.cluster("cost")
+        try:
+            wait_balancer_idle(c, 20.0)
+            cpu0, bus0, t0 = cluster_cpu(c), bus_figures(c), time.monotonic()
+            time.sleep(window)  # the measurement window itself
+            cpu1, bus1, dt = cluster_cpu(c), bus_figures(c), time.monotonic() - t0
+            idle_cpu = {k: round((cpu1[k] - cpu0[k]) * 100 / dt, 2) for k in cpu1}
+            idle_cpu["all"] = round(sum(v for k, v in idle_cpu.items()), 2)
+            idle_bus = {k: round((bus1[k] - bus0[k]) / dt, 1) for k in bus1}
+            self.log(f"cost idle: {idle_cpu['all']}% of one core, {idle_bus} per s")
+            host, port = c.balancer_addr
+            rooms = tools.BENCH / "scenarios" / "rooms.xml"
+            bus2, cpu2 = bus_figures(c), cluster_cpu(c)
+            run, argv = tools.sipp_uac(
+                f"{host}:{port}", rate, self.plan.step, self.work / "cost-sipp", UAC_PORT, scenario=rooms
+            )
+            self.note(argv)
+            wait_balancer_idle(c, 40.0)
+            bus3, cpu3 = bus_figures(c), cluster_cpu(c)
+            calls = max(run.successful, 1)
+            seconds = self.plan.step  # the idle share of the calls' window, taken off below
+            per_call = {k: round((bus3[k] - bus2[k] - idle_bus[k] * seconds) / calls, 1) for k in bus3}
+            cpu = cpu_per(cpu2, cpu3, run.successful)
+            # What the calls themselves cost: the idle cluster's share of the window taken off.
+            net = (cpu.get("all") or 0.0) - idle_cpu["all"] * 10 * (self.plan.step) / calls
+            self.log(f"cost {rate}/s: {run.successful} calls, {cpu.get('all')} ms CPU/call, {per_call} per call")
+        finally:
+            c.stop()
+        self.results["cost"] = {
+            "idle_seconds": round(dt, 1),
+            "idle_cpu_percent": idle_cpu,
+            "idle_bus_per_second": idle_bus,
+            "rate": rate,
+            "calls": run.successful,
+            "failed": run.failed,
+            "cpu_ms_per_call": cpu,
+            "cpu_ms_per_call_net_of_idle": round(net, 3),
+            "bus_per_call": per_call,
+        }
 
     # --- 3b. what CURVE costs ----------------------------------------------------------
     def security(self) -> None:
@@ -763,6 +815,22 @@ def commit_latency_side_by_side(clusters: dict[str, DevCluster], n: int) -> dict
     return figures
 
 
+def bus_figures(c: DevCluster) -> dict[str, float]:
+    """Bus messages sent and received and bus wake-ups so far, all processes together,
+    from their /metrics."""
+    out = {"messages_sent": 0.0, "messages_received": 0.0, "wakeups": 0.0}
+    for _, _, hostport in c.config.metrics_endpoints():
+        with urllib.request.urlopen(f"http://{hostport}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "zeroslee_bus_messages_total":
+                    out[f"messages_{sample.labels['direction']}"] += sample.value
+                elif sample.name == "zeroslee_bus_wakeups_total":
+                    out["wakeups"] += sample.value
+    return out
+
+
 def cluster_cpu(c: DevCluster) -> dict[str, float]:
     """CPU seconds (user + system, all threads) each cluster process has used so far."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -869,7 +937,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds per phase: proves the harness runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--phases", default="setup,overload,relay,commit,security,failover,memory,profile")
+    parser.add_argument("--phases", default="setup,overload,relay,commit,cost,security,failover,memory,profile")
     parser.add_argument("--readme", action="store_true", help="quote the table in README.md")
     parser.add_argument("--profile-rate", type=int, help="the profile phase's call rate (default: the best setup rate)")
     parser.add_argument("--only-zeroslee", action="store_true", help="setup phase: skip the baselines (no ratios)")
@@ -887,6 +955,7 @@ def main(argv: list[str] | None = None) -> int:
         "relay": Bench.relay,
         "commit": Bench.commit,
         "security": Bench.security,
+        "cost": Bench.cost,
         "failover": Bench.failover,
         "memory": Bench.memory,
         "profile": Bench.profile,

@@ -60,6 +60,10 @@ class BusSocket:
         self._fd: int = self.zmq.getsockopt(zmq.FD)
         self._pump_scheduled = False
         self._monitors: list[BusSocket] = []
+        # What it moved, for the per-call figures (messages and wake-ups per call: bench).
+        self.sent = 0
+        self.received = 0
+        self.pumps = 0  # times the loop woke for this socket (its FD signalled, or a re-check)
         self._loop.add_reader(self._fd, self.pump)
 
     # --- configuration ------------------------------------------------------------
@@ -103,7 +107,9 @@ class BusSocket:
     async def recv(self, flags: int = 0) -> bytes:
         """One single-frame message. With `zmq.NOBLOCK`, raises `zmq.Again` if none waits."""
         if flags & _NOBLOCK:
-            return self.zmq.recv(_NOBLOCK)
+            now = self.zmq.recv(_NOBLOCK)
+            self.received += 1
+            return now
         data: bytes = await self._receive(_SINGLE)
         return data
 
@@ -121,11 +127,15 @@ class BusSocket:
         """One message off the socket now (raises zmq.Again if none waits)."""
         sock = self.zmq
         if what == _SINGLE:
-            return sock.recv(_NOBLOCK)
+            data = sock.recv(_NOBLOCK)
+            self.received += 1
+            return data
         if what == _MULTIPART or self.keyring is None:
             frames = sock.recv_multipart(_NOBLOCK)
+            self.received += 1
             return frames if what == _MULTIPART else (frames, "")
         parts = sock.recv_multipart(_NOBLOCK, copy=False)
+        self.received += 1
         return [part.bytes for part in parts], str(parts[-1].get("User-Id"))
 
     async def _receive(self, what: int) -> Any:
@@ -154,6 +164,7 @@ class BusSocket:
             except zmq.Again:
                 pass
             else:
+                self.sent += 1
                 if self._readers:
                     self._schedule_pump()
                 return
@@ -180,6 +191,7 @@ class BusSocket:
     def pump(self) -> None:
         """Move messages between ZeroMQ and the parked futures until neither can move."""
         self._pump_scheduled = False
+        self.pumps += 1
         sock = self.zmq
         if sock.closed:
             return
@@ -198,6 +210,7 @@ class BusSocket:
                 if self._senders:
                     sent, frames = self._senders.popleft()
                     sock.send_multipart(frames, _NOBLOCK)
+                    self.sent += 1
                     sent.set_result(None)
                     moved = True
             if not moved:

@@ -213,12 +213,23 @@ class _Snapshot:
         yield from families
 
 
-def process_families(counters: dict[str, int]) -> list[Metric]:
+def process_families(counted: dict[str, int], bus: dict[str, int] | None = None) -> list[Metric]:
     """Every process's own counters (`zeroslee-admin stats` shows the same), as
     `zeroslee_events_total{event=...}`: bounded names such as `rejected.sip`."""
     events = CounterMetricFamily("zeroslee_events", "Counted happenings of this process", labels=["event"])
-    for name, value in sorted(counters.items()):
+    for name, value in sorted(counted.items()):
         if not name.endswith("_ms"):  # a maximum, not a count
             events.add_metric([name], value)
-    stalls = counter("zeroslee_loop_stalls", "Event-loop stalls over 20 ms", counters.get("loop.stalls", 0))
-    return [events, stalls]
+    stalls = counter("zeroslee_loop_stalls", "Event-loop stalls over 20 ms", counted.get("loop.stalls", 0))
+    out: list[Metric] = [events, stalls]
+    if bus is not None:
+        out.append(
+            counters(
+                "zeroslee_bus_messages",
+                "Bus messages (ZeroMQ) this process sent and received",
+                "direction",
+                {"sent": bus["bus.sent"], "received": bus["bus.received"]},
+            )
+        )
+        out.append(counter("zeroslee_bus_wakeups", "Event-loop wake-ups for bus sockets", bus["bus.wakeups"]))
+    return out

@@ -58,7 +58,7 @@ class Process:
         self.guards: list[asyncio.Task[None]] = []  # count failed handshakes (`guard`)
         self.member = node or service  # whose key this process holds (access.py)
         self.metrics = Metrics(service, node or "")
-        self.metrics.source(lambda: process_families(self.counters))
+        self.metrics.source(lambda: process_families(self.counters, self.bus_counts()))
         self.trace = Trace(config.trace)
         if config.security.insecure:
             self.log.warning("bus insecure", detail="insecure = true: every bus socket accepts anyone, in plaintext")
@@ -80,6 +80,16 @@ class Process:
 
         self.gatekeeper = curve.Gatekeeper(self.ctx, self.keyring, refused)
         self.gatekeeper.start()
+
+    def bus_counts(self) -> dict[str, int]:
+        """Bus messages sent and received by every socket of this process (heartbeats
+        included), and the loop's wake-ups for them: `bus.sent`, `bus.received`, `bus.wakeups`."""
+        socks = self.sockets
+        return {
+            "bus.sent": sum(s.sent for s in socks) + sum(b.sent for b in self.beacons),
+            "bus.received": sum(s.received for s in socks),
+            "bus.wakeups": sum(s.pumps for s in socks),
+        }
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n

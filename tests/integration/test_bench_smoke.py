@@ -53,6 +53,11 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     loaded = results["commit"]["replicated_loaded"]
     assert loaded["commits"] > 0 and loaded["relayed"] > 0  # measured while the chat ran
 
+    cost = results["cost"]  # idle CPU and bus traffic; per call: CPU, bus messages, wake-ups
+    assert cost["idle_cpu_percent"]["all"] > 0 and cost["idle_bus_per_second"]["messages_sent"] > 0
+    assert cost["calls"] > 0 and cost["bus_per_call"]["messages_sent"] > 0 and cost["bus_per_call"]["wakeups"] > 0
+    assert cost["cpu_ms_per_call"]["all"] > 0
+
     failover = results["failover"]
     assert failover["kills"] and all(k["gap_ms"] is not None for k in failover["kills"])
     assert isinstance(failover["lost_total"], int)

@@ -207,6 +207,7 @@ class Front(asyncio.DatagramProtocol):
 
     def stats(self) -> dict[str, int | str | float]:
         out: dict[str, int | str | float] = dict(self.proc.counters)
+        out.update(self.proc.bus_counts())
         out.update(self.core.counters)
         out["live"] = json.dumps(self.live)
         out["soft_state"] = len(self.core.soft)

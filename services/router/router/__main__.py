@@ -124,6 +124,7 @@ class Router:
                     await self.sock.send_multipart([ident, bus.encode(self.proc.traced(message))])
                 case bus.StatsRequest(req=req):
                     stats: dict[str, int | str | float] = dict(self.proc.counters)
+                    stats.update(self.proc.bus_counts())
                     stats["alarms"] = json.dumps([asdict(a) for a in self.alarms.active(time.monotonic())])
                     reply = bus.StatsReply(req, "router", self.node.id, stats)
                     await self.sock.send_multipart([ident, bus.encode(reply)])

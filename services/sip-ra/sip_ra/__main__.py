@@ -592,6 +592,7 @@ class SipRa(asyncio.DatagramProtocol):
 
     def stats(self) -> dict[str, int | str | float]:
         out: dict[str, int | str | float] = dict(self.proc.counters)
+        out.update(self.proc.bus_counts())
         out.update(self.core.counters)
         out.update(transactions=len(self.core.transactions), dialogs_cached=len(self.core.dialogs))
         out.update(python_blocks=sys.getallocatedblocks())  # live objects, against RSS: fragmentation

@@ -499,6 +499,7 @@ class Statestore:
 
     def stats(self) -> dict[str, int | str | float]:
         out: dict[str, int | str | float] = dict(self.proc.counters)
+        out.update(self.proc.bus_counts())
         out.update(self.storage.stats())
         out.update(role=self.members.role.value, epoch=self.members.epoch, seq=self.storage.seq)
         return out
