@@ -76,6 +76,8 @@ class Statestore:
         self.left_at = 0.0  # when it last stopped being primary or backup
         self.confirmed_epoch = 0  # the epoch whose lease the witness last renewed for us
         self.unreported_drop = False  # a backup was dropped outside a commit group
+        self.renewed_at = 0.0  # when the primary last asked the witness to renew its lease
+        self.reported_backups: set[str] = set()  # the in-sync set the witness last accepted
         self.election_wait = 0.5 * cfg.sip.t1  # how long a commit waits for a primary
         self.commit_seconds = proc.metrics.histogram(
             "zeroslee_store_commit_seconds", "A client's commit: received to answered (replication included)"
@@ -393,6 +395,16 @@ class Statestore:
             self.members.observe(node, reply.role, reply.epoch, reply.seq, now, tuple(reply.backups))
             self.members.touched(node, now)
 
+    def renewal_due(self, now: float) -> bool:
+        """A primary renews its lease with the witness every quarter lease (4 chances before
+        its majority contact lapses; the witness waits `lease_wait`, longer still), and at
+        once when it has something to report: a backup dropped or joined since, an
+        unconfirmed epoch."""
+        pending = (
+            self.unreported_drop or self.confirmed_epoch != self.members.epoch or self.backups != self.reported_backups
+        )
+        return pending or now - self.renewed_at >= self.proc.config.store.lease / 4
+
     async def renew(self) -> bool:
         """As primary: extend the lease with the witness, reporting the in-sync backups.
         False if the witness said no (a newer epoch exists) or did not answer."""
@@ -401,6 +413,7 @@ class Statestore:
         m = self.members
         message = bus.Renew(self.witness.next_id(), m.me, m.epoch, sorted(self.backups))
         reported = set(self.backups)
+        self.renewed_at = time.monotonic()
         try:
             reply = await self.witness.request(message, self.proc.config.heartbeat_interval * 2)
         except TimeoutError:
@@ -408,6 +421,7 @@ class Statestore:
         if isinstance(reply, bus.RenewReply) and reply.ok:
             m.touched("witness", time.monotonic())
             self.confirmed_epoch = message.epoch
+            self.reported_backups = reported
             if reported == self.backups:
                 self.unreported_drop = False
             return True
@@ -456,7 +470,7 @@ class Statestore:
 
     async def _step(self) -> None:
         before = self.members.role
-        if self.members.role is Role.PRIMARY:
+        if self.members.role is Role.PRIMARY and self.renewal_due(time.monotonic()):
             await self.renew()
         action, target = self.members.decide(self.storage.seq, time.monotonic())
         if action is Action.CAMPAIGN:
