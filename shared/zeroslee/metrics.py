@@ -29,13 +29,14 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, di
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-__all__ = ["Metric", "Metrics", "SipCounts", "counter", "counters", "gauge", "gauges", "method_label"]
+__all__ = ["GROUP_BUCKETS", "Metric", "Metrics", "SipCounts", "counter", "counters", "gauge", "gauges", "method_label"]
 
 from zeroslee.config import parse_hostport
 
 SNAPSHOT_WAIT = 2.0  # s a scrape waits for the event loop's figures
 # Latency buckets (s): a SIP hop on loopback takes ~1 ms, T1 is 0.5 s, 64*T1 32 s.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 32.0)
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # items handled together (batching)
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 METHODS = frozenset(
     "INVITE ACK BYE CANCEL OPTIONS INFO MESSAGE UPDATE PRACK REGISTER SUBSCRIBE NOTIFY REFER PUBLISH".split()

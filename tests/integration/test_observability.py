@@ -181,6 +181,18 @@ def test_the_counters_move_during_a_chat_relay(relay: Relay) -> None:
     )
     assert sum(grew(relay, f"{n}/statestore", "zeroslee_store_commit_seconds_count") for n in ("node-1", "node-2")) >= 6
     assert all(value(s, "zeroslee_store_replication_lag") == 0 for s in stores)
+    groups = sum(grew(relay, f"{n}/statestore", "zeroslee_store_commit_group_size_count") for n in ("node-1", "node-2"))
+    assert (
+        1
+        <= groups
+        <= sum(
+            grew(relay, f"{n}/statestore", "zeroslee_store_commits_total", outcome="ok") for n in ("node-1", "node-2")
+        )
+    )
+    assert grew(relay, "node-2/sip-ra", "zeroslee_ra_send_group_size_count") >= 1  # the relayed INFO's CSeq
+    # Every bus message counted: the relay moved some across every node process.
+    for process in ("node-1/router", "node-2/router", "node-1/sip-ra", "node-2/sip-ra"):
+        assert grew(relay, process, "zeroslee_bus_messages_total", direction="sent") > 0, process
 
 
 def test_no_label_carries_a_call_id(relay: Relay) -> None:

@@ -32,7 +32,7 @@ from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResp
 from zeroslee import bus, keys
 from zeroslee.alarms import Alarms
 from zeroslee.liveness import Liveness, adoption_dead_after
-from zeroslee.metrics import Metric, counter, counters, gauge, gauges
+from zeroslee.metrics import GROUP_BUCKETS, Metric, counter, counters, gauge, gauges
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats, run
 from zeroslee.storeclient import CommitFailed, StoreClient
@@ -101,6 +101,9 @@ class Router:
         self.delivered: dict[str, int] = {}  # service -> deliveries to its SBBs
         self.delivery_seconds = proc.metrics.histogram(
             "zeroslee_router_delivery_seconds", "An event's delivery: first read to replicated commit"
+        )
+        self.batch_size = proc.metrics.histogram(
+            "zeroslee_router_batch_size", "Events of one activity delivered in one commit", buckets=GROUP_BUCKETS
         )
         proc.metrics.source(self.metric_families)
 
@@ -197,6 +200,8 @@ class Router:
         if not await self.run(body, log, together=[event for event, _ in batch]):
             return False
         self.proc.count("delivery.batches")
+        self.batch_size.observe(len(batch))
+        self.proc.counters["delivery.batch_max"] = max(self.proc.counters.get("delivery.batch_max", 0), len(batch))
         for _, pending_key in batch:
             self.retries.pop(pending_key or "", None)
         return True

@@ -16,7 +16,7 @@ from sip_ra.dialog import Dialog, stored_keys, uac_dialog
 from sip_ra.session_timer import Session, ends_in
 from zeroslee import bus, keys
 from zeroslee.ftra import FaultTolerance, ReplicatedData
-from zeroslee.metrics import Metric, counter, gauge
+from zeroslee.metrics import GROUP_BUCKETS, Metric, counter, gauge
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, is_address, resolve_udp, run, serve_control, udp_socket, watch_connection
 from zeroslee.sipmsg import parse_name_addr
@@ -66,6 +66,11 @@ class SipRa(asyncio.DatagramProtocol):
         names = {n.sip_addr: f"{n.id}/sip-ra" for n in proc.config.nodes}
         names[proc.config.balancer.sip_addr] = "balancer"
         self.tap = Tap(proc, self.node.sip_addr, names, f"{proc.node}/sip-ra")
+        self.send_group = proc.metrics.histogram(
+            "zeroslee_ra_send_group_size",
+            "Requests of one dialog that took their CSeqs in one commit",
+            buckets=GROUP_BUCKETS,
+        )
         proc.metrics.source(self.metric_families)
 
     # --- UDP -----------------------------------------------------------------------
@@ -426,6 +431,7 @@ class SipRa(asyncio.DatagramProtocol):
         try:
             while self.sending[dialog]:
                 batch, self.sending[dialog] = self.sending[dialog][:MAX_BATCH], self.sending[dialog][MAX_BATCH:]
+                self.send_group.observe(len(batch))
                 await self.send_batch(dialog, batch)
         finally:
             del self.sending[dialog]

@@ -17,7 +17,7 @@ import zmq
 from statestore.membership import Action, Input, Membership, Role
 from statestore.storage import Storage, StoreFormatError
 from zeroslee import bus
-from zeroslee.metrics import Metric, counter, counters, gauge, gauges
+from zeroslee.metrics import GROUP_BUCKETS, Metric, counter, counters, gauge, gauges
 from zeroslee.runtime import Process, Requester, run, watch_exits
 
 MAX_GROUP = 256  # commits acknowledged together at most
@@ -81,6 +81,11 @@ class Statestore:
         self.election_wait = 0.5 * cfg.sip.t1  # how long a commit waits for a primary
         self.commit_seconds = proc.metrics.histogram(
             "zeroslee_store_commit_seconds", "A client's commit: received to answered (replication included)"
+        )
+        self.group_size = proc.metrics.histogram(
+            "zeroslee_store_commit_group_size",
+            "Commits applied and replicated together (primary)",
+            buckets=GROUP_BUCKETS,
         )
         proc.metrics.source(self.metric_families)
 
@@ -279,6 +284,8 @@ class Statestore:
             self.proc.count("commit.ok")
             self.settle(pending, bus.CommitResult(pending.message.req, ok=True, seq=seq_of))
         self.proc.count("commit.groups")
+        self.group_size.observe(len(commits))
+        self.proc.counters["commit.group_max"] = max(self.proc.counters.get("commit.group_max", 0), len(commits))
 
     async def replicate(self, first: int, batch: list[list[tuple[str, bytes | None]]]) -> None:
         """Synchronous: every live backup applies the group before any of it is acknowledged."""
