@@ -93,6 +93,7 @@ class Router:
         self.retries: dict[str, int] = {}  # journal key -> failed deliveries so far
         self.poisoned: dict[str, int] = {}  # journal key -> deliveries a service failed
         self.service_failed = False  # the last delivery failed in service code
+        self.rollback_chosen = False  # the last delivery was rolled back by set_rollback_only
         self.orphans = True
         self.outgoing_seen: set[str] = set()  # our journaled requests at the last sweep
         self.next_sweep = 0.0
@@ -251,8 +252,15 @@ class Router:
         if isinstance(event, SipRequest):
             log = log.bind(call_id=event.call_id, method=event.method, cseq=event.cseq)
 
-        self.service_failed = False
+        self.service_failed = self.rollback_chosen = False
         delivered = await self.run(lambda tx: self.deliver_one(tx, activity, event, pending_key), log, event)
+        if not delivered and self.rollback_chosen and pending_key is not None and pending_key.startswith("evt/"):
+            # The SBB rolled its delivery back on purpose: the event was delivered (JAIN
+            # SLEE does not deliver it again); out of the journal, without an alarm.
+            self.retries.pop(pending_key, None)
+            self.poisoned.pop(pending_key, None)
+            await self.forget_journaled(pending_key, log)
+            return
         if delivered or pending_key is None or not pending_key.startswith("evt/"):
             self.retries.pop(pending_key or "", None)
             self.poisoned.pop(pending_key or "", None)
@@ -275,6 +283,10 @@ class Router:
         """Take a journaled event out of the journal, so that its activity can end."""
         self.proc.count("event.dropped")
         self.alarms.raise_now("journal", f"{key}: {why}", time.monotonic())
+        await self.forget_journaled(key, log)
+
+    async def forget_journaled(self, key: str, log: structlog.typing.FilteringBoundLogger) -> None:
+        """Delete a journaled event (its delivery is over, one way or another)."""
 
         def drop(tx: Transaction) -> Outcome:
             tx.delete(key)
@@ -376,7 +388,12 @@ class Router:
             await self.fail(event, 503, "local replica not ready", log)
             return
         self.proc.count("delivery.rolled_back")
-        if isinstance(exc, HandlerFailed):
+        if isinstance(exc, HandlerFailed) and exc.requested:  # set_rollback_only: the SBB's choice
+            self.proc.count("delivery.rollback_requested")
+            self.rollback_chosen = True
+            await self.cleanup_after(exc, log)
+            await self.fail(event, 500, "rolled back by the service", log)
+        elif isinstance(exc, HandlerFailed):
             self.service_failed = True
             self.proc.count(f"service.failed.{exc.service or 'unknown'}")
             self.alarms.failed(exc.service, str(exc), time.monotonic())

@@ -30,14 +30,26 @@ from router.records import (
     ActivityRecord,
     Attachment,
     EventTypes,
+    PendingEvent,
     SbbRecord,
     TimerRecord,
     Transaction,
+    UnknownEventType,
     decode,
     encode,
     timer_expiries,
 )
-from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, SleeError, TimerEvent
+from router.sbb import (
+    ActivityEndEvent,
+    Convergence,
+    HandlerFailed,
+    RollbackRequested,
+    Sbb,
+    SipRequest,
+    SipResponse,
+    SleeError,
+    TimerEvent,
+)
 from zeroslee import bus, keys
 from zeroslee.records import ServerResponse
 
@@ -97,12 +109,15 @@ class Container:
         self.hook_failures: list[HandlerFailed] = []  # `rolled_back` hooks that raised
         # This delivery's (SBB id, service, node it was created on, event type) for each SBB run.
         self.served: list[tuple[str, str, str, str]] = []
+        self.rollback_requested: set[str] = set()  # SBBs that called set_rollback_only
+        self.fired = 0  # events fired through this container: their ids keep the order
 
     def deliver(self, tx: Transaction, event: msgspec.Struct, activity: str, now: float = 0.0) -> Outcome:
         """Deliver `event`; `now` is cluster time (epoch seconds) for timers set."""
         self.touched, self.responded, self.stale_names, self.now = {activity}, set(), [], now
         self.ending = set()
         self.served = []
+        self.rollback_requested = set()
         if isinstance(event, SipRequest):
             if self._answered_already(tx, event):
                 return Outcome([], [], [], [])
@@ -207,6 +222,40 @@ class Container:
             return
         self._save(tx, record, sbb)
 
+    def next_event_id(self) -> str:
+        """A fired event's id, in firing order (cluster time in microseconds, then a
+        counter, then randomness for uniqueness across nodes): the journal keys of one
+        activity's events list them in the order they were fired."""
+        self.fired = (self.fired + 1) % 0x10000
+        return f"e{int(self.now * 1_000_000):014x}{self.fired:04x}{secrets.token_hex(4)}"
+
+    def _deliver_fired_before_end(self, tx: Transaction, activity: str) -> None:
+        """JAIN SLEE 1.1 §7.3.3: events fired on an activity before it ended are delivered
+        before its ActivityEndEvent, in the order they were fired (here, within the
+        delivery that ends it; their journal entries go, so the copies queued for them
+        find nothing to deliver). One of a type no deployed service declares goes with
+        the activity, undelivered, as before."""
+        for key in tx.scan(keys.pending_events_of(activity)):
+            raw = tx.get(key)
+            if raw is None:
+                continue
+            tx.delete(key)
+            try:
+                event = self.event_types.decode(decode(raw, PendingEvent))
+            except (UnknownEventType, ValueError, msgspec.DecodeError):
+                continue
+            self._deliver_to_attached(tx, event, activity, set())
+
+    def _exception_thrown(
+        self, sbb: Sbb, ctx: Context, error: BaseException, event: object, sbb_id: str, service: str
+    ) -> None:
+        """JAIN SLEE sbbExceptionThrown, inside the delivery that is rolling back; a hook
+        that raises too is noted (`hook_failures`) and changes nothing."""
+        try:
+            sbb.exception_thrown(ctx, error, event)
+        except Exception as exc:
+            self.hook_failures.append(HandlerFailed(sbb_id, exc, service, hook=False))
+
     def _deliver_to_attached(
         self, tx: Transaction, event: msgspec.Struct, activity: str, initial: set[str]
     ) -> tuple[list[str], list[str]]:
@@ -230,8 +279,16 @@ class Container:
             self.served.append(
                 (sbb_id, service.name, record.created_on, f"{kind} {getattr(event, 'method', '')}".rstrip())
             )
+            ctx = Context(tx, sbb_id, activity, self, service)
             with service_code(sbb_id, service.name):
-                handler.function(sbb, event, Context(tx, sbb_id, activity, self, service))
+                try:
+                    handler.function(sbb, event, ctx)
+                except Exception as exc:
+                    if not isinstance(exc, HandlerFailed):  # another SBB's failure passing through
+                        self._exception_thrown(sbb, ctx, exc, event, sbb_id, service.name)
+                    raise
+            if sbb_id in self.rollback_requested:
+                raise HandlerFailed(sbb_id, RollbackRequested("set_rollback_only"), service.name, requested=True)
             self._save(tx, record, sbb)
             delivered.append(sbb_id)
             if record.created_on != self.node:
@@ -252,8 +309,12 @@ class Container:
             handler = service.root.handler_for(event)
             if handler is None or handler.initial_by is None or not service.selects(event):
                 continue
+            select = handler.initial_by
             with service_code(f"{service.name}:initial_by", service.name, hook=False):
-                name = handler.initial_by(event)
+                if isinstance(select, Convergence):
+                    name = select.name(event, activity, lambda: secrets.token_hex(8))
+                else:
+                    name = select(event)
             if name is None:
                 continue
             conv = keys.convergence(service.name, name)
@@ -303,14 +364,15 @@ class Container:
         self.touched.add(activity)
 
     def end_activity(self, tx: Transaction, activity: str) -> None:
-        """End an activity (JAIN SLEE 1.1 §7.3.3): it takes no new events, its attached
-        SBBs get an ActivityEndEvent, then are detached; its names, timers, pending events
-        and its resource adaptor's data go with it."""
+        """End an activity (JAIN SLEE 1.1 §7.3.3): it takes no new events; the events
+        fired on it before are delivered; its attached SBBs get an ActivityEndEvent, then
+        are detached; its names, timers and its resource adaptor's data go with it."""
         if activity in self.ending:
             return
         self.ending.add(activity)
         raw = tx.get(keys.activity(activity))
         if raw is not None:
+            self._deliver_fired_before_end(tx, activity)
             self._deliver_to_attached(tx, ActivityEndEvent(activity), activity, set())
         for key in tx.scan(keys.attachments_of(activity)):
             self.detach(tx, activity, keys.last(key))

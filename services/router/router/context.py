@@ -133,9 +133,17 @@ class Context:
             name = self.container.event_types.name_of(event)
         except UnknownEventType as exc:  # the SBB's mistake: its delivery rolls back
             raise FacilityError(f"{exc}: list it in the SBB's event_types") from None
-        pending = PendingEvent("e" + secrets.token_hex(8), activity, name, encode(event), self.tx.node)
+        pending = PendingEvent(self.container.next_event_id(), activity, name, encode(event), self.tx.node)
         self.tx.put(keys.pending_event(activity, pending.id), encode(pending))
         self.tx.fired.append(pending)
+
+    # transactions (JAIN SLEE SbbContext.setRollbackOnly)
+    def set_rollback_only(self) -> None:
+        """This delivery must not commit: once the handler returns, it rolls back (nothing
+        it or any SBB did in it takes effect), `rolled_back` is called in a transaction of
+        its own, and a SIP request it was for is answered 500. Asked for, so it is neither
+        counted as the service's failure nor alarmed."""
+        self.container.rollback_requested.add(self.sbb_id)
 
     # SIP facility (the SIP RA's SBB interface)
     def respond(

@@ -70,12 +70,19 @@ class HandlerFailed(SleeError):
     SBB's `rolled_back` then runs (JAIN SLEE sbbRolledBack): after a handler, yes; after
     a failed `created()`, selector or decode there is no entity to tell."""
 
-    def __init__(self, sbb_id: str, error: BaseException, service: str = "", hook: bool = True) -> None:
+    def __init__(
+        self, sbb_id: str, error: BaseException, service: str = "", hook: bool = True, requested: bool = False
+    ) -> None:
         super().__init__(f"{sbb_id}: {type(error).__name__}: {error}")
         self.sbb_id = sbb_id
         self.error = error
         self.service = service
         self.hook = hook
+        self.requested = requested  # the SBB asked for it (`set_rollback_only`): not a failure
+
+
+class RollbackRequested(Exception):
+    """What `HandlerFailed.error` is when a handler called `ctx.set_rollback_only()`."""
 
 
 class ActivityEnding(SleeError):
@@ -83,15 +90,60 @@ class ActivityEnding(SleeError):
 
 
 @dataclass(frozen=True)
+class Convergence:
+    """JAIN SLEE 1.1's initial-event-select variables (§8.6), declared rather than
+    computed: `@on(SipRequest, "INVITE", initial_by=Convergence(address=True))` gives one
+    root entity per caller. The convergence name is made of the variables selected:
+    - `activity_context`: the activity the event was fired on;
+    - `address`: the event's default address: a SIP request's From URI, or the `address`
+      field of a custom event; an event with none selects no entity for this service;
+    - `event_type`: the event's type;
+    - `event`: the event itself: every event gets a root entity of its own (a SIP
+      request's `event_id`, so a delivery run again after a conflict finds the same one).
+    `address_profile` needs the profile facility, which zeroslee does not have yet: it is
+    refused where the SBB is declared, not at the first event."""
+
+    activity_context: bool = False
+    address: bool = False
+    event_type: bool = False
+    event: bool = False
+    address_profile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.address_profile:
+            raise ValueError("Convergence(address_profile=True) needs the profile facility, not available")
+        if not (self.activity_context or self.address or self.event_type or self.event):
+            raise ValueError("Convergence() selects no variable: name at least one")
+
+    def name(self, event: object, activity: str, unique: Callable[[], str]) -> str | None:
+        parts = []
+        if self.activity_context:
+            parts.append(f"aci={activity}")
+        if self.address:
+            address = event.from_uri if isinstance(event, SipRequest) else getattr(event, "address", "")
+            if not isinstance(address, str) or not address:
+                return None
+            parts.append(f"address={address}")
+        if self.event_type:
+            parts.append(f"type={type(event).__module__}:{type(event).__qualname__}")
+        if self.event:
+            parts.append(f"event={getattr(event, 'event_id', '') or unique()}")
+        return "|".join(parts)
+
+
+InitialBy = Callable[[Any], str | None] | Convergence
+
+
+@dataclass(frozen=True)
 class Handler:
     event_type: type
     method: str | None
-    initial_by: Callable[[Any], str | None] | None
+    initial_by: InitialBy | None
     function: Callable[..., None]
 
 
 def on(
-    event_type: type, method: str | None = None, initial_by: Callable[[Any], str | None] | None = None
+    event_type: type, method: str | None = None, initial_by: InitialBy | None = None
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Declare an event handler; `method` filters SIP requests by method."""
 
@@ -117,6 +169,7 @@ class SbbContext(Protocol):
     def attachment_count(self, activity: str) -> int: ...
     def has_attachments(self, activity: str) -> bool: ...
     def fire(self, activity: str, event: msgspec.Struct) -> None: ...
+    def set_rollback_only(self) -> None: ...
     def respond(
         self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
     ) -> None: ...
@@ -157,6 +210,13 @@ class Sbb:
 
     def rolled_back(self, ctx: SbbContext, error: BaseException) -> None:
         pass
+
+    def exception_thrown(self, ctx: SbbContext, error: BaseException, event: object) -> None:
+        """JAIN SLEE sbbExceptionThrown: a handler of this SBB raised `error` for `event`.
+        Called at once, inside the delivery that is rolling back, so what it does through
+        `ctx` is rolled back too: it is for telling (a log line, a usage count in memory);
+        `rolled_back` follows in a transaction of its own. If it raises, that is counted
+        and logged with the handler's failure, and changes nothing."""
 
     @classmethod
     def declared_event_types(cls) -> list[type]:
