@@ -256,6 +256,30 @@ def print_ladder(call_id: str, rows: list[dict[str, Any]]) -> None:
         print(f"{stamp}  {r['from']:>{left}} -> {r['to']:<{right}}  {r['what']:<{what}}  @{r['at']}")
 
 
+def set_tracer(config: Config, service: str, level: str) -> list[dict[str, Any]]:
+    """Set `service`'s trace level on every router; the first to take it also stores it
+    (`tracer/<service>`), where a router that starts later finds it."""
+    rows, stored = [], False
+    for node in config.node_ids:
+        reply = ask(config, config.node(node).router, bus.SetTracer(1, service, level, store=not stored))
+        if isinstance(reply, bus.Pong):
+            rows.append({"node": node, "service": service, "level": level.lower(), "result": "set"})
+            stored = True
+        elif isinstance(reply, bus.StatsReply):
+            raise SystemExit(f"zeroslee-admin: {reply.stats.get('error')}")
+        else:
+            rows.append({"node": node, "service": service, "level": level.lower(), "result": "no answer"})
+    if not stored:
+        raise SystemExit("zeroslee-admin: no router answered")
+    return rows
+
+
+def tracer_levels(config: Config) -> list[dict[str, Any]]:
+    """Every service's trace level as the cluster holds it (info unless set)."""
+    held = {keys.last(k): raw.decode(errors="replace") for k, _, raw in query(config, keys.TRACERS)}
+    return [{"service": s.name, "level": held.get(s.name, "info")} for s in config.services]
+
+
 def end_activity(config: Config, activity: str) -> dict[str, Any]:
     """Ask the owner's router (or any live one) to end `activity`."""
     owner = next((r["owner"] for r in rows_for(config, "activities") if r["id"] == activity), None)
@@ -317,11 +341,13 @@ def main(argv: list[str] | None = None) -> int:
             "keygen",
             "metrics",
             "trace",
+            "tracer",
         ],
     )
     parser.add_argument(
         "id", nargs="?", help="the activity id (end-activity), the member's name (keygen), the Call-ID (trace)"
     )
+    parser.add_argument("value", nargs="?", help="the trace level (tracer SERVICE LEVEL): off, severe ... finest")
     parser.add_argument("--cluster", action="store_true", help="keygen: every missing key of the cluster file")
     parser.add_argument("--dir", default=None, help="keygen: where to write (default [security] keys)")
     args = parser.parse_args(argv)
@@ -348,6 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             print_ladder(args.id, rows)
             return 0
+    elif args.what == "tracer":
+        if args.id and not args.value:
+            parser.error("tracer needs SERVICE LEVEL (or nothing, to list the levels)")
+        rows = set_tracer(config, args.id, args.value) if args.id else tracer_levels(config)
     elif args.what == "end-activity":
         if not args.id:
             parser.error("end-activity needs an activity id")

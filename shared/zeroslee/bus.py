@@ -87,6 +87,17 @@ class StatsReply(Message, frozen=True, tag=True):
     stats: dict[str, int | str | float] = {}
 
 
+class SetTracer(Message, frozen=True, tag=True):
+    """Management: set a service's trace level (router/tracer.py) on this router; with
+    `store`, also commit it to the clustered store (`tracer/<service>`). -> `Pong`, or a
+    `StatsReply` whose stats carry `error` when refused."""
+
+    req: int
+    service: str
+    level: str
+    store: bool = False
+
+
 class TraceRequest(Message, frozen=True, tag=True):
     """Management: this process's trace records of `keys` (Call-IDs, SBB ids)."""
 
@@ -294,6 +305,7 @@ Any = (
     | StatsReply
     | TraceRequest
     | TraceReply
+    | SetTracer
     | Hello
     | StoreStatus
     | Join

@@ -125,6 +125,14 @@ def invite_index(digest: str) -> str:
     return f"uas/{part(digest)}"
 
 
+TRACERS = "tracer/"
+
+
+def tracer(service: str) -> str:
+    """A service's trace level (router/tracer.py), cluster-wide."""
+    return f"{TRACERS}{part(service)}"
+
+
 def timer(activity_id: str, timer_id: str) -> str:
     return f"tmr/{part(activity_id)}/{part(timer_id)}"
 

@@ -309,8 +309,6 @@ class Balancer:
         # lost it; the node answers again): forwarded, but no 100 Trying, which could
         # reach the UA after that final response, and no pending entry to re-forward.
         answered = seen and msg.method != "CANCEL" and pending_key not in self.pending
-        if msg.method == "INVITE" and not answered:
-            self._reply(msg, addr, 100, "Trying", strip_top_via=True)
         if msg.method != "ACK" and not answered:  # ACK has no response: nothing tells us it arrived
             self.pending[pending_key] = PendingRequest(
                 node, data, msg.call_id, now + SOFT_STATE_TTL, sent=now, initial=initial
@@ -319,6 +317,12 @@ class Balancer:
                 self.throttle(node).sent(pending_key, now)
             self.pending.move_to_end(pending_key)
         self.outbox.append((data, self.liveness.nodes[node].addr))
+        if msg.method == "INVITE" and not answered:
+            # After the forwarded INVITE, not before: a UA that has our 100 stops
+            # retransmitting (§17.1.1.2), so a balancer that died between the two sends
+            # must have sent the INVITE on; then the node's answer reaches the UA
+            # through whichever balancer holds our address next.
+            self._reply(msg, addr, 100, "Trying", strip_top_via=True)
         self.count(f"to.{node}")
         return node
 

@@ -9,8 +9,9 @@ import json
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict
+from typing import Any
 
 import msgspec
 import structlog
@@ -29,6 +30,7 @@ from router.records import (
     encode,
 )
 from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
+from router.tracer import parse_level
 from zeroslee import bus, keys
 from zeroslee.alarms import Alarms
 from zeroslee.liveness import Liveness, adoption_dead_after
@@ -107,6 +109,8 @@ class Router:
             "zeroslee_router_batch_size", "Events of one activity delivered in one commit", buckets=GROUP_BUCKETS
         )
         proc.metrics.source(self.metric_families)
+        self.trace_log = structlog.get_logger()
+        self.container.trace_sink = self.trace_line
 
     async def serve(self) -> None:
         while True:
@@ -124,6 +128,8 @@ class Router:
                     self.enqueue(message.activity, event, None)
                 case bus.Ping(req=req):
                     await self.sock.send_multipart([ident, bus.encode(bus.Pong(req, "router", True))])
+                case bus.SetTracer():
+                    self.spawn(self.set_tracer(ident, message))
                 case bus.TraceRequest():
                     await self.sock.send_multipart([ident, bus.encode(self.proc.traced(message))])
                 case bus.StatsRequest(req=req):
@@ -499,6 +505,52 @@ class Router:
         except ReplicaUnavailable:
             return []
 
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def trace_line(self, service: str, sbb: str, level: str, message: str, fields: dict[str, object]) -> None:
+        """A service's trace (router/tracer.py): one structured line, emitted at once."""
+        self.trace_log.info("trace", service=service, sbb=sbb, trace_level=level, message=message, **fields)
+
+    def load_trace_levels(self) -> None:
+        """The services' trace levels as the cluster holds them (set by any router)."""
+        for key, raw in self.scan(keys.TRACERS):
+            service = keys.last(key)
+            try:
+                level = parse_level(raw.decode())
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if service in self.container.by_service:
+                self.container.trace_levels[service] = level
+
+    async def set_tracer(self, ident: bytes, message: bus.SetTracer) -> None:
+        """Management: a service's trace level, here at once (and in the store if asked)."""
+        error = ""
+        try:
+            level = parse_level(message.level)
+            if message.service not in self.container.by_service:
+                raise ValueError(f"no service {message.service!r} (deployed: {', '.join(self.container.by_service)})")
+        except ValueError as exc:
+            error = str(exc)
+        else:
+            self.container.trace_levels[message.service] = level
+            self.proc.log.info("trace level", service=message.service, level=level)
+            if message.store:
+                try:
+                    result = await self.store.commit([], [(keys.tracer(message.service), level.encode())])
+                    if not result.ok:
+                        error = f"store refused: {result.error or result.conflicts}"
+                except CommitFailed as exc:
+                    error = f"store unavailable: {exc}"
+        reply: bus.Message = (
+            bus.StatsReply(message.req, "router", self.node.id, {"error": error})
+            if error
+            else bus.Pong(message.req, "router", True)
+        )
+        await self.sock.send_multipart([ident, bus.encode(reply)])
+
     def schedule_own_timers(self) -> None:
         """After a restart: this node's timers are in the store; arm them again."""
         for _, raw in self.scan("tmr/"):
@@ -523,6 +575,7 @@ class Router:
             self.orphans = not await self.adopt()  # retried until one pass fully succeeds
         if time.monotonic() >= self.next_sweep:
             self.next_sweep = time.monotonic() + OUTGOING_SWEEP
+            self.load_trace_levels()  # a level set while we were down, or a message we missed
             await self.sweep_outgoing()
 
     async def sweep_outgoing(self) -> None:

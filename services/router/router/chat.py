@@ -103,6 +103,7 @@ class ChatSbb(Sbb):
     def on_message(self, event: MessageEvent, ctx: SbbContext) -> None:
         if event.sender != ctx.sbb_id:
             ctx.send_request(self.state.dialog, "INFO", event.text, event.content_type)
+            ctx.tracer.fine("relayed", room=self.state.room, sender=event.sender, size=len(event.text))
 
     @on(SipRequest, method="BYE")
     def on_bye(self, event: SipRequest, ctx: SbbContext) -> None:

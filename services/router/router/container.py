@@ -50,6 +50,7 @@ from router.sbb import (
     SleeError,
     TimerEvent,
 )
+from router.tracer import Sink
 from zeroslee import bus, keys
 from zeroslee.records import ServerResponse
 
@@ -111,6 +112,8 @@ class Container:
         self.served: list[tuple[str, str, str, str]] = []
         self.rollback_requested: set[str] = set()  # SBBs that called set_rollback_only
         self.fired = 0  # events fired through this container: their ids keep the order
+        self.trace_levels: dict[str, str] = {}  # service -> trace level (router/tracer.py); default info
+        self.trace_sink: Sink = lambda service, sbb, level, message, fields: None
 
     def deliver(self, tx: Transaction, event: msgspec.Struct, activity: str, now: float = 0.0) -> Outcome:
         """Deliver `event`; `now` is cluster time (epoch seconds) for timers set."""

@@ -23,6 +23,7 @@ from router.records import (
     encode,
 )
 from router.sbb import ActivityEnding, FacilityError, NameAlreadyBound, NameNotBound, SipRequest
+from router.tracer import Tracer
 from zeroslee import bus, keys
 from zeroslee.records import ServerResponse
 
@@ -44,6 +45,11 @@ class Context:
     def options(self) -> dict[str, str]:
         """The service's options from the cluster file."""
         return self.service.options
+
+    @property
+    def tracer(self) -> Tracer:
+        """The service's tracer (router/tracer.py): `ctx.tracer.fine("text", key=value)`."""
+        return Tracer(self.service.name, self.sbb_id, self.container.trace_levels, self.container.trace_sink)
 
     # timer facility (JAIN SLEE TimerFacility)
     def set_timer(
