@@ -174,11 +174,30 @@ def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
             out.append(row)
         return out
     if what == "alarms":
+        # The processes' own alarms (a failing service, poison, overload, replication)...
         out = []
-        for node in config.node_ids:
-            stats = request_stats(config, "router", node)
+        sources: list[tuple[str, str | None, str]] = [("balancer", None, "balancer")]
+        for node_id in config.node_ids:
+            sources += [("router", node_id, node_id), ("statestore", node_id, node_id)]
+        for service, of, where in sources:
+            stats = request_stats(config, service, of)
             for alarm in json.loads(str(stats.get("alarms", "[]"))):
-                out.append({"node": node, **alarm})
+                alarm.pop("held", None)
+                out.append({"node": where, "process": service, **alarm})
+        # ... and the ones SBBs raised (ctx.alarms), cluster-wide, from the store.
+        for key, _, raw in query(config, keys.ALARMS):
+            rec = decode_record(raw)
+            if isinstance(rec, dict):
+                out.append(
+                    {
+                        "node": rec.get("node", ""),
+                        "process": f"sbb:{rec.get('service', '')}",
+                        "source": f"{rec.get('service', '')}:{rec.get('id', keys.last(key))}",
+                        "level": rec.get("level", ""),
+                        "message": rec.get("message", ""),
+                        "raised_at": rec.get("raised_at", 0),
+                    }
+                )
         return out
     if what == "routing":
         out = []

@@ -13,6 +13,16 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+# JAIN SLEE's AlarmLevel, most severe first (CLEARED is `clear`).
+LEVELS = ("critical", "major", "minor", "warning", "indeterminate")
+
+
+def parse_level(text: str) -> str:
+    level = str(text).strip().lower()
+    if level not in LEVELS:
+        raise ValueError(f"unknown alarm level {text!r}: one of {', '.join(LEVELS)}")
+    return level
+
 
 @dataclass
 class Alarm:
@@ -22,6 +32,7 @@ class Alarm:
     raised_at: float
     last_at: float
     failures: int = 0
+    held: bool = False  # a state alarm (`set`): cleared by `clear`, never by time
 
 
 @dataclass
@@ -51,10 +62,23 @@ class Alarms:
         else:
             alarm.message, alarm.last_at, alarm.failures = message, now, alarm.failures + 1
 
+    def set(self, source: str, level: str, message: str, now: float) -> None:
+        """Raise (or update) a state alarm: it stays until `clear`, however quiet."""
+        alarm = self.raised.get(source)
+        if alarm is None:
+            self.raised[source] = Alarm(source, level, message, now, now, 1, held=True)
+        else:
+            alarm.level, alarm.message, alarm.last_at, alarm.held = level, message, now, True
+
+    def clear(self, source: str) -> bool:
+        """Clear `source`'s alarm; whether one was raised."""
+        self.recent.pop(source, None)
+        return self.raised.pop(source, None) is not None
+
     def active(self, now: float) -> list[Alarm]:
         """The alarms still raised; those quiet for `clear_after` are cleared."""
         for source, alarm in list(self.raised.items()):
-            if now - alarm.last_at >= self.clear_after:
+            if not alarm.held and now - alarm.last_at >= self.clear_after:
                 del self.raised[source]
                 self.recent.pop(source, None)
         return sorted(self.raised.values(), key=lambda a: a.raised_at)

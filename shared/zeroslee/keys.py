@@ -125,6 +125,14 @@ def invite_index(digest: str) -> str:
     return f"uas/{part(digest)}"
 
 
+ALARMS = "alarm/"
+
+
+def alarm(service: str, alarm_id: str) -> str:
+    """An alarm an SBB of `service` raised (router/context.py, AlarmFacility)."""
+    return f"{ALARMS}{part(service)}/{part(alarm_id)}"
+
+
 TRACERS = "tracer/"
 
 

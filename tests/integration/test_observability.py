@@ -37,7 +37,7 @@ def scrape(url: str) -> Samples:
     return out
 
 
-def value(samples: Samples, name: str, **labels: str) -> float:
+def value(samples: Samples, name: str, /, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
@@ -128,7 +128,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
             sngrep.wait()
 
 
-def grew(relay: Relay, process: str, name: str, **labels: str) -> float:
+def grew(relay: Relay, process: str, name: str, /, **labels: str) -> float:
     return value(relay.after[process], name, **labels) - value(relay.before[process], name, **labels)
 
 
@@ -170,6 +170,11 @@ def test_the_counters_move_during_a_chat_relay(relay: Relay) -> None:
     # Both routers ran chat SBBs: node-2 delivered the MessageEvent to both.
     assert grew(relay, "node-2/router", "zeroslee_sbb_deliveries_total", service="chat") >= 3
     assert grew(relay, "node-1/router", "zeroslee_sbb_deliveries_total", service="chat") >= 1
+    # The chat's usage parameters: one text relayed, by node-2 (Sbb-1 ran there), 5 bytes.
+    relayed = {"service": "chat", "name": "relayed"}
+    assert grew(relay, "node-2/router", "zeroslee_usage_counter_total", **relayed) == 1
+    assert grew(relay, "node-2/router", "zeroslee_usage_sample_count", service="chat", name="relay_bytes") == 1
+    assert grew(relay, "node-2/router", "zeroslee_usage_sample_sum", service="chat", name="relay_bytes") == 5
     assert grew(relay, "node-2/router", "zeroslee_router_delivery_seconds_count") >= 1
     # One primary, one epoch; commits acknowledged, timed, and no lag once all is done.
     stores = [relay.after[f"{n}/statestore"] for n in ("node-1", "node-2")]

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import asdict
 
 from balancer.core import TCP, Balancer
 from balancer.streams import Connection, Streams
+from zeroslee.alarms import Alarms
 from zeroslee.liveness import Liveness, NodeState
 from zeroslee.metrics import Metric, counter, counters, gauge, gauges, method_label
 from zeroslee.runtime import Process, follow_heartbeats, is_address, resolve_udp, run, serve_control, udp_socket
@@ -44,6 +46,9 @@ class Front(asyncio.DatagramProtocol):
             ["method"],
         )
         proc.metrics.source(self.metric_families)
+        self.alarms = Alarms(clear_after=10.0)  # overload (refusing), no node up
+        self.refused_seen = 0
+        self.started = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -139,10 +144,26 @@ class Front(asyncio.DatagramProtocol):
             self.proc.count("live_changes")
             self.proc.log.info("live nodes", live=self.live, was=was)
         self.core.expire(now)
+        self.judge_alarms(now)
         for call_id, node, forwards in self.core.timed_out:
             self.proc.log.warning("invite unanswered: 408", call_id=call_id, node=node, forwards=forwards)
         self.core.timed_out.clear()
         self.flush()  # an INVITE no node answered gets its 408 now
+
+    def judge_alarms(self, now: float) -> None:
+        """The front's own alarms: refusing calls for overload (cleared 10 s after the
+        last refusal), and no node up (after the first seconds, when none can be yet)."""
+        refused = self.core.counters.get("overload.refused", 0)
+        if refused > self.refused_seen:
+            share = round(self.core.refused_share() * 100)
+            self.alarms.raise_now(
+                "overload", f"refusing new calls with 503 ({share}% of the last period)", now, "major"
+            )
+            self.refused_seen = refused
+        if not self.live and now - self.started > 2.0:
+            self.alarms.set("no-node", "critical", "no node is up: every call gets 503", now)
+        elif self.live:
+            self.alarms.clear("no-node")
 
     def metric_families(self) -> list[Metric]:
         now, c = time.monotonic(), self.core.counters
@@ -189,6 +210,9 @@ class Front(asyncio.DatagramProtocol):
             ),
             gauge("zeroslee_balancer_soft_state", "Transaction routes the balancer remembers", len(self.core.soft)),
             gauge("zeroslee_tcp_connections", "Open SIP TCP connections", len(self.streams.connections)),
+            gauge(
+                "zeroslee_alarms", "Alarms raised now by the balancer (overload, no node)", len(self.alarms.active(now))
+            ),
             counter(
                 "zeroslee_hep_copies", "SIP messages mirrored as HEP", self.tap.mirror.sent if self.tap.mirror else 0
             ),
@@ -210,6 +234,7 @@ class Front(asyncio.DatagramProtocol):
         out.update(self.proc.bus_counts())
         out.update(self.core.counters)
         out["live"] = json.dumps(self.live)
+        out["alarms"] = json.dumps([asdict(a) for a in self.alarms.active(time.monotonic())])
         out["soft_state"] = len(self.core.soft)
         out["pending"] = len(self.core.pending)
         out.update(self.streams.stats())

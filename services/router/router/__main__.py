@@ -16,11 +16,13 @@ from typing import Any
 import msgspec
 import structlog
 import zmq
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 
 from router.adoption import adoptions, inherits
 from router.container import Container, Outcome, Service
 from router.records import (
     ActivityRecord,
+    AlarmRecord,
     Outgoing,
     PendingEvent,
     TimerRecord,
@@ -32,6 +34,7 @@ from router.records import (
 from router.sbb import ActivityEndEvent, HandlerFailed, Sbb, SipRequest, SipResponse, SleeError
 from router.tracer import parse_level
 from zeroslee import bus, keys
+from zeroslee.alarms import LEVELS as ALARM_LEVELS
 from zeroslee.alarms import Alarms
 from zeroslee.liveness import Liveness, adoption_dead_after
 from zeroslee.metrics import GROUP_BUCKETS, Metric, counter, counters, gauge, gauges
@@ -110,6 +113,7 @@ class Router:
         )
         proc.metrics.source(self.metric_families)
         self.trace_log = structlog.get_logger()
+        self.alarm_queue: asyncio.Queue[tuple[str, str, AlarmRecord | None]] = asyncio.Queue()
         self.container.trace_sink = self.trace_line
 
     async def serve(self) -> None:
@@ -135,6 +139,7 @@ class Router:
                 case bus.StatsRequest(req=req):
                     stats: dict[str, int | str | float] = dict(self.proc.counters)
                     stats.update(self.proc.bus_counts())
+                    stats.update(self.usage_stats())
                     stats["alarms"] = json.dumps([asdict(a) for a in self.alarms.active(time.monotonic())])
                     reply = bus.StatsReply(req, "router", self.node.id, stats)
                     await self.sock.send_multipart([ident, bus.encode(reply)])
@@ -343,7 +348,10 @@ class Router:
             try:
                 with self.store.replica.read() as view:
                     tx = Transaction(view, self.node.id)
-                    outcome = body(tx)
+                    try:
+                        outcome = body(tx)
+                    finally:
+                        self.take_alarm_ops()  # not transactional: raised even if rolled back
             except (ReplicaUnavailable, HandlerFailed, SleeError) as exc:
                 if together is None:
                     await self.refused(exc, event, log)
@@ -420,6 +428,49 @@ class Router:
         for key, whom, what in outcome.notes:
             self.proc.trace.record(key, here, whom, what, now)
 
+    def sbb_alarm_family(self) -> Metric:
+        """The alarms SBBs raised, cluster-wide (this node's replica), by service and level."""
+        family = GaugeMetricFamily(
+            "zeroslee_sbb_alarms", "Alarms SBBs raised, cluster-wide", labels=["service", "level"]
+        )
+        held: dict[tuple[str, str], int] = {(s.name, lv): 0 for s in self.container.services for lv in ALARM_LEVELS}
+        for _, raw in self.scan(keys.ALARMS):
+            try:
+                record = decode(raw, AlarmRecord)
+            except msgspec.DecodeError:
+                continue
+            held[(record.service, record.level)] = held.get((record.service, record.level), 0) + 1
+        for (service, level), n in sorted(held.items()):
+            family.add_metric([service, level], n)
+        return family
+
+    def usage_families(self) -> list[Metric]:
+        """The services' usage parameters (router/usage.py), as this router counted them."""
+        counted = CounterMetricFamily(
+            "zeroslee_usage_counter", "Usage counters SBBs updated, per service", labels=["service", "name"]
+        )
+        sampled = SummaryMetricFamily("zeroslee_usage_sample", "Usage samples SBBs took", labels=["service", "name"])
+        low = GaugeMetricFamily("zeroslee_usage_sample_min", "Smallest usage sample", labels=["service", "name"])
+        high = GaugeMetricFamily("zeroslee_usage_sample_max", "Largest usage sample", labels=["service", "name"])
+        for service, params in sorted(self.container.usage.items()):
+            for name, n in sorted(params.counters.items()):
+                counted.add_metric([service, name], n)
+            for name, s in sorted(params.samples.items()):
+                sampled.add_metric([service, name], s.count, s.total)
+                low.add_metric([service, name], s.low)
+                high.add_metric([service, name], s.high)
+        return [counted, sampled, low, high]
+
+    def usage_stats(self) -> dict[str, int | str | float]:
+        out: dict[str, int | str | float] = {}
+        for service, params in self.container.usage.items():
+            for name, n in params.counters.items():
+                out[f"usage.{service}.{name}"] = n
+            for name, s in params.samples.items():
+                out.update({f"usage.{service}.{name}.{k}": v for k, v in (("count", s.count), ("sum", s.total))})
+                out.update({f"usage.{service}.{name}.{k}": v for k, v in (("min", s.low), ("max", s.high))})
+        return out
+
     def metric_families(self) -> list[Metric]:
         names = [s.name for s in self.container.services]
         failed = {name: self.proc.counters.get(f"service.failed.{name}", 0) for name in names}
@@ -440,6 +491,8 @@ class Router:
             ),
             gauges("zeroslee_service_alarms", "Alarms raised now, by service", "service", raised),
             gauge("zeroslee_alarms", "Alarms raised now in this router (services and poison events)", len(alarms)),
+            self.sbb_alarm_family(),
+            *self.usage_families(),
             gauge("zeroslee_router_queued_activities", "Activities with events waiting", len(self.queues)),
             counter(
                 "zeroslee_router_commit_conflicts",
@@ -504,6 +557,34 @@ class Router:
                 return [(k, raw) for k, _, raw in view.scan(prefix)]
         except ReplicaUnavailable:
             return []
+
+    def take_alarm_ops(self) -> None:
+        """The alarms SBBs raised or cleared (ctx.alarms), to the store in their order."""
+        if self.container.alarm_ops:
+            for op in self.container.alarm_ops:
+                self.alarm_queue.put_nowait(op)
+            self.container.alarm_ops.clear()
+
+    async def write_alarms(self) -> None:
+        """One writer, so a raise and the clear after it reach the store in that order;
+        what waits together goes in one commit. Tried a few times if the store refuses."""
+        while True:
+            ops = [await self.alarm_queue.get()]
+            while not self.alarm_queue.empty():
+                ops.append(self.alarm_queue.get_nowait())
+            writes = {keys.alarm(service, ident): (encode(rec) if rec else None) for service, ident, rec in ops}
+            for attempt in range(STORE_ATTEMPTS):
+                try:
+                    result = await self.store.commit([], sorted(writes.items()))
+                except CommitFailed:
+                    result = None
+                if result is not None and result.ok:
+                    self.proc.count("alarms.written", len(ops))
+                    break
+                await asyncio.sleep(JOURNAL_RETRY * (attempt + 1))
+            else:
+                self.proc.count("alarms.lost", len(ops))
+                self.proc.log.warning("alarms not stored", alarms=[f"{s}:{i}" for s, i, _ in ops])
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -646,6 +727,7 @@ async def main(proc: Process) -> None:
         group.create_task(router.store.run())
         group.create_task(router.serve())
         group.create_task(router.watch())
+        group.create_task(router.write_alarms())
 
 
 if __name__ == "__main__":

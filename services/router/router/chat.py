@@ -47,6 +47,8 @@ def sdp_answer(offer: bytes) -> bytes:
 class ChatSbb(Sbb):
     State = ChatState
     state: ChatState
+    usage_counters = ("relayed",)  # texts sent on to a member (ctx.usage; zeroslee_usage_*)
+    usage_samples = ("relay_bytes",)
 
     @on(SipRequest, method="INVITE", initial_by=per_dialog)
     def on_invite(self, event: SipRequest, ctx: SbbContext) -> None:
@@ -104,6 +106,8 @@ class ChatSbb(Sbb):
         if event.sender != ctx.sbb_id:
             ctx.send_request(self.state.dialog, "INFO", event.text, event.content_type)
             ctx.tracer.fine("relayed", room=self.state.room, sender=event.sender, size=len(event.text))
+            ctx.usage.increment("relayed")
+            ctx.usage.sample("relay_bytes", len(event.text))
 
     @on(SipRequest, method="BYE")
     def on_bye(self, event: SipRequest, ctx: SbbContext) -> None:

@@ -28,6 +28,7 @@ import msgspec
 from router.context import Context
 from router.records import (
     ActivityRecord,
+    AlarmRecord,
     Attachment,
     EventTypes,
     PendingEvent,
@@ -51,6 +52,7 @@ from router.sbb import (
     TimerEvent,
 )
 from router.tracer import Sink
+from router.usage import UsageSet
 from zeroslee import bus, keys
 from zeroslee.records import ServerResponse
 
@@ -112,6 +114,9 @@ class Container:
         self.served: list[tuple[str, str, str, str]] = []
         self.rollback_requested: set[str] = set()  # SBBs that called set_rollback_only
         self.fired = 0  # events fired through this container: their ids keep the order
+        self.usage = {s.name: UsageSet.declared(s.root.usage_counters, s.root.usage_samples) for s in services}
+        # Alarms SBBs raised or cleared, not transactional: the shell stores them after each run.
+        self.alarm_ops: list[tuple[str, str, AlarmRecord | None]] = []
         self.trace_levels: dict[str, str] = {}  # service -> trace level (router/tracer.py); default info
         self.trace_sink: Sink = lambda service, sbb, level, message, fields: None
 

@@ -13,6 +13,7 @@ import msgspec
 
 from router.records import (
     ActivityRecord,
+    AlarmRecord,
     Attachment,
     Outgoing,
     PendingEvent,
@@ -24,7 +25,9 @@ from router.records import (
 )
 from router.sbb import ActivityEnding, FacilityError, NameAlreadyBound, NameNotBound, SipRequest
 from router.tracer import Tracer
+from router.usage import Usage
 from zeroslee import bus, keys
+from zeroslee.alarms import parse_level as parse_alarm_level
 from zeroslee.records import ServerResponse
 
 if TYPE_CHECKING:
@@ -45,6 +48,16 @@ class Context:
     def options(self) -> dict[str, str]:
         """The service's options from the cluster file."""
         return self.service.options
+
+    @property
+    def alarms(self) -> AlarmFacility:
+        """JAIN SLEE's alarm facility: `ctx.alarms.raise_alarm(id, level, message)`, `clear(id)`."""
+        return AlarmFacility(self.container, self.service.name)
+
+    @property
+    def usage(self) -> Usage:
+        """The service's usage parameters (router/usage.py): `ctx.usage.increment("x")`."""
+        return Usage(self.service.name, self.container.usage[self.service.name])
 
     @property
     def tracer(self) -> Tracer:
@@ -191,3 +204,28 @@ class Context:
         if raw is None:
             raise FacilityError(f"activity {activity} does not exist")
         return decode(raw, ActivityRecord)
+
+
+class AlarmFacility:
+    """Alarms an SBB raises and clears, cluster-wide (`zeroslee-admin alarms`, and
+    `zeroslee_sbb_alarms` in /metrics): one per (service, id) until cleared, whichever node
+    clears it. Not transactional (as in JAIN SLEE): raised even if the delivery rolls back.
+    Levels: critical, major, minor, warning, indeterminate."""
+
+    def __init__(self, container: Container, service: str) -> None:
+        self.container, self.service = container, service
+
+    def raise_alarm(self, alarm_id: str, level: str, message: str) -> None:
+        try:
+            level = parse_alarm_level(level)
+        except ValueError as exc:
+            raise FacilityError(str(exc)) from None
+        if not alarm_id or len(alarm_id) > 200:
+            raise FacilityError("an alarm id is 1 to 200 characters")
+        record = AlarmRecord(
+            self.service, alarm_id, level, str(message)[:1000], self.container.now, self.container.node
+        )
+        self.container.alarm_ops.append((self.service, alarm_id, record))
+
+    def clear(self, alarm_id: str) -> None:
+        self.container.alarm_ops.append((self.service, alarm_id, None))

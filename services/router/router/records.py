@@ -93,6 +93,17 @@ class PendingEvent(msgspec.Struct):
     node: str = ""  # the node that fired it and delivers it; "" in records of older versions
 
 
+class AlarmRecord(msgspec.Struct):
+    """An alarm an SBB raised (ctx.alarms), cluster-wide until an SBB clears it."""
+
+    service: str
+    id: str
+    level: str  # zeroslee.alarms.LEVELS
+    message: str
+    raised_at: float  # cluster time (epoch seconds)
+    node: str  # where it was raised
+
+
 class Outgoing(msgspec.Struct):
     """A SIP request an SBB sent, journaled with the delivery that sent it and deleted by
     the commit in which the SIP RA takes the dialog's next CSeq to send it. If the node dies

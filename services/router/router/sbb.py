@@ -172,6 +172,10 @@ class SbbContext(Protocol):
     def set_rollback_only(self) -> None: ...
     @property
     def tracer(self) -> Any: ...
+    @property
+    def usage(self) -> Any: ...
+    @property
+    def alarms(self) -> Any: ...
     def respond(
         self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
     ) -> None: ...
@@ -193,6 +197,9 @@ class Sbb:
     # Custom events this SBB fires but has no handler for; every type a handler takes
     # is declared already. The router decodes journaled events as these types only.
     event_types: ClassVar[tuple[type[msgspec.Struct], ...]] = ()
+    # Usage parameters (router/usage.py) this service's SBBs update through `ctx.usage`.
+    usage_counters: ClassVar[tuple[str, ...]] = ()
+    usage_samples: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -6,10 +6,11 @@ Decisions about roles live in membership.py; record layout in storage.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import zmq
@@ -17,6 +18,7 @@ import zmq
 from statestore.membership import Action, Input, Membership, Role
 from statestore.storage import Storage, StoreFormatError
 from zeroslee import bus
+from zeroslee.alarms import Alarms
 from zeroslee.metrics import GROUP_BUCKETS, Metric, counter, counters, gauge, gauges
 from zeroslee.runtime import Process, Requester, run, watch_exits
 
@@ -78,6 +80,8 @@ class Statestore:
         self.unreported_drop = False  # a backup was dropped outside a commit group
         self.renewed_at = 0.0  # when the primary last asked the witness to renew its lease
         self.reported_backups: set[str] = set()  # the in-sync set the witness last accepted
+        self.alarms = Alarms()  # replication degraded, out of the cluster (judge_alarms)
+        self.out_since = 0.0  # when it last left PRIMARY/BACKUP
         self.election_wait = 0.5 * cfg.sip.t1  # how long a commit waits for a primary
         self.commit_seconds = proc.metrics.histogram(
             "zeroslee_store_commit_seconds", "A client's commit: received to answered (replication included)"
@@ -489,6 +493,7 @@ class Statestore:
         elif action is Action.JOIN and target is not None:
             self.synced.clear()
             await self.join(target)
+        self.judge_alarms(time.monotonic())
         if self.members.role in (Role.PRIMARY, Role.BACKUP):
             self.settled.set()
             self.was_member = True
@@ -523,7 +528,27 @@ class Statestore:
         out.update(self.proc.bus_counts())
         out.update(self.storage.stats())
         out.update(role=self.members.role.value, epoch=self.members.epoch, seq=self.storage.seq)
+        out["alarms"] = json.dumps([asdict(a) for a in self.alarms.active(time.monotonic())])
         return out
+
+    def judge_alarms(self, now: float) -> None:
+        """The store's own alarms: a primary with no in-sync backup (a loss of this node
+        now would lose what it acknowledged since), and a store out of the cluster
+        (starting or syncing) for more than 5 s."""
+        m = self.members
+        if m.role is Role.PRIMARY and len(self.proc.config.nodes) > 1 and not self.backups:
+            self.alarms.set(
+                "replication", "major", "primary without an in-sync backup: commits are not replicated", now
+            )
+        else:
+            self.alarms.clear("replication")
+        if m.role in (Role.STARTING, Role.SYNCING):
+            self.out_since = self.out_since or now
+            if now - self.out_since > 5.0:
+                self.alarms.set("sync", "minor", f"store {m.role.value} for {now - self.out_since:.0f} s", now)
+        else:
+            self.out_since = 0.0
+            self.alarms.clear("sync")
 
     def replication_lag(self) -> int:
         """Sequence numbers this store is behind its primary's last report (every
@@ -563,6 +588,7 @@ class Statestore:
             ),
             gauge("zeroslee_store_backups", "In-sync backups (primary)", len(self.backups)),
             gauge("zeroslee_store_ready", "1 while the store serves its node", float(self.is_ready)),
+            gauge("zeroslee_alarms", "Alarms raised now by this store", len(self.alarms.active(time.monotonic()))),
         ]
 
     async def main(self) -> None:
