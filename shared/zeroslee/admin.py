@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -340,6 +341,16 @@ def keygen(config: Config, member: str | None, everyone: bool, directory: str | 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; output cut short by its reader (`| head`) ends it quietly."""
+    try:
+        return run(argv)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 0
+
+
+def run(argv: list[str] | None) -> int:
     global member_in_use
     parser = argparse.ArgumentParser(prog="zeroslee-admin")
     parser.add_argument("--config", default=None)
