@@ -294,6 +294,38 @@ def set_tracer(config: Config, service: str, level: str) -> list[dict[str, Any]]
     return rows
 
 
+def profile(config: Config, action: str, table: str | None, rest: list[str]) -> list[dict[str, Any]]:
+    """`profile tables | get TABLE KEY | set TABLE KEY JSON | remove TABLE KEY`."""
+    if action == "tables":
+        counts: dict[str, int] = {}
+        for key, _, _ in query(config, keys.PROFILES):
+            counts[keys.parts(key)[1]] = counts.get(keys.parts(key)[1], 0) + 1
+        return [{"table": t.name, "schema": t.schema, "rows": counts.get(t.name, 0)} for t in config.profiles]
+    if action not in ("get", "set", "remove") or not table or not rest or (action == "set") != (len(rest) == 2):
+        raise SystemExit("zeroslee-admin: profile tables | get TABLE KEY | set TABLE KEY JSON | remove TABLE KEY")
+    if table not in {t.name for t in config.profiles}:
+        raise SystemExit(f"zeroslee-admin: no profile table {table!r} in the cluster file")
+    key = rest[0]
+    if action == "get":
+        found = [raw for k, _, raw in query(config, keys.profile(table, key)) if k == keys.profile(table, key)]
+        if not found:
+            raise SystemExit(f"zeroslee-admin: no row {key!r} in {table}")
+        return [{"table": table, "key": key, **_as_row(decode_record(found[0]))}]
+    message = bus.SetProfile(1, table, key, rest[1] if action == "set" else "", remove=action == "remove")
+    for node in config.node_ids:
+        reply = ask(config, config.node(node).router, message)
+        if isinstance(reply, bus.Pong):
+            return [{"table": table, "key": key, "result": "removed" if message.remove else "set", "by": node}]
+        if isinstance(reply, bus.StatsReply):
+            raise SystemExit(f"zeroslee-admin: {reply.stats.get('error')}")
+    raise SystemExit("zeroslee-admin: no router answered")
+
+
+def _as_row(record: Any) -> dict[str, Any]:
+    """A profile row as JSON-able fields (msgpack of a Struct decodes as a map or an array)."""
+    return dict(record) if isinstance(record, dict) else {"value": record}
+
+
 def tracer_levels(config: Config) -> list[dict[str, Any]]:
     """Every service's trace level as the cluster holds it (info unless set)."""
     held = {keys.last(k): raw.decode(errors="replace") for k, _, raw in query(config, keys.TRACERS)}
@@ -372,12 +404,15 @@ def run(argv: list[str] | None) -> int:
             "metrics",
             "trace",
             "tracer",
+            "profile",
         ],
     )
     parser.add_argument(
         "id", nargs="?", help="the activity id (end-activity), the member's name (keygen), the Call-ID (trace)"
     )
     parser.add_argument("value", nargs="?", help="the trace level (tracer SERVICE LEVEL): off, severe ... finest")
+    parser.add_argument("more", nargs="*", help="profile: KEY [JSON]")
+    parser.add_argument("--all", action="store_true", help="activities: also the services' and profile tables'")
     parser.add_argument("--cluster", action="store_true", help="keygen: every missing key of the cluster file")
     parser.add_argument("--dir", default=None, help="keygen: where to write (default [security] keys)")
     args = parser.parse_args(argv)
@@ -404,6 +439,10 @@ def run(argv: list[str] | None) -> int:
         if not args.json:
             print_ladder(args.id, rows)
             return 0
+    elif args.what == "profile":
+        if not args.id:
+            parser.error("profile tables | get TABLE KEY | set TABLE KEY JSON | remove TABLE KEY")
+        rows = profile(config, args.id, args.value, args.more)
     elif args.what == "tracer":
         if args.id and not args.value:
             parser.error("tracer needs SERVICE LEVEL (or nothing, to list the levels)")
@@ -414,6 +453,8 @@ def run(argv: list[str] | None) -> int:
         rows = [end_activity(config, args.id)]
     else:
         rows = rows_for(config, args.what)
+        if args.what == "activities" and not args.all:  # a profile table's is the system's
+            rows = [r for r in rows if r["type"] != "profile"]
     if args.json:
         json.dump(rows, sys.stdout, indent=2, default=str)
         print()

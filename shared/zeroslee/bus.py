@@ -98,6 +98,18 @@ class SetTracer(Message, frozen=True, tag=True):
     store: bool = False
 
 
+class SetProfile(Message, frozen=True, tag=True):
+    """Management: write (`value`: JSON of the table's schema) or `remove` one row of a
+    profile table, through a router, which validates it against the schema and fires the
+    change on the table's activity. -> `Pong`, or a `StatsReply` with `error`."""
+
+    req: int
+    table: str
+    key: str
+    value: str = ""
+    remove: bool = False
+
+
 class TraceRequest(Message, frozen=True, tag=True):
     """Management: this process's trace records of `keys` (Call-IDs, SBB ids)."""
 
@@ -306,6 +318,7 @@ Any = (
     | TraceRequest
     | TraceReply
     | SetTracer
+    | SetProfile
     | Hello
     | StoreStatus
     | Join

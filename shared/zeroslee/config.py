@@ -128,6 +128,14 @@ class ServiceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     options: dict[str, str] = {}
 
 
+class ProfileTableConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A profile table (router/profiles.py): replicated rows of one typed schema, a
+    msgspec Struct named "module:Class", read by SBBs, edited with `zeroslee-admin profile`."""
+
+    name: str
+    schema: str
+
+
 class RouterConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # A journaled event whose delivery fails this many times (a handler that always
     # raises) is dropped as poison: counted, logged and alarmed, so its activity can end.
@@ -149,6 +157,7 @@ class SecurityConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     nodes: list[NodeConfig]
     services: list[ServiceConfig]
+    profiles: list[ProfileTableConfig] = []
     balancer: BalancerConfig = BalancerConfig()
     sip: SipTimers = SipTimers()
     store: StoreTuning = StoreTuning()

@@ -95,6 +95,7 @@ def cluster_toml(
             f'control = "tcp://{h}:{p + 6}"',
             f'metrics = {{ statestore = "{h}:{p + 7}", router = "{h}:{p + 8}", sip-ra = "{h}:{p + 9}" }}',
         ]
+    lines += ["[[profiles]]", 'name = "rooms"', 'schema = "router.chat:RoomProfile"']
     lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
     lines += ['options = { users = "^(?!wakeup-|echo$|hold-)", ring_delay = "2.0" }']
     lines += ["[[services]]", 'name = "wakeup"', 'sbb = "router.wakeup:WakeupSbb"', 'options = { users = "^wakeup-" }']

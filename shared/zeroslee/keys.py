@@ -125,6 +125,19 @@ def invite_index(digest: str) -> str:
     return f"uas/{part(digest)}"
 
 
+PROFILES = "profile/"
+
+
+def profile(table: str, key: str) -> str:
+    """One row of a profile table (router/profiles.py)."""
+    return f"{PROFILES}{part(table)}/{part(key)}"
+
+
+def profile_activity(table: str) -> str:
+    """The activity a profile table's change events are fired on."""
+    return f"profile-{table}"
+
+
 ALARMS = "alarm/"
 
 

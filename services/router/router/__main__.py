@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 
 from router.adoption import adoptions, inherits
 from router.container import Container, Outcome, Service
+from router.profiles import ProfileError, load_tables, parse_row, write_row
 from router.records import (
     ActivityRecord,
     AlarmRecord,
@@ -84,6 +85,7 @@ class Router:
         self.node = proc.config.node(proc.node)
         self.store = StoreClient(proc)
         self.container = Container(proc.node, load_services(proc))
+        self.container.profile_tables = load_tables(proc.config.profiles)
         self.alarms = Alarms()  # services that keep failing, poison events dropped
         self.sock = proc.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
@@ -132,6 +134,8 @@ class Router:
                     self.enqueue(message.activity, event, None)
                 case bus.Ping(req=req):
                     await self.sock.send_multipart([ident, bus.encode(bus.Pong(req, "router", True))])
+                case bus.SetProfile():
+                    self.spawn(self.set_profile(ident, message))
                 case bus.SetTracer():
                     self.spawn(self.set_tracer(ident, message))
                 case bus.TraceRequest():
@@ -605,6 +609,36 @@ class Router:
                 continue
             if service in self.container.by_service:
                 self.container.trace_levels[service] = level
+
+    async def set_profile(self, ident: bytes, message: bus.SetProfile) -> None:
+        """Management: one profile row written or removed, checked against its schema, its
+        change fired on the table's activity in the same commit."""
+        error = ""
+        try:
+            tables = self.container.profile_tables
+            if message.table not in tables:
+                raise ProfileError(f"no profile table {message.table!r} (tables: {', '.join(tables) or 'none'})")
+            row = None if message.remove else parse_row(tables, message.table, message.value)
+        except ProfileError as exc:
+            error = str(exc)
+        else:
+
+            def body(tx: Transaction) -> Outcome:
+                write_row(tx, message.table, message.key, row, self.node.id, self.container.next_event_id())
+                return Outcome([], [], [], [])
+
+            log = structlog.get_logger().bind(event_type="SetProfile", table=message.table, key=message.key)
+            try:
+                if not await self.run(body, log):
+                    error = "the store did not take it (see the router's log)"
+            except ProfileError as exc:
+                error = str(exc)
+        reply: bus.Message = (
+            bus.StatsReply(message.req, "router", self.node.id, {"error": error})
+            if error
+            else bus.Pong(message.req, "router", True)
+        )
+        await self.sock.send_multipart([ident, bus.encode(reply)])
 
     async def set_tracer(self, ident: bytes, message: bus.SetTracer) -> None:
         """Management: a service's trace level, here at once (and in the store if asked)."""

@@ -44,6 +44,13 @@ def sdp_answer(offer: bytes) -> bytes:
     return ("\r\n".join(out) + "\r\n").encode()
 
 
+class RoomProfile(msgspec.Struct, frozen=True):
+    """A row of the `rooms` profile table (config/cluster.toml), keyed by room name."""
+
+    max_members: int = 0  # 0: no limit
+    title: str = ""
+
+
 class ChatSbb(Sbb):
     State = ChatState
     state: ChatState
@@ -59,6 +66,11 @@ class ChatSbb(Sbb):
             # on the name, and the router re-runs that delivery, which then finds the room.
             activity = ctx.create_null_activity()
             ctx.bind(room, activity)
+        if ctx.profiles.has("rooms") and event.created_dialog:  # a room's size, if the cluster sets one
+            limit = ctx.profiles.get("rooms", room)
+            if limit is not None and limit.max_members and ctx.attachment_count(activity) >= limit.max_members:
+                ctx.respond(event, 486, "Room Full")
+                return
         ctx.attach(activity)
         self.state.room, self.state.dialog = room, event.activity
         if room.startswith("ring-") and event.created_dialog:

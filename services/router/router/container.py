@@ -117,6 +117,7 @@ class Container:
         self.usage = {s.name: UsageSet.declared(s.root.usage_counters, s.root.usage_samples) for s in services}
         # Alarms SBBs raised or cleared, not transactional: the shell stores them after each run.
         self.alarm_ops: list[tuple[str, str, AlarmRecord | None]] = []
+        self.profile_tables: dict[str, type[msgspec.Struct]] = {}  # the cluster file's (router/profiles.py)
         self.trace_levels: dict[str, str] = {}  # service -> trace level (router/tracer.py); default info
         self.trace_sink: Sink = lambda service, sbb, level, message, fields: None
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from router.profiles import ProfileFacility
 from router.records import (
     ActivityRecord,
     AlarmRecord,
@@ -48,6 +49,11 @@ class Context:
     def options(self) -> dict[str, str]:
         """The service's options from the cluster file."""
         return self.service.options
+
+    @property
+    def profiles(self) -> ProfileFacility:
+        """Profile tables (router/profiles.py): `get(table, key)`, `watch(table)`, `tables`."""
+        return ProfileFacility(self.tx, self.container.profile_tables, self.attach)
 
     @property
     def alarms(self) -> AlarmFacility:

@@ -48,6 +48,15 @@ class TimerEvent(msgspec.Struct, frozen=True):
     fire_at: float  # cluster time (seconds since the epoch)
 
 
+class ProfileUpdatedEvent(msgspec.Struct, frozen=True):
+    """A row of a profile table was written or removed (`zeroslee-admin profile`); fired
+    on the table's activity, to the SBBs that `ctx.profiles.watch(table)`."""
+
+    table: str
+    key: str
+    removed: bool = False
+
+
 class SleeError(Exception):
     """A facility refused an operation; the delivery rolls back unless caught."""
 
@@ -176,6 +185,8 @@ class SbbContext(Protocol):
     def usage(self) -> Any: ...
     @property
     def alarms(self) -> Any: ...
+    @property
+    def profiles(self) -> Any: ...
     def respond(
         self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
     ) -> None: ...
