@@ -66,6 +66,15 @@ def sbb_attachments_of(sbb_id: str) -> str:
     return f"satt/{part(sbb_id)}/"
 
 
+def child(parent_id: str, child_id: str) -> str:
+    """A child relation's entry: `parent_id` created `child_id` (router/context.py)."""
+    return f"child/{part(parent_id)}/{part(child_id)}"
+
+
+def children_of(parent_id: str) -> str:
+    return f"child/{part(parent_id)}/"
+
+
 def name(room: str) -> str:
     return f"name/{part(room)}"
 

@@ -43,6 +43,7 @@ from router.records import (
 from router.sbb import (
     ActivityEndEvent,
     Convergence,
+    FacilityError,
     HandlerFailed,
     RollbackRequested,
     Sbb,
@@ -219,11 +220,12 @@ class Container:
             return
         record = decode(raw, SbbRecord)
         service = self.by_service.get(record.service)
-        if service is None or not failure.hook:
+        cls = self.class_of(record, service) if service is not None else None
+        if service is None or cls is None or not failure.hook:
             return
         before = (dict(tx.writes), list(tx.messages), list(tx.fired), list(tx.timers))
         try:
-            sbb = service.root(decode(record.state, service.root.State))
+            sbb = cls(decode(record.state, cls.State))
             sbb.rolled_back(Context(tx, record.id, activity, self, service), failure.error)
         except Exception as exc:  # the hook failed too: it goes no further, and its effects go
             tx.writes, tx.messages, tx.fired, tx.timers = before
@@ -279,11 +281,12 @@ class Container:
                 continue
             record = decode(record_raw, SbbRecord)
             service = self.by_service.get(record.service)
-            handler = service.root.handler_for(event) if service else None
-            if service is None or handler is None:
+            cls = self.class_of(record, service) if service else None
+            handler = cls.handler_for(event) if cls else None
+            if service is None or cls is None or handler is None:
                 continue
             with service_code(sbb_id, service.name, hook=False):
-                sbb = service.root(decode(record.state, service.root.State))
+                sbb = cls(decode(record.state, cls.State))
             # Noted before the handler runs: what it causes (an activity it ends) comes after.
             self.served.append(
                 (sbb_id, service.name, record.created_on, f"{kind} {getattr(event, 'method', '')}".rstrip())
@@ -361,8 +364,9 @@ class Container:
         record_raw = tx.get(keys.sbb(sbb_id))
         priority = 0
         if record_raw is not None:
-            service = self.by_service.get(decode(record_raw, SbbRecord).service)
-            priority = service.root.priority if service else 0
+            record = decode(record_raw, SbbRecord)
+            service = self.by_service.get(record.service)
+            priority = self.priority_of(record, service) if service else 0
         tx.put(keys.attachment(activity, sbb_id), encode(Attachment(priority, list(mask))))
         tx.put(keys.sbb_attachment(sbb_id, activity), b"")
         self.touched.add(activity)
@@ -435,21 +439,80 @@ class Container:
         for key, value in list(tx.writes.items()):
             if value is None and key.startswith("satt/"):
                 sbb_id = keys.parts(key)[1]
+                if self._is_child(tx, sbb_id):
+                    continue  # a child lives while its parent does, attached or not
                 if not tx.scan(keys.sbb_attachments_of(sbb_id), guard=True):
                     self._remove_entity(tx, sbb_id)
+
+    def class_of(self, record: SbbRecord, service: Service) -> type[Sbb] | None:
+        """An entity's SBB class: the root's, or a child's along its relations' path
+        (None if a deployed version has no such relation any more)."""
+        cls: type[Sbb] = service.root
+        for relation in record.path.split("/") if record.path else ():
+            child = cls.child_relations.get(relation)
+            if child is None:
+                return None
+            cls = child.sbb
+        return cls
+
+    def priority_of(self, record: SbbRecord, service: Service) -> int:
+        if not record.path:
+            return service.root.priority
+        parent_path, _, relation = record.path.rpartition("/")
+        parent = self.class_of(SbbRecord(record.id, record.service, "", b"", "", path=parent_path), service)
+        found = parent.child_relations.get(relation) if parent else None
+        return found.priority if found else 0
+
+    def create_child(self, tx: Transaction, parent: SbbRecord, service: Service, relation: str) -> str:
+        """A child entity of `parent` in `relation` (JAIN SLEE ChildRelation.create)."""
+        cls = self.class_of(parent, service)
+        found = cls.child_relations.get(relation) if cls else None
+        if found is None:
+            raise FacilityError(f"{service.name}: no child relation {relation!r}")
+        child_id = "s" + secrets.token_hex(10)
+        path = f"{parent.path}/{relation}" if parent.path else relation
+        state = found.sbb.State()
+        record = SbbRecord(child_id, service.name, "", encode(state), self.node, parent=parent.id, path=path)
+        tx.put(keys.sbb(child_id), encode(record))
+        tx.put(keys.child(parent.id, child_id), b"")
+        sbb = found.sbb(state)
+        sbb.created(Context(tx, child_id, "", self, service))
+        self._save(tx, record, sbb)
+        return child_id
+
+    def remove_entity(self, tx: Transaction, sbb_id: str) -> None:
+        """Remove an entity and, first, its children (cascade, JAIN SLEE §6.8): each is
+        detached from its activities and gets `removed`."""
+        for key in tx.scan(keys.children_of(sbb_id)):
+            self.remove_entity(tx, keys.last(key))
+            tx.delete(key)
+        for key in tx.scan(keys.sbb_attachments_of(sbb_id)):
+            self.detach(tx, keys.last(key), sbb_id)
+        self._remove_entity(tx, sbb_id)
+
+    def _is_child(self, tx: Transaction, sbb_id: str) -> bool:
+        raw = tx.get(keys.sbb(sbb_id))
+        return raw is not None and bool(decode(raw, SbbRecord).parent)
 
     def _remove_entity(self, tx: Transaction, sbb_id: str) -> None:
         raw = tx.get(keys.sbb(sbb_id))
         if raw is None:
             return
         record = decode(raw, SbbRecord)
+        for key in tx.scan(keys.children_of(sbb_id)):  # a root going: its children go first
+            self.remove_entity(tx, keys.last(key))
+            tx.delete(key)
         service = self.by_service.get(record.service)
-        if service is not None:  # JAIN SLEE sbbRemove: the entity's last word
+        cls = self.class_of(record, service) if service is not None else None
+        if service is not None and cls is not None:  # JAIN SLEE sbbRemove: the entity's last word
             with service_code(sbb_id, service.name, hook=False):
-                sbb = service.root(decode(record.state, service.root.State))
+                sbb = cls(decode(record.state, cls.State))
                 sbb.removed(Context(tx, sbb_id, "", self, service))
         tx.delete(keys.sbb(sbb_id))
-        tx.delete(keys.convergence(record.service, record.convergence))
+        if record.parent:
+            tx.delete(keys.child(record.parent, sbb_id))
+        else:
+            tx.delete(keys.convergence(record.service, record.convergence))
 
     def _save(self, tx: Transaction, record: SbbRecord, sbb: Sbb) -> None:
         with service_code(record.id, record.service, hook=False):  # a State it cannot encode

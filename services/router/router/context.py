@@ -18,6 +18,7 @@ from router.records import (
     Attachment,
     Outgoing,
     PendingEvent,
+    SbbRecord,
     TimerRecord,
     Transaction,
     UnknownEventType,
@@ -129,6 +130,44 @@ class Context:
         if record.ending or activity in self.container.ending:
             raise ActivityEnding(activity)
         self.container.attach(self.tx, activity, self.sbb_id, mask)
+
+    # child relations (JAIN SLEE ChildRelation)
+    def create_child(self, relation: str) -> str:
+        """A new child entity in `relation` (declared in `child_relations`); its id. It
+        lives until removed, or until this entity is (cascade), attached or not."""
+        return self.container.create_child(self.tx, self._own_record(), self.service, relation)
+
+    def children(self, relation: str | None = None) -> list[str]:
+        """This entity's children (in `relation`, if given), oldest first by id."""
+        out = []
+        for key in self.tx.scan(keys.children_of(self.sbb_id)):
+            child_id = keys.last(key)
+            raw = self.tx.get(keys.sbb(child_id))
+            if raw is not None and (relation is None or decode(raw, SbbRecord).path.rsplit("/", 1)[-1] == relation):
+                out.append(child_id)
+        return out
+
+    def remove_child(self, child_id: str) -> None:
+        """Remove a child of this entity, and its own children (JAIN SLEE's cascade)."""
+        if self.tx.get(keys.child(self.sbb_id, child_id)) is None:
+            raise FacilityError(f"{child_id} is not a child of {self.sbb_id}")
+        self.container.remove_entity(self.tx, child_id)
+
+    def attach_child(self, child_id: str, activity: str, mask: tuple[str, ...] = ()) -> None:
+        """Attach a child of this entity to `activity`: its handlers get the events there,
+        in the order of its relation's priority among the attached."""
+        if self.tx.get(keys.child(self.sbb_id, child_id)) is None:
+            raise FacilityError(f"{child_id} is not a child of {self.sbb_id}")
+        record = self._require_activity(activity)
+        if record.ending or activity in self.container.ending:
+            raise ActivityEnding(activity)
+        self.container.attach(self.tx, activity, child_id, mask)
+
+    def _own_record(self) -> SbbRecord:
+        raw = self.tx.get(keys.sbb(self.sbb_id))
+        if raw is None:
+            raise FacilityError(f"{self.sbb_id} is gone")
+        return decode(raw, SbbRecord)
 
     def mask_event(self, activity: str, mask: tuple[str, ...]) -> None:
         """Replace the event mask of this SBB's attachment to `activity`."""

@@ -22,6 +22,8 @@ class SbbRecord(msgspec.Struct):
     convergence: str
     state: bytes
     created_on: str
+    parent: str = ""  # a child SBB's parent entity ("": a root entity)
+    path: str = ""  # a child's relation names from the root's class, "/"-separated
 
 
 class ActivityRecord(msgspec.Struct):

@@ -179,6 +179,10 @@ class SbbContext(Protocol):
     def has_attachments(self, activity: str) -> bool: ...
     def fire(self, activity: str, event: msgspec.Struct) -> None: ...
     def set_rollback_only(self) -> None: ...
+    def create_child(self, relation: str) -> str: ...
+    def children(self, relation: str | None = None) -> list[str]: ...
+    def remove_child(self, child_id: str) -> None: ...
+    def attach_child(self, child_id: str, activity: str, mask: tuple[str, ...] = ()) -> None: ...
     @property
     def tracer(self) -> Any: ...
     @property
@@ -199,6 +203,15 @@ class SbbContext(Protocol):
     def options(self) -> dict[str, str]: ...
 
 
+@dataclass(frozen=True)
+class ChildRelation:
+    """A child relation (JAIN SLEE's getChildRelation): the child SBB's class, and the
+    priority its entities' attachments get (higher first, as for root SBBs)."""
+
+    sbb: type[Sbb]
+    priority: int = 0
+
+
 class Sbb:
     """Base class of every SBB. Subclasses set `State` and declare handlers with `@on`."""
 
@@ -208,6 +221,8 @@ class Sbb:
     # Custom events this SBB fires but has no handler for; every type a handler takes
     # is declared already. The router decodes journaled events as these types only.
     event_types: ClassVar[tuple[type[msgspec.Struct], ...]] = ()
+    # Child relations by name: `ctx.create_child("leg")` makes an entity of that class.
+    child_relations: ClassVar[dict[str, ChildRelation]] = {}
     # Usage parameters (router/usage.py) this service's SBBs update through `ctx.usage`.
     usage_counters: ClassVar[tuple[str, ...]] = ()
     usage_samples: ClassVar[tuple[str, ...]] = ()
@@ -239,8 +254,16 @@ class Sbb:
         and logged with the handler's failure, and changes nothing."""
 
     @classmethod
-    def declared_event_types(cls) -> list[type]:
-        return [*cls.event_types, *(h.event_type for h in cls.handlers)]
+    def declared_event_types(cls, seen: set[type] | None = None) -> list[type]:
+        """Its own and its children's (recursively): what the router may decode for it."""
+        seen = set() if seen is None else seen
+        if cls in seen:
+            return []
+        seen.add(cls)
+        types: list[type] = [*cls.event_types, *(h.event_type for h in cls.handlers)]
+        for relation in cls.child_relations.values():
+            types += relation.sbb.declared_event_types(seen)
+        return types
 
     @classmethod
     def handler_for(cls, event: object) -> Handler | None:
