@@ -610,6 +610,13 @@ class Router:
             if service in self.container.by_service:
                 self.container.trace_levels[service] = level
 
+    async def answer_admin(self, ident: bytes, req: int, error: str) -> None:
+        """A management command's answer: `Pong`, or a `StatsReply` carrying `error`."""
+        reply: bus.Message = (
+            bus.StatsReply(req, "router", self.node.id, {"error": error}) if error else bus.Pong(req, "router", True)
+        )
+        await self.sock.send_multipart([ident, bus.encode(reply)])
+
     async def set_profile(self, ident: bytes, message: bus.SetProfile) -> None:
         """Management: one profile row written or removed, checked against its schema, its
         change fired on the table's activity in the same commit."""
@@ -633,12 +640,7 @@ class Router:
                     error = "the store did not take it (see the router's log)"
             except ProfileError as exc:
                 error = str(exc)
-        reply: bus.Message = (
-            bus.StatsReply(message.req, "router", self.node.id, {"error": error})
-            if error
-            else bus.Pong(message.req, "router", True)
-        )
-        await self.sock.send_multipart([ident, bus.encode(reply)])
+        await self.answer_admin(ident, message.req, error)
 
     async def set_tracer(self, ident: bytes, message: bus.SetTracer) -> None:
         """Management: a service's trace level, here at once (and in the store if asked)."""
@@ -659,12 +661,7 @@ class Router:
                         error = f"store refused: {result.error or result.conflicts}"
                 except CommitFailed as exc:
                     error = f"store unavailable: {exc}"
-        reply: bus.Message = (
-            bus.StatsReply(message.req, "router", self.node.id, {"error": error})
-            if error
-            else bus.Pong(message.req, "router", True)
-        )
-        await self.sock.send_multipart([ident, bus.encode(reply)])
+        await self.answer_admin(ident, message.req, error)
 
     def schedule_own_timers(self) -> None:
         """After a restart: this node's timers are in the store; arm them again."""

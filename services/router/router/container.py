@@ -444,22 +444,28 @@ class Container:
                 if not tx.scan(keys.sbb_attachments_of(sbb_id), guard=True):
                     self._remove_entity(tx, sbb_id)
 
-    def class_of(self, record: SbbRecord, service: Service) -> type[Sbb] | None:
-        """An entity's SBB class: the root's, or a child's along its relations' path
-        (None if a deployed version has no such relation any more)."""
+    @staticmethod
+    def _class_at(service: Service, path: str) -> type[Sbb] | None:
+        """The SBB class at `path` (relation names from the root's class, "/"-separated);
+        None if a deployed version has no such relation any more."""
         cls: type[Sbb] = service.root
-        for relation in record.path.split("/") if record.path else ():
+        for relation in path.split("/") if path else ():
             child = cls.child_relations.get(relation)
             if child is None:
                 return None
             cls = child.sbb
         return cls
 
+    def class_of(self, record: SbbRecord, service: Service) -> type[Sbb] | None:
+        """An entity's SBB class: the root's, or a child's along its relations' path."""
+        return self._class_at(service, record.path)
+
     def priority_of(self, record: SbbRecord, service: Service) -> int:
+        """A root's class priority, or a child's relation's."""
         if not record.path:
             return service.root.priority
         parent_path, _, relation = record.path.rpartition("/")
-        parent = self.class_of(SbbRecord(record.id, record.service, "", b"", "", path=parent_path), service)
+        parent = self._class_at(service, parent_path)
         found = parent.child_relations.get(relation) if parent else None
         return found.priority if found else 0
 
@@ -481,11 +487,8 @@ class Container:
         return child_id
 
     def remove_entity(self, tx: Transaction, sbb_id: str) -> None:
-        """Remove an entity and, first, its children (cascade, JAIN SLEE §6.8): each is
-        detached from its activities and gets `removed`."""
-        for key in tx.scan(keys.children_of(sbb_id)):
-            self.remove_entity(tx, keys.last(key))
-            tx.delete(key)
+        """Remove an entity that may still be attached (a child removed by its parent):
+        detached from its activities, then removed with its children (`_remove_entity`)."""
         for key in tx.scan(keys.sbb_attachments_of(sbb_id)):
             self.detach(tx, keys.last(key), sbb_id)
         self._remove_entity(tx, sbb_id)
@@ -499,9 +502,8 @@ class Container:
         if raw is None:
             return
         record = decode(raw, SbbRecord)
-        for key in tx.scan(keys.children_of(sbb_id)):  # a root going: its children go first
+        for key in tx.scan(keys.children_of(sbb_id)):  # cascade (JAIN SLEE §6.8): children first
             self.remove_entity(tx, keys.last(key))
-            tx.delete(key)
         service = self.by_service.get(record.service)
         cls = self.class_of(record, service) if service is not None else None
         if service is not None and cls is not None:  # JAIN SLEE sbbRemove: the entity's last word
