@@ -40,7 +40,9 @@ SENDS: dict[tuple[str, str], frozenset[str] | None] = {
     (PEER, NODE): ANY,
     (PEER, WITNESS): frozenset(),
     (ROUTER, NODE): ANY,
-    (ROUTER, ADMIN): frozenset({"StatsRequest", "Ping", "EndActivity", "TraceRequest", "SetTracer", "SetProfile"}),
+    (ROUTER, ADMIN): frozenset(
+        {"StatsRequest", "Ping", "EndActivity", "TraceRequest", "SetTracer", "SetProfile", "ServiceChange"}
+    ),
     (WITNESS_VOTE, NODE): ANY,
     (WITNESS_VOTE, ADMIN): frozenset({"Ping"}),
     (CONTROL, ADMIN): ANY,

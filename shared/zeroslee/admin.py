@@ -119,7 +119,7 @@ def decode_record(raw: bytes) -> Any:
 
 def rows_for(config: Config, what: str) -> list[dict[str, Any]]:
     if what == "services":
-        return [{"name": s.name, "sbb": s.sbb} for s in config.services]
+        return service_rows(config)
     if what == "names":
         return [{"name": keys.last(k), "activity": raw.decode()} for k, _, raw in query(config, "name/")]
     if what == "entities":
@@ -294,6 +294,66 @@ def set_tracer(config: Config, service: str, level: str) -> list[dict[str, Any]]
     return rows
 
 
+def service_rows(config: Config) -> list[dict[str, Any]]:
+    """Each deployed service: its state, the code taking new calls, and the code and root
+    entities of each generation still running (router/lifecycle.py)."""
+    found = [raw for key, _, raw in query(config, keys.SERVICES) if key == keys.SERVICES]
+    table = decode_record(found[0]).get("services", {}) if found else {}
+    roots: dict[str, int] = {}
+    for key, _, _ in query(config, "conv/"):
+        roots[keys.parts(key)[1]] = roots.get(keys.parts(key)[1], 0) + 1
+    rows = []
+    for s in config.services:
+        record = table.get(s.name) or {"state": "active", "generation": 0, "classes": {0: s.sbb}, "release": 0}
+        current = int(record["generation"])
+        generations = {int(g): sbb for g, sbb in record["classes"].items()}
+        entities = {g: roots.get(s.name if g == 0 else f"{s.name}@{g}", 0) for g in generations}
+        state = record["state"]
+        if state == "stopping" and not any(entities.values()):
+            state = "inactive"  # the last call ended; a router's sweep records it shortly
+        rows.append(
+            {
+                "name": s.name,
+                "state": state,
+                "sbb": generations[current],
+                "release": record.get("release", 0),
+                "generation": current,
+                "root_entities": sum(entities.values()),
+                "running": ", ".join(f"{g}: {sbb} ({entities[g]})" for g, sbb in sorted(generations.items())),
+            }
+        )
+    return rows
+
+
+def change_service(config: Config, action: str | None, name: str | None, sbb: str | None) -> list[dict[str, Any]]:
+    """`service activate|deactivate NAME`, `service upgrade NAME --sbb module:Class`.
+    An upgrade is checked on every node's router first (the code is there, its State may
+    take over the running one's entities); then one router commits the change."""
+    if action not in ("activate", "deactivate", "upgrade") or not name:
+        raise SystemExit("zeroslee-admin: service activate|deactivate NAME | service upgrade NAME --sbb module:Class")
+    if (action == "upgrade") != bool(sbb):
+        raise SystemExit("zeroslee-admin: --sbb module:Class goes with upgrade, and only with it")
+    if name not in {s.name for s in config.services}:
+        raise SystemExit(f"zeroslee-admin: no service {name!r} in the cluster file")
+    checked = []
+    if action == "upgrade":
+        for node in config.node_ids:
+            reply = ask(config, config.node(node).router, bus.ServiceChange(1, name, action, sbb or "", check=True))
+            if not isinstance(reply, bus.StatsReply):
+                raise SystemExit(f"zeroslee-admin: {node}'s router did not answer: the new code is unchecked there")
+            if "error" in reply.stats:
+                raise SystemExit(f"zeroslee-admin: refused by {node}: {reply.stats['error']}")
+            checked.append(node)
+    for node in config.node_ids:
+        reply = ask(config, config.node(node).router, bus.ServiceChange(1, name, action, sbb or ""))
+        if isinstance(reply, bus.StatsReply):
+            if "error" in reply.stats:
+                raise SystemExit(f"zeroslee-admin: {reply.stats['error']}")
+            row = {"service": name, "action": action, "result": reply.stats.get("result"), "by": node}
+            return [row | ({"checked_on": ", ".join(checked)} if checked else {})]
+    raise SystemExit("zeroslee-admin: no router answered")
+
+
 def profile(config: Config, action: str, table: str | None, rest: list[str]) -> list[dict[str, Any]]:
     """`profile tables | get TABLE KEY | set TABLE KEY JSON | remove TABLE KEY`."""
     if action == "tables":
@@ -405,6 +465,7 @@ def run(argv: list[str] | None) -> int:
             "trace",
             "tracer",
             "profile",
+            "service",
         ],
     )
     parser.add_argument(
@@ -413,6 +474,7 @@ def run(argv: list[str] | None) -> int:
     parser.add_argument("value", nargs="?", help="the trace level (tracer SERVICE LEVEL): off, severe ... finest")
     parser.add_argument("more", nargs="*", help="profile: KEY [JSON]")
     parser.add_argument("--all", action="store_true", help="activities: also the services' and profile tables'")
+    parser.add_argument("--sbb", default=None, help="service upgrade: the new version's module:Class")
     parser.add_argument("--cluster", action="store_true", help="keygen: every missing key of the cluster file")
     parser.add_argument("--dir", default=None, help="keygen: where to write (default [security] keys)")
     args = parser.parse_args(argv)
@@ -443,6 +505,8 @@ def run(argv: list[str] | None) -> int:
         if not args.id:
             parser.error("profile tables | get TABLE KEY | set TABLE KEY JSON | remove TABLE KEY")
         rows = profile(config, args.id, args.value, args.more)
+    elif args.what == "service":
+        rows = change_service(config, args.id, args.value, args.sbb)
     elif args.what == "tracer":
         if args.id and not args.value:
             parser.error("tracer needs SERVICE LEVEL (or nothing, to list the levels)")
@@ -453,8 +517,8 @@ def run(argv: list[str] | None) -> int:
         rows = [end_activity(config, args.id)]
     else:
         rows = rows_for(config, args.what)
-        if args.what == "activities" and not args.all:  # a profile table's is the system's
-            rows = [r for r in rows if r["type"] != "profile"]
+        if args.what == "activities" and not args.all:  # a profile table's, a service's: the system's
+            rows = [r for r in rows if r["type"] not in ("profile", "service")]
     if args.json:
         json.dump(rows, sys.stdout, indent=2, default=str)
         print()

@@ -98,6 +98,20 @@ class SetTracer(Message, frozen=True, tag=True):
     store: bool = False
 
 
+class ServiceChange(Message, frozen=True, tag=True):
+    """Management (router/lifecycle.py): `action` "activate", "deactivate" or "upgrade"
+    (to `sbb`, "module:Class") service `service`, cluster-wide; with `check`, only see
+    whether this router could: it loads `sbb` and checks its State against the running
+    version's, changing nothing. -> `StatsReply` whose stats carry `result` (what was or
+    would be done) or `error`."""
+
+    req: int
+    service: str
+    action: str
+    sbb: str = ""
+    check: bool = False
+
+
 class SetProfile(Message, frozen=True, tag=True):
     """Management: write (`value`: JSON of the table's schema) or `remove` one row of a
     profile table, through a router, which validates it against the schema and fires the
@@ -319,6 +333,7 @@ Any = (
     | TraceReply
     | SetTracer
     | SetProfile
+    | ServiceChange
     | Hello
     | StoreStatus
     | Join

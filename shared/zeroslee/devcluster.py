@@ -97,7 +97,7 @@ def cluster_toml(
         ]
     lines += ["[[profiles]]", 'name = "rooms"', 'schema = "router.chat:RoomProfile"']
     lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
-    lines += ['options = { users = "^(?!wakeup-|echo$|hold-)", ring_delay = "2.0" }']
+    lines += ['options = { users = "^(?!wakeup-|echo$|hold-|count-)", ring_delay = "2.0" }']
     lines += ["[[services]]", 'name = "wakeup"', 'sbb = "router.wakeup:WakeupSbb"', 'options = { users = "^wakeup-" }']
     return "\n".join(lines) + "\n" + extra
 

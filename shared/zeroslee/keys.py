@@ -45,6 +45,10 @@ def convergence(service: str, name: str) -> str:
     return f"conv/{part(service)}/{part(name)}"
 
 
+def convergences_of(service: str) -> str:
+    return f"conv/{part(service)}/"
+
+
 def activity(activity_id: str) -> str:
     return f"aci/{part(activity_id)}"
 
@@ -153,6 +157,14 @@ ALARMS = "alarm/"
 def alarm(service: str, alarm_id: str) -> str:
     """An alarm an SBB of `service` raised (router/context.py, AlarmFacility)."""
     return f"{ALARMS}{part(service)}/{part(alarm_id)}"
+
+
+SERVICES = "svc/all"  # the services' lifecycle (router/lifecycle.py), one key for all
+
+
+def service_activity(service: str) -> str:
+    """The activity a service's ServiceStartedEvent is fired on."""
+    return f"service-{service}"
 
 
 TRACERS = "tracer/"

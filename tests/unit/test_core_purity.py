@@ -14,6 +14,7 @@ CORES = [
     "services/sip-ra/sip_ra/dialog.py",
     "services/balancer/balancer/core.py",
     "services/router/router/container.py",
+    "services/router/router/lifecycle.py",
     "services/router/router/sbb.py",
     "services/statestore/statestore/membership.py",
     "shared/zeroslee/sipmsg.py",

@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 
 from router.adoption import adoptions, inherits
 from router.container import Container, Outcome, Service
+from router.lifecycle import ServiceError, evolution_errors
 from router.profiles import ProfileError, load_tables, parse_row, write_row
 from router.records import (
     ActivityRecord,
@@ -57,14 +58,20 @@ Body = Callable[[Transaction], Outcome | None]
 
 
 def load_services(proc: Process) -> list[Service]:
-    services = []
-    for cfg in proc.config.services:
-        module, _, name = cfg.sbb.partition(":")
+    return [Service(cfg.name, load_sbb(cfg.sbb), dict(cfg.options)) for cfg in proc.config.services]
+
+
+def load_sbb(path: str) -> type[Sbb]:
+    """The SBB class `path` ("module:Class") names, from the code installed on this node.
+    Only the cluster file and an operator's `zeroslee-admin service upgrade` name one."""
+    module, _, name = path.partition(":")
+    try:
         root = getattr(importlib.import_module(module), name)
-        if not (isinstance(root, type) and issubclass(root, Sbb)):
-            raise TypeError(f"{cfg.sbb} is not an Sbb class")
-        services.append(Service(cfg.name, root, dict(cfg.options)))
-    return services
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ServiceError(f"cannot load {path}: {exc}") from None
+    if not (isinstance(root, type) and issubclass(root, Sbb)):
+        raise ServiceError(f"{path} is not an Sbb class")
+    return root
 
 
 def batchable(event: object, pending_key: str | None) -> bool:
@@ -84,7 +91,7 @@ class Router:
         self.proc = proc
         self.node = proc.config.node(proc.node)
         self.store = StoreClient(proc)
-        self.container = Container(proc.node, load_services(proc))
+        self.container = Container(proc.node, load_services(proc), load_sbb)
         self.container.profile_tables = load_tables(proc.config.profiles)
         self.alarms = Alarms()  # services that keep failing, poison events dropped
         self.sock = proc.socket(zmq.ROUTER)
@@ -138,6 +145,8 @@ class Router:
                     self.spawn(self.set_profile(ident, message))
                 case bus.SetTracer():
                     self.spawn(self.set_tracer(ident, message))
+                case bus.ServiceChange():
+                    self.spawn(self.change_service(ident, message))
                 case bus.TraceRequest():
                     await self.sock.send_multipart([ident, bus.encode(self.proc.traced(message))])
                 case bus.StatsRequest(req=req):
@@ -258,7 +267,7 @@ class Router:
         if isinstance(event, bus.FireEvent):
             pending = PendingEvent(f"ra-{time.time_ns()}", event.activity, event.type, event.payload)
             try:
-                event = self.container.event_types.decode(pending)
+                event = self.decode_event(pending)
             except (UnknownEventType, ValueError, msgspec.DecodeError) as exc:
                 self.proc.reject("event", exc, activity=activity, type=pending.type[:100])  # bad input: no crash
                 return
@@ -309,10 +318,24 @@ class Router:
 
         await self.run(drop, log.bind(event_type="DroppedEvent"))
 
+    def decode_event(self, pending: PendingEvent) -> msgspec.Struct:
+        """A fired event, as one of the deployed services' event types; a type this
+        router has not met yet may be a new version's (service upgrade on another node):
+        the services' record is read again first."""
+        try:
+            return self.container.event_types.decode(pending)
+        except UnknownEventType:
+            try:
+                with self.store.replica.read() as view:
+                    self.container.services_in(Transaction(view, self.node.id))
+            except (ReplicaUnavailable, SleeError):
+                pass
+            return self.container.event_types.decode(pending)
+
     def enqueue_journaled(self, pending: PendingEvent, pending_key: str) -> None:
         """A journaled event, decoded through the deployed services' event types only."""
         try:
-            event = self.container.event_types.decode(pending)
+            event = self.decode_event(pending)
         except (UnknownEventType, ValueError, msgspec.DecodeError) as exc:
             self.proc.reject("event", exc, activity=pending.activity, type=pending.type[:100])
             self.enqueue(pending.activity, UNREADABLE, pending_key)
@@ -642,6 +665,74 @@ class Router:
                 error = str(exc)
         await self.answer_admin(ident, message.req, error)
 
+    async def change_service(self, ident: bytes, message: bus.ServiceChange) -> None:
+        """Management: a service's lifecycle (router/lifecycle.py), or with `check`, whether
+        this router has the new code and its State may take over the old one's entities."""
+        said: dict[str, int | str | float] = {}
+        log = structlog.get_logger().bind(event_type="ServiceChange", service=message.service, action=message.action)
+        try:
+            if message.check:
+                said["result"] = self.check_upgrade(message.service, message.sbb)
+            else:
+                result: list[str] = []
+
+                def body(tx: Transaction) -> Outcome:
+                    result[:] = [self.container.change_service(tx, message.service, message.action, message.sbb)]
+                    return Outcome([], [], [], [])
+
+                if not await self.run_management(body, log):
+                    raise ServiceError("the store did not take it (see the router's log)")
+                said["result"] = result[0]
+                log.info("service changed", sbb=message.sbb, result=result[0])
+        except ServiceError as exc:
+            said["error"] = str(exc)
+            log.warning("service change refused", sbb=message.sbb, error=str(exc))
+        reply = bus.StatsReply(message.req, "router", self.node.id, said)
+        await self.sock.send_multipart([ident, bus.encode(reply)])
+
+    def check_upgrade(self, service: str, sbb: str) -> str:
+        try:
+            with self.store.replica.read() as view:
+                current = self.container.services_in(Transaction(view, self.node.id)).get(service)
+        except ReplicaUnavailable as exc:
+            raise ServiceError(f"{self.node.id}: {exc}") from None
+        if current is None:
+            raise ServiceError(f"no service {service!r} (deployed: {', '.join(self.container.by_service)})")
+        new = load_sbb(sbb)
+        errors = evolution_errors(current.root, new)
+        if errors:
+            raise ServiceError(f"{service}: {sbb} cannot take over its entities: " + "; ".join(errors))
+        return "new schema" if errors is None else "evolution"
+
+    async def run_management(self, body: Callable[[Transaction], Outcome], log: Any) -> bool:
+        """`run` for a management body that may raise ServiceError: raised again here,
+        not taken for a failed delivery."""
+        refused: list[ServiceError] = []
+
+        def guarded(tx: Transaction) -> Outcome | None:
+            try:
+                return body(tx)
+            except ServiceError as exc:
+                refused.append(exc)
+                return None
+
+        done = await self.run(guarded, log)
+        if refused:
+            raise refused[-1]
+        return done
+
+    async def settle_services(self) -> None:
+        """Stopping services whose last root entity went are inactive; old generations
+        without entities are forgotten (router/lifecycle.py)."""
+        changes: list[str] = []
+
+        def body(tx: Transaction) -> Outcome | None:
+            changes[:] = self.container.settle_services(tx)
+            return Outcome([], [], [], []) if changes else None
+
+        if await self.run(body, structlog.get_logger().bind(event_type="SettleServices")) and changes:
+            self.proc.log.info("services settled", changes=changes)
+
     async def set_tracer(self, ident: bytes, message: bus.SetTracer) -> None:
         """Management: a service's trace level, here at once (and in the store if asked)."""
         error = ""
@@ -689,6 +780,7 @@ class Router:
             self.next_sweep = time.monotonic() + OUTGOING_SWEEP
             self.load_trace_levels()  # a level set while we were down, or a message we missed
             await self.sweep_outgoing()
+            await self.settle_services()
 
     async def sweep_outgoing(self) -> None:
         """Our own journaled requests, and those of dead nodes we adopted, still there a

@@ -19,13 +19,27 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import msgspec
 
 from router.context import Context
+from router.lifecycle import (
+    ACTIVE,
+    SERVICE_ACTIVITY,
+    STOPPING,
+    ServiceError,
+    ServiceRecord,
+    ServiceTable,
+    activate,
+    convergence_space,
+    deactivate,
+    initial,
+    settle,
+    upgrade,
+)
 from router.records import (
     ActivityRecord,
     AlarmRecord,
@@ -39,6 +53,7 @@ from router.records import (
     decode,
     encode,
     timer_expiries,
+    type_name,
 )
 from router.sbb import (
     ActivityEndEvent,
@@ -47,6 +62,7 @@ from router.sbb import (
     HandlerFailed,
     RollbackRequested,
     Sbb,
+    ServiceStartedEvent,
     SipRequest,
     SipResponse,
     SleeError,
@@ -60,16 +76,30 @@ from zeroslee.records import ServerResponse
 
 @dataclass
 class Service:
-    """A deployed service. Option `users` (a regular expression) limits its initial SIP
-    events to Request-URI users it matches, so services can share a cluster."""
+    """A deployed service, as one delivery sees it. Option `users` (a regular expression)
+    limits its initial SIP events to Request-URI users it matches, so services can share
+    a cluster. `root` takes new root entities (generation `generation`); `classes` runs
+    each generation's entities (router/lifecycle.py)."""
 
     name: str
     root: type[Sbb]
     options: dict[str, str] = field(default_factory=dict)
+    state: str = ACTIVE
+    generation: int = 0
+    classes: dict[int, type[Sbb]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.classes = self.classes or {self.generation: self.root}
 
     def selects(self, event: msgspec.Struct) -> bool:
+        if isinstance(event, ServiceStartedEvent):
+            return event.service == self.name  # its own start only
         pattern = self.options.get("users")
         return pattern is None or not isinstance(event, SipRequest) or re.search(pattern, event.user) is not None
+
+
+def load_nothing(path: str) -> type[Sbb]:
+    raise ServiceError(f"cannot load {path}: this container loads no code")
 
 
 @dataclass
@@ -100,11 +130,16 @@ def service_code(sbb_id: str, service: str, hook: bool = True) -> Iterator[None]
 class Container:
     """Routes one event per call of `deliver`; holds only per-delivery scratch state."""
 
-    def __init__(self, node: str, services: list[Service]) -> None:
+    def __init__(self, node: str, services: list[Service], load: Callable[[str], type[Sbb]] = load_nothing) -> None:
         self.node = node
-        self.services = services
+        self.services = services  # as the cluster file deploys them
         self.by_service = {s.name: s for s in services}
         self.event_types = EventTypes(t for s in services for t in s.root.declared_event_types())
+        self.event_types.add([ServiceStartedEvent])
+        self.load = load  # "module:Class" -> the SBB class (the shell imports it)
+        self.paths = {s.name: f"{s.root.__module__}:{s.root.__qualname__}" for s in services}
+        self._table: tuple[bytes | None, dict[str, Service]] = (None, self.by_service)
+        self._table_tx: Transaction | None = None
         self.touched: set[str] = set()
         self.responded: set[str] = set()
         self.stale_names: list[str] = []
@@ -121,6 +156,124 @@ class Container:
         self.profile_tables: dict[str, type[msgspec.Struct]] = {}  # the cluster file's (router/profiles.py)
         self.trace_levels: dict[str, str] = {}  # service -> trace level (router/tracer.py); default info
         self.trace_sink: Sink = lambda service, sbb, level, message, fields: None
+        self.refused_by = ""
+
+    def services_in(self, tx: Transaction) -> dict[str, Service]:
+        """The services as this transaction sees them: the cluster file's, changed by the
+        lifecycle record if an operator made one (read once per transaction, so a change
+        committed meanwhile makes the delivery run again on the new one)."""
+        if self._table_tx is tx:
+            return self._table[1]
+        self._table_tx = tx
+        raw = tx.get(keys.SERVICES)
+        if raw != self._table[0]:
+            self._table = (raw, self.services_from(decode(raw, ServiceTable) if raw else ServiceTable()))
+        return self._table[1]
+
+    def services_from(self, table: ServiceTable) -> dict[str, Service]:
+        """Each deployed service's view under `table`, its code loaded (and its event
+        types and usage names learnt) for every generation still running."""
+        views = {}
+        for name, deployed in self.by_service.items():
+            record = table.services.get(name) or initial(name, self.paths[name])
+            views[name] = self.view(deployed, record)
+        return views
+
+    def view(self, deployed: Service, record: ServiceRecord) -> Service:
+        classes = {}
+        for generation, path in record.classes.items():
+            try:
+                cls = deployed.root if path == self.paths[deployed.name] else self.load(path)
+            except ServiceError as exc:  # installed on the node that checked, not here
+                raise FacilityError(f"service {deployed.name}: {exc}") from None
+            classes[generation] = cls
+            self.event_types.add(cls.declared_event_types())
+            self.usage[deployed.name].declare(cls.usage_counters, cls.usage_samples)
+        root = classes[record.generation]
+        return Service(deployed.name, root, deployed.options, record.state, record.generation, classes)
+
+    def _records(self, tx: Transaction) -> ServiceTable:
+        raw = tx.get(keys.SERVICES)
+        return decode(raw, ServiceTable) if raw else ServiceTable()
+
+    def change_service(self, tx: Transaction, name: str, action: str, sbb: str = "", now: float = 0.0) -> str:
+        """Management (`zeroslee-admin service`): activate, deactivate or upgrade `name`
+        cluster-wide, in one transaction; what happened, in words. ServiceError if refused
+        (nothing is written then)."""
+        self.now = now
+        services = self.services_in(tx)
+        if name not in services:
+            raise ServiceError(f"no service {name!r} (deployed: {', '.join(services)})")
+        table = self._records(tx)
+        record = table.services.get(name) or initial(name, self.paths[name])
+        current = services[name]
+        if action == "activate":
+            changed, done = activate(record)
+            said = "activated" if done else "already active"
+        elif action == "deactivate":
+            changed, done = deactivate(record)
+            said = "deactivated: no new calls; calls in progress go on" if done else f"already {record.state}"
+        elif action == "upgrade":
+            if not sbb:
+                raise ServiceError("upgrade needs the new version's module:Class")
+            new = self.load(sbb)
+            changed, moved = upgrade(record, current.root, sbb, new)
+            done = True
+            if moved:
+                said = f"upgraded to {sbb}: its entities moved to the new code (the State evolves)"
+            else:
+                said = (
+                    f"upgraded to {sbb}, generation {changed.generation}: entities in progress finish on the old code"
+                )
+        else:
+            raise ServiceError(f"unknown action {action!r} (activate, deactivate, upgrade)")
+        if not done:
+            return said
+        table.services[name] = changed
+        tx.put(keys.SERVICES, encode(table))
+        activity = keys.service_activity(name)
+        if changed.state == STOPPING:
+            # JAIN SLEE 1.1 §8.2: the service activity ends as the service starts stopping,
+            # so the SBBs attached to it (only) can go; the calls in progress go on.
+            self.touched, self.ending = set(), set()
+            self.end_activity(tx, activity)
+            self._collect_garbage(tx)
+        elif changed.state == ACTIVE:
+            self.start_service(tx, name, changed)
+        return said
+
+    def start_service(self, tx: Transaction, name: str, record: ServiceRecord) -> None:
+        """The service's activity, and a ServiceStartedEvent on it if its code takes one."""
+        activity = keys.service_activity(name)
+        if tx.get(keys.activity(activity)) is None:
+            tx.put(keys.activity(activity), encode(ActivityRecord(activity, SERVICE_ACTIVITY, self.node)))
+        root = self.services_from(ServiceTable({name: record}))[name].root
+        if ServiceStartedEvent not in root.declared_event_types():
+            return
+        event = ServiceStartedEvent(name, record.generation)
+        pending = PendingEvent(self.next_event_id(), activity, type_name(ServiceStartedEvent), encode(event), self.node)
+        tx.put(keys.pending_event(activity, pending.id), encode(pending))
+        tx.fired.append(pending)
+
+    def settle_services(self, tx: Transaction) -> list[str]:
+        """A router's sweep: a stopping service none of whose root entities is left is
+        inactive; an old generation without entities is forgotten. What changed."""
+        raw = tx.get(keys.SERVICES)
+        if raw is None:
+            return []
+        table = decode(raw, ServiceTable)
+        changes = []
+        for name, record in list(table.services.items()):
+            if record.state != STOPPING and len(record.classes) < 2:
+                continue
+            populated = {g for g in record.classes if tx.holds_any(keys.convergences_of(convergence_space(name, g)))}
+            settled = settle(record, populated)
+            if settled is not None:
+                table.services[name] = settled
+                changes.append(f"{name}: {settled.state}, generations {sorted(settled.classes)}")
+        if changes:
+            tx.put(keys.SERVICES, encode(table))
+        return changes
 
     def deliver(self, tx: Transaction, event: msgspec.Struct, activity: str, now: float = 0.0) -> Outcome:
         """Deliver `event`; `now` is cluster time (epoch seconds) for timers set."""
@@ -128,6 +281,7 @@ class Container:
         self.ending = set()
         self.served = []
         self.rollback_requested = set()
+        self.refused_by = ""  # an inactive service that would have taken this initial event
         if isinstance(event, SipRequest):
             if self._answered_already(tx, event):
                 return Outcome([], [], [], [])
@@ -219,7 +373,7 @@ class Container:
         if raw is None:
             return
         record = decode(raw, SbbRecord)
-        service = self.by_service.get(record.service)
+        service = self.services_in(tx).get(record.service)
         cls = self.class_of(record, service) if service is not None else None
         if service is None or cls is None or not failure.hook:
             return
@@ -280,7 +434,7 @@ class Container:
             if record_raw is None:
                 continue
             record = decode(record_raw, SbbRecord)
-            service = self.by_service.get(record.service)
+            service = self.services_in(tx).get(record.service)
             cls = self.class_of(record, service) if service else None
             handler = cls.handler_for(event) if cls else None
             if service is None or cls is None or handler is None:
@@ -317,9 +471,12 @@ class Container:
         """Create or reuse the root entity per convergence name; returns (created, selected)."""
         created: list[str] = []
         selected: set[str] = set()
-        for service in self.services:
+        for service in self.services_in(tx).values():
             handler = service.root.handler_for(event)
             if handler is None or handler.initial_by is None or not service.selects(event):
+                continue
+            if service.state != ACTIVE:  # stopping or inactive: no new root entities
+                self.refused_by = self.refused_by or service.name
                 continue
             select = handler.initial_by
             with service_code(f"{service.name}:initial_by", service.name, hook=False):
@@ -329,7 +486,7 @@ class Container:
                     name = select(event)
             if name is None:
                 continue
-            conv = keys.convergence(service.name, name)
+            conv = keys.convergence(convergence_space(service.name, service.generation), name)
             existing = tx.get(conv)
             if existing is not None:
                 sbb_id = existing.decode()
@@ -337,7 +494,9 @@ class Container:
                 sbb_id = "s" + secrets.token_hex(10)
                 with service_code(sbb_id, service.name, hook=False):  # no entity if it fails
                     state = service.root.State()
-                    record = SbbRecord(sbb_id, service.name, name, encode(state), self.node)
+                    record = SbbRecord(
+                        sbb_id, service.name, name, encode(state), self.node, generation=service.generation
+                    )
                     tx.put(conv, sbb_id.encode())
                     tx.put(keys.sbb(sbb_id), encode(record))
                     sbb = service.root(state)
@@ -365,7 +524,7 @@ class Container:
         priority = 0
         if record_raw is not None:
             record = decode(record_raw, SbbRecord)
-            service = self.by_service.get(record.service)
+            service = self.services_in(tx).get(record.service)
             priority = self.priority_of(record, service) if service else 0
         tx.put(keys.attachment(activity, sbb_id), encode(Attachment(priority, list(mask))))
         tx.put(keys.sbb_attachment(sbb_id, activity), b"")
@@ -410,6 +569,7 @@ class Container:
         if event.method == "CANCEL":  # the RA answered it (§9.2); the dialog never was
             self.end_activity(tx, event.activity)
             return
+        reason = ""
         if event.method == "OPTIONS":
             status = 200
         elif event.method == "BYE":
@@ -417,9 +577,11 @@ class Container:
             self.end_activity(tx, event.activity)
         elif delivered:
             status = 500
+        elif self.refused_by:  # its service is deactivated: the call is not ours to take
+            status, reason = 480, "Service Inactive"
         else:
             status = 405
-        tx.messages.append(bus.SendResponse(event.tx, status))
+        tx.messages.append(bus.SendResponse(event.tx, status, reason))
 
     def _collect_garbage(self, tx: Transaction) -> None:
         """Remove root entities left with no attachment; end null activities nothing
@@ -445,10 +607,13 @@ class Container:
                     self._remove_entity(tx, sbb_id)
 
     @staticmethod
-    def _class_at(service: Service, path: str) -> type[Sbb] | None:
-        """The SBB class at `path` (relation names from the root's class, "/"-separated);
-        None if a deployed version has no such relation any more."""
-        cls: type[Sbb] = service.root
+    def _class_at(service: Service, path: str, generation: int) -> type[Sbb] | None:
+        """The SBB class at `path` (relation names from the root's class of `generation`,
+        "/"-separated); None if that version has no such relation, or is gone."""
+        root = service.classes.get(generation)
+        if root is None:
+            return None
+        cls: type[Sbb] = root
         for relation in path.split("/") if path else ():
             child = cls.child_relations.get(relation)
             if child is None:
@@ -458,14 +623,15 @@ class Container:
 
     def class_of(self, record: SbbRecord, service: Service) -> type[Sbb] | None:
         """An entity's SBB class: the root's, or a child's along its relations' path."""
-        return self._class_at(service, record.path)
+        return self._class_at(service, record.path, record.generation)
 
     def priority_of(self, record: SbbRecord, service: Service) -> int:
         """A root's class priority, or a child's relation's."""
         if not record.path:
-            return service.root.priority
+            root = service.classes.get(record.generation)
+            return root.priority if root else 0
         parent_path, _, relation = record.path.rpartition("/")
-        parent = self._class_at(service, parent_path)
+        parent = self._class_at(service, parent_path, record.generation)
         found = parent.child_relations.get(relation) if parent else None
         return found.priority if found else 0
 
@@ -478,7 +644,16 @@ class Container:
         child_id = "s" + secrets.token_hex(10)
         path = f"{parent.path}/{relation}" if parent.path else relation
         state = found.sbb.State()
-        record = SbbRecord(child_id, service.name, "", encode(state), self.node, parent=parent.id, path=path)
+        record = SbbRecord(
+            child_id,
+            service.name,
+            "",
+            encode(state),
+            self.node,
+            parent=parent.id,
+            path=path,
+            generation=parent.generation,
+        )
         tx.put(keys.sbb(child_id), encode(record))
         tx.put(keys.child(parent.id, child_id), b"")
         sbb = found.sbb(state)
@@ -504,7 +679,7 @@ class Container:
         record = decode(raw, SbbRecord)
         for key in tx.scan(keys.children_of(sbb_id)):  # cascade (JAIN SLEE §6.8): children first
             self.remove_entity(tx, keys.last(key))
-        service = self.by_service.get(record.service)
+        service = self.services_in(tx).get(record.service)
         cls = self.class_of(record, service) if service is not None else None
         if service is not None and cls is not None:  # JAIN SLEE sbbRemove: the entity's last word
             with service_code(sbb_id, service.name, hook=False):
@@ -514,7 +689,7 @@ class Container:
         if record.parent:
             tx.delete(keys.child(record.parent, sbb_id))
         else:
-            tx.delete(keys.convergence(record.service, record.convergence))
+            tx.delete(keys.convergence(convergence_space(record.service, record.generation), record.convergence))
 
     def _save(self, tx: Transaction, record: SbbRecord, sbb: Sbb) -> None:
         with service_code(record.id, record.service, hook=False):  # a State it cannot encode

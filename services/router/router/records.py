@@ -24,6 +24,7 @@ class SbbRecord(msgspec.Struct):
     created_on: str
     parent: str = ""  # a child SBB's parent entity ("": a root entity)
     path: str = ""  # a child's relation names from the root's class, "/"-separated
+    generation: int = 0  # its service's generation (router/lifecycle.py): which code runs it
 
 
 class ActivityRecord(msgspec.Struct):
@@ -149,7 +150,12 @@ class EventTypes:
     must not choose which code the router loads."""
 
     def __init__(self, types: Iterable[type]) -> None:
-        self.by_name = {type_name(t): t for t in types if isinstance(t, type) and issubclass(t, msgspec.Struct)}
+        self.by_name: dict[str, type] = {}
+        self.add(types)
+
+    def add(self, types: Iterable[type]) -> None:
+        """A new version's types too (service upgrade)."""
+        self.by_name.update((type_name(t), t) for t in types if isinstance(t, type) and issubclass(t, msgspec.Struct))
 
     def name_of(self, event: msgspec.Struct) -> str:
         name = type_name(type(event))

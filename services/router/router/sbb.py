@@ -57,6 +57,15 @@ class ProfileUpdatedEvent(msgspec.Struct, frozen=True):
     removed: bool = False
 
 
+class ServiceStartedEvent(msgspec.Struct, frozen=True):
+    """The service became active (`zeroslee-admin service activate`, or an upgrade made
+    `generation` current): fired on the service's activity, delivered to its own SBBs
+    only (an initial handler for it creates a root entity, as any initial event does)."""
+
+    service: str
+    generation: int = 0
+
+
 class SleeError(Exception):
     """A facility refused an operation; the delivery rolls back unless caught."""
 
@@ -229,8 +238,11 @@ class Sbb:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        found: dict[str, object] = {}  # a subclass (a new version) inherits its base's handlers
+        for klass in reversed(cls.__mro__):
+            found.update(vars(klass))
         cls.handlers = [
-            h for value in vars(cls).values() if (h := getattr(value, "__zeroslee_handler__", None)) is not None
+            h for value in found.values() if (h := getattr(value, "__zeroslee_handler__", None)) is not None
         ]
 
     def __init__(self, state: msgspec.Struct) -> None:

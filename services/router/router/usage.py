@@ -48,6 +48,13 @@ class UsageSet:
     def declared(cls, counters: tuple[str, ...], samples: tuple[str, ...]) -> UsageSet:
         return cls(dict.fromkeys(counters, 0), {name: Sample() for name in samples})
 
+    def declare(self, counters: tuple[str, ...], samples: tuple[str, ...]) -> None:
+        """A new version's names too (service upgrade); those there keep their values."""
+        for name in counters:
+            self.counters.setdefault(name, 0)
+        for name in samples:
+            self.samples.setdefault(name, Sample())
+
 
 class Usage:
     """What `ctx.usage` is: the updates of one service's parameters."""
