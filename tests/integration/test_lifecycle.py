@@ -161,12 +161,6 @@ def test_deactivate_and_activate_live_fail_no_call(counting: DevCluster, tmp_pat
         eventually(lambda: stored_state(cluster, "counter") == "inactive", timeout=15, what="inactive")
         assert service_row(cluster, "counter")["state"] == "inactive"
 
-        done = run_admin(cluster, "service", "activate", "counter")
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)[0]["result"] == "activated"
-        again = run_admin(cluster, "service", "activate", "counter")
-        assert json.loads(again.stdout)[0]["result"] == "already active"
-
         def started() -> list[dict[str, object]]:
             return [
                 r
@@ -175,8 +169,15 @@ def test_deactivate_and_activate_live_fail_no_call(counting: DevCluster, tmp_pat
                 if r.get("event") == "trace" and r.get("message") == "service started"
             ]
 
-        eventually(lambda: len(started()) == 1, what="ServiceStartedEvent delivered")
-        assert started()[0]["service"] == "counter"
+        before = len(started())  # 1 if the cluster's first start came before our deactivation
+        done = run_admin(cluster, "service", "activate", "counter")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)[0]["result"] == "activated"
+        again = run_admin(cluster, "service", "activate", "counter")
+        assert json.loads(again.stdout)[0]["result"] == "already active"
+
+        eventually(lambda: len(started()) == before + 1, what="ServiceStartedEvent delivered")
+        assert started()[-1]["service"] == "counter"
         assert refused.invite("count-y", call_id_on("node-1", nodes, "refused2")).status == 200
         assert info(refused) == "v1 1"
         assert refused.request("BYE").status == 200

@@ -215,6 +215,23 @@ def test_deactivation_ends_the_service_activity_and_its_attached_entities_go() -
     assert keys.activity(keys.service_activity("counter")) not in cluster.view.data
 
 
+def test_a_cluster_first_start_fires_service_started_for_services_that_take_it_once() -> None:
+    cluster = Cluster(versions.StartedCounterSbb)
+    first = cluster.run(cluster.container.start_deployed)
+    assert [cluster.container.event_types.decode(p) for p in first.fired] == [ServiceStartedEvent("counter", 0)]
+    assert cluster.run(cluster.container.start_deployed).writes == {}  # the cluster's record says it was
+    plain = Cluster(versions.CounterSbb)
+    assert plain.run(plain.container.start_deployed).writes == {}  # nothing to tell it: no record either
+
+
+def test_an_upgrade_to_a_new_schema_ends_the_old_version_service_activity() -> None:
+    cluster = Cluster(versions.StartedCounterSbb)
+    cluster.deliver_fired(cluster.run(cluster.container.start_deployed))
+    assert [e.convergence for e in cluster.entities()] == ["starter"]
+    cluster.change("upgrade", "tests.ra.versions_v3:CounterSbb3")
+    assert cluster.entities() == []  # attached to the service activity only: gone with it
+
+
 def test_a_started_event_goes_to_its_own_service_only() -> None:
     assert not Service("other", versions.StarterSbb).selects(ServiceStartedEvent("counter"))
     assert Service("counter", versions.StarterSbb).selects(ServiceStartedEvent("counter"))

@@ -109,6 +109,7 @@ class Router:
         self.service_failed = False  # the last delivery failed in service code
         self.rollback_chosen = False  # the last delivery was rolled back by set_rollback_only
         self.orphans = True
+        self.deployed_started = False  # ServiceStartedEvent for the cluster file's services
         self.outgoing_seen: set[str] = set()  # our journaled requests at the last sweep
         self.next_sweep = 0.0
         self.started = time.monotonic()
@@ -721,6 +722,20 @@ class Router:
             raise refused[-1]
         return done
 
+    async def start_deployed(self) -> bool:
+        """A ServiceStartedEvent for each deployed service that takes one, at the
+        cluster's first start (whichever router commits first; the other finds it done)."""
+        started: list[str] = []
+
+        def body(tx: Transaction) -> Outcome | None:
+            started[:] = self.container.start_deployed(tx)
+            return Outcome([], [], [], []) if started else None
+
+        done = await self.run(body, structlog.get_logger().bind(event_type="ServiceStarted"))
+        if done and started:
+            self.proc.log.info("services started", services=started)
+        return done
+
     async def settle_services(self) -> None:
         """Stopping services whose last root entity went are inactive; old generations
         without entities are forgotten (router/lifecycle.py)."""
@@ -776,6 +791,8 @@ class Router:
         settled = time.monotonic() - self.started > self.grace
         if self.orphans and settled and self.node.id in self.live:
             self.orphans = not await self.adopt()  # retried until one pass fully succeeds
+        if not self.deployed_started and settled and self.node.id in self.live:
+            self.deployed_started = await self.start_deployed()
         if time.monotonic() >= self.next_sweep:
             self.next_sweep = time.monotonic() + OUTGOING_SWEEP
             self.load_trace_levels()  # a level set while we were down, or a message we missed

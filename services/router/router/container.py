@@ -231,14 +231,14 @@ class Container:
             return said
         table.services[name] = changed
         tx.put(keys.SERVICES, encode(table))
-        activity = keys.service_activity(name)
-        if changed.state == STOPPING:
-            # JAIN SLEE 1.1 §8.2: the service activity ends as the service starts stopping,
-            # so the SBBs attached to it (only) can go; the calls in progress go on.
+        if changed.state == STOPPING or changed.generation != record.generation:
+            # JAIN SLEE 1.1 §8.2: the service activity ends as the service (or, at an
+            # upgrade to a new schema, its old version) starts stopping, so the SBBs
+            # attached to it only can go; the calls in progress go on.
             self.touched, self.ending = set(), set()
-            self.end_activity(tx, activity)
+            self.end_activity(tx, keys.service_activity(name))
             self._collect_garbage(tx)
-        elif changed.state == ACTIVE:
+        if changed.state == ACTIVE:
             self.start_service(tx, name, changed)
         return said
 
@@ -254,6 +254,20 @@ class Container:
         pending = PendingEvent(self.next_event_id(), activity, type_name(ServiceStartedEvent), encode(event), self.node)
         tx.put(keys.pending_event(activity, pending.id), encode(pending))
         tx.fired.append(pending)
+
+    def start_deployed(self, tx: Transaction) -> list[str]:
+        """At a cluster's first start: the services the cluster file deploys that take a
+        ServiceStartedEvent get one (and their record), once for the cluster's life."""
+        table = self._records(tx)
+        started = []
+        for name, service in self.by_service.items():
+            if name not in table.services and ServiceStartedEvent in service.root.declared_event_types():
+                table.services[name] = initial(name, self.paths[name])
+                self.start_service(tx, name, table.services[name])
+                started.append(name)
+        if started:
+            tx.put(keys.SERVICES, encode(table))
+        return started
 
     def settle_services(self, tx: Transaction) -> list[str]:
         """A router's sweep: a stopping service none of whose root entities is left is
