@@ -6,7 +6,7 @@ export VENV := $(abspath $(VENV))
 export PATH := $(VENV)/bin:$(PATH)
 MYPY_PATHS := shared/zeroslee services/router/router services/statestore/statestore services/sip-ra/sip_ra services/balancer/balancer bench
 
-.PHONY: setup test lint demo cluster bench lock outdated clean
+.PHONY: setup test lint demo upgrade-demo cluster bench lock outdated clean
 
 # setup also makes the bus keys the default cluster file names, if missing (var/keys).
 setup:
@@ -23,6 +23,9 @@ lint: setup
 
 demo: setup
 	$(VENV)/bin/python tools/demo.py
+
+upgrade-demo: setup
+	$(VENV)/bin/python tools/upgrade_demo.py
 
 cluster: setup
 	$(VENV)/bin/python tools/cluster.py

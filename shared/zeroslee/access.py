@@ -41,7 +41,7 @@ SENDS: dict[tuple[str, str], frozenset[str] | None] = {
     (PEER, WITNESS): frozenset(),
     (ROUTER, NODE): ANY,
     (ROUTER, ADMIN): frozenset(
-        {"StatsRequest", "Ping", "EndActivity", "TraceRequest", "SetTracer", "SetProfile", "ServiceChange"}
+        {"StatsRequest", "Ping", "EndActivity", "TraceRequest", "SetTracer", "SetProfile", "ServiceChange", "SetDrain"}
     ),
     (WITNESS_VOTE, NODE): ANY,
     (WITNESS_VOTE, ADMIN): frozenset({"Ping"}),

@@ -325,6 +325,69 @@ def service_rows(config: Config) -> list[dict[str, Any]]:
     return rows
 
 
+def node_rows(config: Config) -> list[dict[str, Any]]:
+    """Each node: live and drained as the balancer sees them, drained as the cluster holds
+    it, and what it still owns: activities, timers, journaled events and requests it must
+    deliver or send, SIP dialogs its RA owns; and the requests the balancer awaits from it."""
+    balancer = request_stats(config, "balancer")
+    live = json.loads(str(balancer.get("live", "[]")))
+    seen_draining = json.loads(str(balancer.get("draining", "[]")))
+    versions = json.loads(str(balancer.get("versions", "{}")))
+    held = {keys.last(k) for k, _, _ in query(config, keys.DRAINS)}
+    owned: dict[str, dict[str, int]] = {
+        n: dict.fromkeys(("activities", "timers", "events", "outgoing", "dialogs"), 0) for n in config.node_ids
+    }
+    for prefix, what, field in (
+        ("aci/", "activities", "owner"),
+        ("tmr/", "timers", "owner"),
+        ("evt/", "events", "node"),
+        ("out/", "outgoing", "node"),
+        (keys.ra_data_of("sip"), "dialogs", "owner"),
+    ):
+        for _, _, raw in query(config, prefix):
+            rec = decode_record(raw)
+            node = rec.get(field) if isinstance(rec, dict) else None
+            if node in owned:
+                owned[node][what] += 1
+    return [
+        {
+            "node": n,
+            "live": n in live,
+            "drained": n in held,
+            "balancer_sees_drained": n in seen_draining,
+            "version": versions.get(n, ""),
+            **owned[n],
+            "owns_nothing": not any(owned[n].values()),
+        }
+        for n in config.node_ids
+    ]
+
+
+def drain(config: Config, node: str | None, draining: bool, wait: float) -> list[dict[str, Any]]:
+    """`drain NODE` / `undrain NODE`, through the first router that answers; with `wait`
+    (seconds), drain returns once the balancer sees it and the node owns nothing."""
+    if node not in config.node_ids:
+        raise SystemExit(f"zeroslee-admin: no node {node!r} (nodes: {', '.join(config.node_ids)})")
+    for via in [n for n in config.node_ids if n != node] + [node]:
+        reply = ask(config, config.node(via).router, bus.SetDrain(1, node, draining))
+        if isinstance(reply, bus.StatsReply):
+            raise SystemExit(f"zeroslee-admin: {reply.stats.get('error')}")
+        if isinstance(reply, bus.Pong):
+            break
+    else:
+        raise SystemExit("zeroslee-admin: no router answered")
+    deadline = time.monotonic() + wait
+    while True:
+        (row,) = [r for r in node_rows(config) if r["node"] == node]
+        done = row["balancer_sees_drained"] == draining and (row["owns_nothing"] or not draining)
+        if done or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)  # polling the cluster's state, bounded by --wait
+    if wait and not done:
+        raise SystemExit(f"zeroslee-admin: {node} still owns {row} after {wait:g} s")
+    return [row]
+
+
 def change_service(config: Config, action: str | None, name: str | None, sbb: str | None) -> list[dict[str, Any]]:
     """`service activate|deactivate NAME`, `service upgrade NAME --sbb module:Class`.
     An upgrade is checked on every node's router first (the code is there, its State may
@@ -466,6 +529,9 @@ def run(argv: list[str] | None) -> int:
             "tracer",
             "profile",
             "service",
+            "drain",
+            "undrain",
+            "nodes",
         ],
     )
     parser.add_argument(
@@ -475,6 +541,7 @@ def run(argv: list[str] | None) -> int:
     parser.add_argument("more", nargs="*", help="profile: KEY [JSON]")
     parser.add_argument("--all", action="store_true", help="activities: also the services' and profile tables'")
     parser.add_argument("--sbb", default=None, help="service upgrade: the new version's module:Class")
+    parser.add_argument("--wait", type=float, default=0.0, help="drain: wait up to this many s until it owns nothing")
     parser.add_argument("--cluster", action="store_true", help="keygen: every missing key of the cluster file")
     parser.add_argument("--dir", default=None, help="keygen: where to write (default [security] keys)")
     args = parser.parse_args(argv)
@@ -505,6 +572,10 @@ def run(argv: list[str] | None) -> int:
         if not args.id:
             parser.error("profile tables | get TABLE KEY | set TABLE KEY JSON | remove TABLE KEY")
         rows = profile(config, args.id, args.value, args.more)
+    elif args.what in ("drain", "undrain"):
+        rows = drain(config, args.id, args.what == "drain", args.wait)
+    elif args.what == "nodes":
+        rows = node_rows(config)
     elif args.what == "service":
         rows = change_service(config, args.id, args.value, args.sbb)
     elif args.what == "tracer":

@@ -36,6 +36,8 @@ class NodeHeartbeat(Message, frozen=True, tag=True):
     ready: bool
     incarnation: int
     sip: str  # host:port the balancer forwards SIP to
+    draining: bool = False  # `zeroslee-admin drain`: no new calls; its work goes to the others
+    version: str = ""  # the node's code (zeroslee.__version__): "" from a version before it
 
 
 # --- the state store (clients: router, sip-ra, admin) --------------------------------
@@ -110,6 +112,16 @@ class ServiceChange(Message, frozen=True, tag=True):
     action: str
     sbb: str = ""
     check: bool = False
+
+
+class SetDrain(Message, frozen=True, tag=True):
+    """Management: drain `node` (or undrain it), cluster-wide, through any router, which
+    commits `drain/<node>`; the node's sip-ra says so in its heartbeats. -> `Pong`, or a
+    `StatsReply` with `error`."""
+
+    req: int
+    node: str
+    draining: bool = True
 
 
 class SetProfile(Message, frozen=True, tag=True):
@@ -334,6 +346,7 @@ Any = (
     | SetTracer
     | SetProfile
     | ServiceChange
+    | SetDrain
     | Hello
     | StoreStatus
     | Join

@@ -22,6 +22,8 @@ from zeroslee import curve
 from zeroslee.sipmsg import SipMessage, parse
 
 SERVICES = ("statestore", "router", "sip-ra")
+# Where a checkout keeps its packages (what `pip install -e .` puts on the path).
+PACKAGE_DIRS = ("shared", "services/router", "services/statestore", "services/sip-ra", "services/balancer")
 MODULES = {
     "statestore": "statestore",
     "router": "router",
@@ -163,15 +165,25 @@ class DevCluster:
     def node_addr(self, node: str) -> tuple[str, int]:
         return self.config.node(node).sip_addr
 
-    def start(self, service: str, node: str | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self, service: str, node: str | None = None, tree: Path | None = None, take_over: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """Start one process, by default from the installed code; from `tree` (a checkout
+        of another version) if given: its packages come first on the path. `take_over`
+        starts it beside the running one, to replace it when that one exits."""
         argv = [sys.executable, "-m", MODULES[service], "--config", str(self.config_path)]
         if node is not None:
             argv = self.wrap.get(node, []) + argv + ["--node", node]
+        if take_over:
+            argv.append("--take-over")
         log = (self.logdir / f"{node or 'front'}-{service}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if tree is not None:
+            env["PYTHONPATH"] = os.pathsep.join(str(tree / sub) for sub in PACKAGE_DIRS)
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
-        self.procs[(node or "", service)] = proc
+        if not take_over:
+            self.procs[(node or "", service)] = proc
         return proc
 
     def start_node(self, node: str) -> None:

@@ -205,13 +205,15 @@ class FaultTolerance:
         self.data.removed_here &= heads.keys()
         self.fired &= heads.keys()
         self.known = set(heads)
-        live = self.liveness.steady(time.monotonic())
-        if set(self.live) - set(live):
-            self.orphans = True  # a node we saw alive is gone: its entries need owners
+        live = self.liveness.eligible(time.monotonic())
+        if set(self.live) - set(live) or self.liveness.draining(time.monotonic()):
+            # A node we saw alive is gone, or drained: its entries need owners (a drained
+            # node may still create some, so we look again at each poll while it is).
+            self.orphans = True
         self.live = live
         settled = time.monotonic() - self.started > self.grace  # every live node seen by now
         if self.orphans and settled and self.data.node in live:
-            self.orphans = not await self.adopt(self.data.entries())  # retried until all are adopted
+            self.orphans = not await self.adopt(heads)  # retried until all are adopted
         now = time.time()
         for key, head in heads.items():
             if head.owner == self.data.node and 0 < head.fire_at <= now and key not in self.fired:
@@ -219,10 +221,13 @@ class FaultTolerance:
                 self.ra.timer_fired(key)
                 await self.data.remove(key)
 
-    async def adopt(self, entries: dict[str, Entry]) -> bool:
+    async def adopt(self, heads: dict[str, EntryHead]) -> bool:
         complete = True
-        for key, entry in sorted(entries.items()):
-            if entry.owner not in self.live and hashing.choose(key, self.live) == self.data.node:
+        for key, head in sorted(heads.items()):
+            if head.owner not in self.live and hashing.choose(key, self.live) == self.data.node:
+                entry = self.data.read_entry(key)[1]
+                if entry is None:
+                    continue  # removed meanwhile: nothing to adopt
                 if await self.data.take(key, entry):
                     self.known.add(key)
                     self.ra.fail_over(key)

@@ -159,6 +159,14 @@ def alarm(service: str, alarm_id: str) -> str:
     return f"{ALARMS}{part(service)}/{part(alarm_id)}"
 
 
+DRAINS = "drain/"
+
+
+def drain(node: str) -> str:
+    """Present while `node` is drained (`zeroslee-admin drain`)."""
+    return f"{DRAINS}{part(node)}"
+
+
 SERVICES = "svc/all"  # the services' lifecycle (router/lifecycle.py), one key for all
 
 

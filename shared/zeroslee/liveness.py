@@ -19,6 +19,8 @@ class NodeState:
     exited: bool = False  # its process is known to have exited (until its next heartbeat)
     unready_since: float = -1e9  # when its heartbeats stopped saying ready
     beat_ready: bool = False  # what its last heartbeat said
+    draining: bool = False  # its last heartbeat said it is drained (no new work)
+    version: str = ""  # the code its last heartbeat said it runs
 
 
 @dataclass
@@ -30,9 +32,12 @@ class Liveness:
     alive_after: int
     nodes: dict[str, NodeState] = field(default_factory=dict)
 
-    def heartbeat(self, node: str, ready: bool, addr: Addr, now: float) -> None:
+    def heartbeat(
+        self, node: str, ready: bool, addr: Addr, now: float, draining: bool = False, version: str = ""
+    ) -> None:
         state = self.nodes.setdefault(node, NodeState(addr))
         state.addr = addr
+        state.draining, state.version = draining, version
         fresh = now - state.last_seen > self.dead_after  # the first beat after a silence
         if fresh:
             state.streak = 0
@@ -67,6 +72,21 @@ class Liveness:
             and now - s.last_seen <= self.dead_after
             and (s.ready or now - s.unready_since <= self.dead_after)
         )
+
+    def serving(self, now: float) -> list[str]:
+        """Live nodes that take new work: not drained (all live ones if every one is)."""
+        live = self.live(now)
+        return [n for n in live if not self.nodes[n].draining] or live
+
+    def eligible(self, now: float) -> list[str]:
+        """Steady nodes that may own work: a drained node's goes to the others, by the
+        same rule as a dead node's (all steady ones if every one is drained)."""
+        steady = self.steady(now)
+        return [n for n in steady if not self.nodes[n].draining] or steady
+
+    def draining(self, now: float) -> list[str]:
+        """Steady nodes whose heartbeats say they are drained."""
+        return [n for n in self.steady(now) if self.nodes[n].draining]
 
     def reachable(self, now: float) -> list[str]:
         """Nodes still heartbeating, ready or not (a fallback when none is live)."""

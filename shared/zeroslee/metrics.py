@@ -31,6 +31,7 @@ from prometheus_client.metrics_core import Metric
 
 __all__ = ["GROUP_BUCKETS", "Metric", "Metrics", "SipCounts", "counter", "counters", "gauge", "gauges", "method_label"]
 
+from zeroslee import __version__
 from zeroslee.config import parse_hostport
 
 SNAPSHOT_WAIT = 2.0  # s a scrape waits for the event loop's figures
@@ -208,7 +209,7 @@ class _Snapshot:
             "zeroslee_process_info",
             "This process: its service and node (value 1)",
             1,
-            {"service": metrics.service, "node": metrics.node},
+            {"service": metrics.service, "node": metrics.node, "version": __version__},
         )
         yield gauge("zeroslee_metrics_snapshot_ok", "1 if the event loop answered this scrape", ok)
         yield from families

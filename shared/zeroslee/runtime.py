@@ -25,7 +25,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from zeroslee import access, bus, curve, log
+from zeroslee import __version__, access, bus, curve, log
 from zeroslee.bussocket import MAX_MESSAGE, BusSocket
 from zeroslee.config import Config, load, parse_hostport
 from zeroslee.liveness import Liveness
@@ -305,16 +305,50 @@ def parse_args(service: str, needs_node: bool) -> argparse.Namespace:
     if needs_node:
         parser.add_argument("--node", required=True, help="node id from the cluster config")
     parser.add_argument("--config", default=None, help="cluster TOML (default $ZEROSLEE_CONFIG)")
+    parser.add_argument(
+        "--take-over",
+        action="store_true",
+        help="start, then wait for the running process of this role to exit, and serve in its place",
+    )
     return parser.parse_args()
 
 
-def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], needs_node: bool = True) -> None:
-    """Entry point of a service process: `python -m <service> --node node-1`."""
+TAKEOVER_PATIENCE = 60.0  # seconds a --take-over waits for its predecessor
+TAKEOVER_POLL = 0.002  # seconds between looks at its port
+
+
+def wait_to_take_over(addr: tuple[str, int], service: str) -> float:
+    """Until nothing holds UDP `addr` (the predecessor exited); the seconds waited. Our
+    code is loaded by then, so what is left between the two processes is our sockets'
+    setup and the first heartbeats: well inside a UA's first retransmission (T1)."""
+    print(f"{service}: waiting to take over {addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    started = time.monotonic()
+    while time.monotonic() - started < TAKEOVER_PATIENCE:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(addr)
+                return time.monotonic() - started
+            except OSError:
+                time.sleep(TAKEOVER_POLL)  # the predecessor still runs
+    raise SystemExit(f"{service}: {addr[0]}:{addr[1]} still held after {TAKEOVER_PATIENCE:g} s")
+
+
+def run(
+    service: str,
+    main: Callable[[Process], Coroutine[Any, Any, None]],
+    needs_node: bool = True,
+    takes_over: Callable[[Config], tuple[str, int]] | None = None,
+) -> None:
+    """Entry point of a service process: `python -m <service> --node node-1`. With
+    `takes_over` (the address a single instance serves: the balancer's SIP port),
+    `--take-over` starts it beside the running one, to replace it when it exits."""
     args = parse_args(service, needs_node)
     config = load(args.config)
     node = getattr(args, "node", None)
     if node is not None:
         config.node(node)  # fail fast on an unknown node id
+    waited = wait_to_take_over(takes_over(config), service) if args.take_over and takes_over is not None else None
 
     async def runner() -> bool:
         try:
@@ -326,7 +360,7 @@ def run(service: str, main: Callable[[Process], Coroutine[Any, Any, None]], need
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, proc.stopping.set)
-        proc.log.info("started", pid=os.getpid())
+        proc.log.info("started", pid=os.getpid(), version=__version__, took_over_after=waited)
         proc.serve_metrics()
         tune_gc()
         lag = asyncio.create_task(watch_loop_lag(proc))
@@ -524,7 +558,8 @@ async def follow_heartbeats(
             for data in beats:
                 beat = proc.decode(data, "heartbeat")
                 if isinstance(beat, bus.NodeHeartbeat):
-                    liveness.heartbeat(beat.node, beat.ready, parse_hostport(beat.sip), time.monotonic())
+                    addr = parse_hostport(beat.sip)
+                    liveness.heartbeat(beat.node, beat.ready, addr, time.monotonic(), beat.draining, beat.version)
             await tick()
     finally:
         if watcher is not None:

@@ -178,6 +178,7 @@ class UserAgent:
         body: bytes = b"",
         content_type: str = "text/plain",
         headers: list[tuple[str, str]] | None = None,
+        timeout: float = 10.0,
     ) -> SipMessage:
         """An in-dialog request and its final response (a re-INVITE's 2xx is ACKed)."""
         call = self.call
@@ -185,7 +186,7 @@ class UserAgent:
             raise UaError("no call")
         call.cseq += 1
         extra = ([("Content-Type", content_type)] if body else []) + list(headers or [])
-        response = self.transact(self._request(method, call.remote_target, call, extra, body))
+        response = self.transact(self._request(method, call.remote_target, call, extra, body), timeout)
         if method == "INVITE" and 200 <= response.status < 300:
             ack = self._request("ACK", call.remote_target, call, [], b"")
             self.sock.sendto(ack.to_bytes(), self._next_hop(call))

@@ -31,6 +31,9 @@ class Front(asyncio.DatagramProtocol):
         )
         for node in proc.config.nodes:  # known addresses, not yet alive
             self.core.liveness.nodes.setdefault(node.id, NodeState(node.sip_addr))
+        # The nodes' first heartbeats come within a heartbeat interval or two of our start;
+        # until then a request is left to its UA's retransmission (balancer README: restart).
+        self.core.quiet_until = time.monotonic() + cfg.dead_after
         self.transport: asyncio.DatagramTransport | None = None
         self.live: list[str] = []
         self.lookups: set[asyncio.Future[None]] = set()
@@ -178,6 +181,12 @@ class Front(asyncio.DatagramProtocol):
                 "node",
                 {node: float(node in live) for node in self.core.liveness.nodes},
             ),
+            gauges(
+                "zeroslee_node_draining",
+                "1 while the node is drained (zeroslee-admin drain): it takes no new calls",
+                "node",
+                {node: float(node in self.core.draining()) for node in self.core.liveness.nodes},
+            ),
             counter(
                 "zeroslee_live_changes",
                 "Changes of the balancer's live-node set",
@@ -234,6 +243,8 @@ class Front(asyncio.DatagramProtocol):
         out.update(self.proc.bus_counts())
         out.update(self.core.counters)
         out["live"] = json.dumps(self.live)
+        out["draining"] = json.dumps(self.core.draining())
+        out["versions"] = json.dumps({n: s.version for n, s in sorted(self.core.liveness.nodes.items())})
         out["alarms"] = json.dumps([asdict(a) for a in self.alarms.active(time.monotonic())])
         out["soft_state"] = len(self.core.soft)
         out["pending"] = len(self.core.pending)
@@ -270,4 +281,4 @@ async def main(proc: Process) -> None:
 
 
 if __name__ == "__main__":
-    run("balancer", main, needs_node=False)
+    run("balancer", main, needs_node=False, takes_over=lambda config: config.balancer.sip_addr)

@@ -147,6 +147,10 @@ class Balancer:
     # write, which moves it to the end), so expiring takes only the entries that are due.
     soft: OrderedDict[str, tuple[str, float]] = field(default_factory=OrderedDict)  # branch -> (node, expiry)
     pending: OrderedDict[str, PendingRequest] = field(default_factory=OrderedDict)  # our branch -> request
+    # (Call-ID, CSeq number) of an INVITE -> (the node that answered it 2xx, expiry): its
+    # ACK goes there, whatever the dialog's route says (a re-INVITE another node took;
+    # a drained node's 2xx, which it re-sends until the ACK comes).
+    answered: OrderedDict[tuple[str, int], tuple[str, float]] = field(default_factory=OrderedDict)
     outbox: list[tuple[bytes, Addr]] = field(default_factory=list)  # datagrams (UDP)
     # Messages for TCP: (data, address, may go over UDP instead if TCP cannot be had).
     stream_outbox: list[tuple[bytes, Addr, bool]] = field(default_factory=list)
@@ -163,6 +167,7 @@ class Balancer:
     retry_after: int = 1
     throttles: dict[str, Throttle] = field(default_factory=dict)
     loss: Loss = field(default_factory=Loss)  # RFC 7339: what downstream servers ask us to shed
+    quiet_until: float = 0.0  # until then, a request with no node known yet is dropped, not 503
     _turn: int = 0
     _oc_seq: int = 0
     _admitted: str = ""  # the transaction the quick path let through (not to be counted twice)
@@ -216,6 +221,13 @@ class Balancer:
         TCP connection, goes by UDP after all; its top Via (ours) says so."""
         self.count("tcp.fell_back_to_udp")
         self.outbox.append((data.replace(b"Via: SIP/2.0/TCP ", b"Via: SIP/2.0/UDP ", 1), addr))
+
+    def serving(self, live: list[str]) -> list[str]:
+        """Of `live`, the nodes that take new work: not drained (all, if every one is)."""
+        return [n for n in live if not self.liveness.nodes[n].draining] or live
+
+    def draining(self) -> list[str]:
+        return sorted(n for n, state in self.liveness.nodes.items() if state.draining)
 
     def node_at(self, addr: Addr) -> str | None:
         for node, state in self.liveness.nodes.items():
@@ -280,6 +292,11 @@ class Balancer:
             return self._refused_again(msg, addr)
         seen = remembered is not None
         node = self._choose(msg, hint, match, now)
+        if node is None and now < self.quiet_until:
+            # Just started (a restart, a --take-over): no node's heartbeat heard yet. Not a
+            # 503: the UA sends it again (T1), by when the nodes are known.
+            self.count("no_node.starting")
+            return "dropped: starting"
         if node is None:
             if msg.method != "ACK":
                 self._reply(msg, addr, 503, "Service Unavailable", [("Retry-After", "5")])
@@ -344,7 +361,7 @@ class Balancer:
         if match in self.soft:
             return None  # a retransmission: the full path knows what became of it
         live = self.liveness.live(now) or self.liveness.reachable(now)
-        node = hashing.choose(call_id, live)
+        node = hashing.choose(call_id, self.serving(live))
         if node is None:
             return None
         if self.throttle(node).admit(now):
@@ -438,14 +455,19 @@ class Balancer:
             return None
         remembered = self.soft.get(match)
         if remembered is not None and remembered[0] in live:
-            return remembered[0]
+            return remembered[0]  # a retransmission, a CANCEL, a non-2xx ACK: its transaction's node
+        if msg.method == "ACK":
+            answered = self.answered.get((msg.call_id, msg.cseq[0]))
+            if answered is not None and answered[0] in live:
+                return answered[0]  # the node re-sending its 2xx until this ACK comes
+        serving = self.serving(live)  # a drained node takes nothing new
         if self.spread:
             self._turn += 1
-            node: str | None = live[self._turn % len(live)]
-        elif hint in live:
+            node: str | None = serving[self._turn % len(serving)]
+        elif hint in serving:
             node = hint
         else:
-            node = hashing.choose(msg.call_id, live)
+            node = hashing.choose(msg.call_id, serving)
         if match and node is not None:
             self.soft[match] = (node, now + SOFT_STATE_TTL)
             self.soft.move_to_end(match)
@@ -588,6 +610,11 @@ class Balancer:
             self.delays.append((msg.cseq[1], pending.initial, now - pending.sent))
         if msg.status >= 200:
             self.pending.pop(key, None)
+            if msg.status < 300 and msg.cseq[1] == "INVITE" and source is not None:
+                node = self.node_at(source)
+                if node is not None:
+                    self.answered[(msg.call_id, msg.cseq[0])] = (node, now + SOFT_STATE_TTL)
+                    self.answered.move_to_end((msg.call_id, msg.cseq[0]))
         if "zsv" in ours.params:  # a response to a node's request: restore its Via
             if "oc" in ours.params and ours.params["oc"] and source is not None:
                 # RFC 7339 §5.10: the downstream server asks us to shed a share of what we send it.
@@ -697,6 +724,8 @@ class Balancer:
         every entry of 32 s of transactions each time cost more CPU than the SIP)."""
         while self.soft and next(iter(self.soft.values()))[1] <= now:
             self.soft.popitem(last=False)
+        while self.answered and next(iter(self.answered.values()))[1] <= now:
+            self.answered.popitem(last=False)
         while self.pending and next(iter(self.pending.values())).expiry <= now:
             key, expired = self.pending.popitem(last=False)
             if expired.initial and expired.node in self.throttles:
@@ -738,7 +767,7 @@ class Balancer:
         # not ready (slowed by load, its store electing) still works on what it has, and
         # a second copy on another node would double the load and race the first.
         alive = self.liveness.reachable(now)
-        live = self.liveness.live(now) or alive
+        live = self.serving(self.liveness.live(now) or alive)
         for gone in [n for n in self.throttles if n not in alive]:
             # A node that is gone answers nothing it was sent: its bucket starts afresh
             # (at its ceiling) when it is back, not with what it measured before.

@@ -148,6 +148,8 @@ class Router:
                     self.spawn(self.set_tracer(ident, message))
                 case bus.ServiceChange():
                     self.spawn(self.change_service(ident, message))
+                case bus.SetDrain():
+                    self.spawn(self.set_drain(ident, message))
                 case bus.TraceRequest():
                     await self.sock.send_multipart([ident, bus.encode(self.proc.traced(message))])
                 case bus.StatsRequest(req=req):
@@ -748,6 +750,23 @@ class Router:
         if await self.run(body, structlog.get_logger().bind(event_type="SettleServices")) and changes:
             self.proc.log.info("services settled", changes=changes)
 
+    async def set_drain(self, ident: bytes, message: bus.SetDrain) -> None:
+        """Management: `drain/<node>` written (drained) or removed; the node's sip-ra reads
+        it and says so in its heartbeats, from which every process learns it."""
+        error = ""
+        if message.node not in self.proc.config.node_ids:
+            error = f"no node {message.node!r} (nodes: {', '.join(self.proc.config.node_ids)})"
+        else:
+            write = (keys.drain(message.node), b"1" if message.draining else None)
+            try:
+                result = await self.store.commit([], [write])
+                if not result.ok:
+                    error = f"store refused: {result.error or result.conflicts}"
+            except CommitFailed as exc:
+                error = f"store unavailable: {exc}"
+            self.proc.log.info("drain", node=message.node, draining=message.draining, error=error)
+        await self.answer_admin(ident, message.req, error)
+
     async def set_tracer(self, ident: bytes, message: bus.SetTracer) -> None:
         """Management: a service's trace level, here at once (and in the store if asked)."""
         error = ""
@@ -781,7 +800,7 @@ class Router:
         await follow_heartbeats(self.proc, self.liveness, self.check_losses)
 
     async def check_losses(self) -> None:
-        live = self.liveness.steady(time.monotonic())
+        live = self.liveness.eligible(time.monotonic())  # a drained node's work goes too
         if live != self.live:
             lost = sorted(set(self.live) - set(live))
             self.live = live
@@ -795,6 +814,8 @@ class Router:
             self.deployed_started = await self.start_deployed()
         if time.monotonic() >= self.next_sweep:
             self.next_sweep = time.monotonic() + OUTGOING_SWEEP
+            if self.liveness.draining(time.monotonic()):
+                self.orphans = True  # a drained node may still create work: look again
             self.load_trace_levels()  # a level set while we were down, or a message we missed
             await self.sweep_outgoing()
             await self.settle_services()

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 import zmq
 
+import zeroslee
 from sip_ra.core import Outcome, RaCore
 from sip_ra.dialog import Dialog, stored_keys, uac_dialog
 from sip_ra.session_timer import Session, ends_in
@@ -48,6 +49,7 @@ class SipRa(asyncio.DatagramProtocol):
         self.router.setsockopt(zmq.ROUTING_ID, f"sip-ra:{proc.node}".encode())
         self.router.connect(self.node.router)
         self.ready = False  # what our heartbeats say; set by `beat`, sent by the beacon's thread
+        self.draining = False  # drained by an operator (`drain/<node>`): said in our heartbeats
         self.beacon = proc.beacon(self.node.heartbeat, proc.config.heartbeat_interval, self.heartbeat)
         self.transport: asyncio.DatagramTransport | None = None
         self.wake = asyncio.Event()
@@ -527,7 +529,21 @@ class SipRa(asyncio.DatagramProtocol):
         work). Ready = our router and store processes are up and our store serves (or
         waits for an election) and this loop still turns; never "answered fast"."""
         ready = self.ready and time.monotonic() - self.loop_seen < SILENT_AFTER
-        return bus.encode(bus.NodeHeartbeat(self.node.id, ready, self.proc.incarnation, self.node.sip))
+        beat = bus.NodeHeartbeat(
+            self.node.id, ready, self.proc.incarnation, self.node.sip, self.draining, zeroslee.__version__
+        )
+        return bus.encode(beat)
+
+    def read_drain(self) -> None:
+        """Whether an operator drained this node (`drain/<node>` in the replica)."""
+        try:
+            with self.store.replica.read() as view:
+                draining = view.get(keys.drain(self.node.id))[1] is not None
+        except ReplicaUnavailable:
+            return
+        if draining != self.draining:
+            self.draining = draining
+            self.proc.log.info("drained" if draining else "undrained")
 
     def judge(self, now: float) -> bool:
         """Whether this node takes calls, from evidence rather than latency: a router or
@@ -566,6 +582,7 @@ class SipRa(asyncio.DatagramProtocol):
         self.beacon.start()
         while True:
             self.loop_seen = time.monotonic()
+            self.read_drain()
             self.ping_id += 1
             await self.router.send(bus.encode(bus.Ping(self.ping_id, f"sip-ra:{self.node.id}")))
             self.spawn(self.ping_store())
