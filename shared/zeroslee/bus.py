@@ -257,15 +257,22 @@ class RequestReceived(Message, frozen=True, tag=True):
     created_dialog: bool = False
     ra_keys: list[str] = []  # the RA's keys to delete when this activity ends
     contact: str = ""  # the first Contact URI, where the sender can be reached
+    headers: bytes = b""  # the start line and header lines as received (parsed only if read)
 
 
 class ResponseReceived(Message, frozen=True, tag=True):
+    """A response to a request an SBB sent: a final one, or a provisional (101-199) one to
+    an INVITE; a timeout or a transport failure comes as 408 or 503."""
+
     dialog: str
     method: str
     status: int
     call_id: str
     content_type: str = ""
     body: bytes = b""
+    headers: bytes = b""  # the status line and header lines as received ("" if made up here)
+    reason: str = ""
+    ends_activity: bool = False  # the final answer to a request sent outside any dialog
 
 
 class SendResponse(Message, frozen=True, tag=True):
@@ -278,8 +285,10 @@ class SendResponse(Message, frozen=True, tag=True):
 
 
 class SendRequest(Message, frozen=True, tag=True):
-    """Send `method` on `dialog`. With `to_uri` set it is the INVITE that creates the
-    dialog (UAC side): the RA creates and replicates the dialog under the id given."""
+    """Send `method` on `dialog`. With `to_uri` set it is a request outside any dialog
+    (UAC side): an INVITE creates the dialog, which the RA replicates under the id given;
+    any other method (MESSAGE, OPTIONS...) gets its final response, and the activity ends.
+    CANCEL cancels the dialog's INVITE while it has had no final response."""
 
     dialog: str
     method: str
@@ -289,6 +298,9 @@ class SendRequest(Message, frozen=True, tag=True):
     from_uri: str = ""
     to_uri: str = ""
     outgoing: str = ""  # its journal key (`keys.outgoing`): the RA deletes it as it sends
+    headers: list[tuple[str, str]] = []  # extra headers (not those the RA writes: sipmsg.RA_OWNED)
+    call_id: str = ""  # with to_uri: the Call-ID and our tag the dialog's id was derived from
+    local_tag: str = ""
 
 
 class EndActivity(Message, frozen=True, tag=True):

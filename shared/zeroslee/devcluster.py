@@ -99,8 +99,9 @@ def cluster_toml(
         ]
     lines += ["[[profiles]]", 'name = "rooms"', 'schema = "router.chat:RoomProfile"']
     lines += ["[[services]]", 'name = "chat"', 'sbb = "router.chat:ChatSbb"']
-    lines += ['options = { users = "^(?!wakeup-|echo$|hold-|count-)", ring_delay = "2.0" }']
+    lines += ['options = { users = "^(?!wakeup-|echo$|hold-|count-|b2b-)", ring_delay = "2.0" }']
     lines += ["[[services]]", 'name = "wakeup"', 'sbb = "router.wakeup:WakeupSbb"', 'options = { users = "^wakeup-" }']
+    lines += ["[[services]]", 'name = "b2b"', 'sbb = "router.b2b:B2bSbb"', 'options = { users = "^b2b-" }']
     return "\n".join(lines) + "\n" + extra
 
 

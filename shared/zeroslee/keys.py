@@ -14,6 +14,7 @@ written with another is refused at start (statestore README).
 
 from __future__ import annotations
 
+import hashlib
 from urllib.parse import quote, unquote
 
 SEP = "/"
@@ -131,6 +132,13 @@ def last(key: str) -> str:
 def last_response(dialog_id: str) -> str:
     """The final response last sent on a dialog (`records.ServerResponse`)."""
     return f"last/{part(dialog_id)}"
+
+
+def sip_dialog_id(call_id: str, local_tag: str) -> str:
+    """A SIP dialog's id (its activity's): cluster-unique and derivable from any
+    in-dialog request (Call-ID + our tag), for dialogs we answered and those we began."""
+    digest = hashlib.blake2b(f"{call_id}\x00{local_tag}".encode(), digest_size=12)
+    return "d" + digest.hexdigest()
 
 
 def invite_index(digest: str) -> str:

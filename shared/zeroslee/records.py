@@ -18,6 +18,7 @@ class ServerResponse(msgspec.Struct, frozen=True):
     reason: str = ""
     content_type: str = ""
     body: bytes = b""
+    headers: list[tuple[str, str]] = []  # a service's extra headers, replayed with it
 
     def encode(self) -> bytes:
         return msgspec.msgpack.encode(self)

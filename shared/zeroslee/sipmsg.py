@@ -126,6 +126,15 @@ STATUS_LINE = re.compile(r"^(SIP/\d+\.\d+) (\d{3}) (.*)$")
 SIP_VERSION = "SIP/2.0"
 
 
+# Headers the SIP RA writes itself; a service's extra headers may not set them.
+RA_OWNED = frozenset(
+    {
+        "Via", "From", "To", "Call-ID", "CSeq", "Max-Forwards", "Route", "Record-Route", "Contact",
+        "Content-Length", "Content-Type",
+    }
+)  # fmt: skip
+
+
 def canonical(name: str) -> str:
     lower = name.lower()
     if lower in COMPACT:

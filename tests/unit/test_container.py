@@ -54,7 +54,8 @@ def sip(
         event_id="e",
         tx=f"tx-{method}-{activity}",
         activity=activity,
-        activity_type="sip-dialog",
+        # As the RA fires them: an OPTIONS stands alone (its transaction is its activity).
+        activity_type="sip-transaction" if method == "OPTIONS" else "sip-dialog",
         method=method,
         request_uri=f"sip:{room}@example.com",
         call_id=f"call-{activity}",

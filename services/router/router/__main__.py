@@ -161,7 +161,7 @@ class Router:
                     await self.sock.send_multipart([ident, bus.encode(reply)])
                 case bus.ResponseReceived():
                     self.proc.count(f"response.{message.method}.{message.status}")
-                    if message.dialog and message.status >= 200:
+                    if message.dialog and message.status > 100:  # finals, and an INVITE's 101-199
                         response = SipResponse(**msgspec.structs.asdict(message))
                         self.enqueue(message.dialog, response, None)
                 case bus.EndActivity(req=req, activity=activity):

@@ -336,7 +336,9 @@ class Container:
             return False
         done = ServerResponse.decode(raw)
         if (done.cseq, done.method) == (event.cseq, event.method):
-            tx.messages.append(bus.SendResponse(event.tx, done.status, done.reason, done.content_type, done.body))
+            tx.messages.append(
+                bus.SendResponse(event.tx, done.status, done.reason, done.content_type, done.body, list(done.headers))
+            )
             return True
         if done.cseq >= event.cseq:
             # RFC 3261 §12.2.2: "the request is out of order and MUST be rejected with a 500".
@@ -485,6 +487,11 @@ class Container:
         """Create or reuse the root entity per convergence name; returns (created, selected)."""
         created: list[str] = []
         selected: set[str] = set()
+        if isinstance(event, SipRequest) and event.activity_type == "sip-dialog" and not event.created_dialog:
+            # A request within a dialog is no initial event (JAIN SLEE's SIP RA: only what
+            # can begin a dialog or stand alone is): it goes to the SBBs attached to the
+            # dialog, never to a service whose `users` its Request-URI (our Contact) fits.
+            return created, selected
         for service in self.services_in(tx).values():
             handler = service.root.handler_for(event)
             if handler is None or handler.initial_by is None or not service.selects(event):
@@ -716,6 +723,8 @@ class Container:
 def ended_by(response: SipResponse) -> bool:
     """A dialog we created ends on the final answer to our BYE, or on a failed INVITE."""
     status: int = response.status
+    if response.ends_activity:  # the final answer to a request sent outside a dialog
+        return True
     if response.method == "BYE":
         return status >= 200
     return response.method == "INVITE" and status >= 300

@@ -6,7 +6,9 @@ commit, and a rollback leaves no trace (JAIN SLEE's transactional facilities).
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -31,6 +33,7 @@ from router.usage import Usage
 from zeroslee import bus, keys
 from zeroslee.alarms import parse_level as parse_alarm_level
 from zeroslee.records import ServerResponse
+from zeroslee.sipmsg import RA_OWNED, canonical
 
 if TYPE_CHECKING:
     from router.container import Container, Service
@@ -211,31 +214,103 @@ class Context:
 
     # SIP facility (the SIP RA's SBB interface)
     def respond(
-        self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
+        self,
+        event: SipRequest,
+        status: int,
+        reason: str = "",
+        body: bytes = b"",
+        content_type: str = "",
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
+        """Answer `event`; `headers` adds any header but those the RA writes (Via, From,
+        To, Call-ID, CSeq, Contact, Record-Route...): Reason, Warning, X-..."""
+        extra = checked_headers(headers)
+        if not 100 <= status <= 699:
+            raise FacilityError(f"a SIP status is 100 to 699, not {status}")
         self.container.responded.add(event.tx)
-        self.tx.messages.append(bus.SendResponse(event.tx, status, reason, content_type, body))
+        self.tx.messages.append(bus.SendResponse(event.tx, status, reason, content_type, body, extra))
         if event.activity_type == "sip-dialog" and status >= 200:
             # Replicated with this delivery, so a node taking the dialog over answers a
             # retransmission of this request from it instead of handling it twice.
-            record = ServerResponse(event.cseq, event.method, status, reason, content_type, body)
+            record = ServerResponse(event.cseq, event.method, status, reason, content_type, body, extra)
             self.tx.put(keys.last_response(event.activity), record.encode())
         if event.method == "BYE" and 200 <= status < 300:
             self.container.end_activity(self.tx, event.activity)
+        elif event.method == "INVITE" and event.created_dialog and status >= 300:
+            self.container.end_activity(self.tx, event.activity)  # §12.1: no dialog came of it
+
+    def defer(self, event: SipRequest) -> None:
+        """This request is answered later, by a delivery to come (a B2BUA waits for the
+        other leg): no default answer now. Unanswered after 8 s, the RA answers 500."""
+        self.container.responded.add(event.tx)
 
     def create_dialog(self) -> str:
         """A new SIP dialog activity (UAC side); the SIP RA creates it when `invite` is sent."""
-        ident = "d" + secrets.token_hex(12)
-        self.tx.put(keys.activity(ident), encode(ActivityRecord(ident, "sip-dialog", self.tx.node)))
+        call_id, tag = f"{secrets.token_hex(10)}@zeroslee", secrets.token_hex(6)
+        ident = keys.sip_dialog_id(call_id, tag)  # what the callee's requests will name
+        record = ActivityRecord(ident, "sip-dialog", self.tx.node, call_id=call_id, local_tag=tag)
+        self.tx.put(keys.activity(ident), encode(record))
         return ident
 
-    def invite(self, dialog: str, from_uri: str, to_uri: str, body: bytes = b"", content_type: str = "") -> None:
-        """Call `to_uri` on a dialog from `create_dialog`; responses come as `SipResponse`."""
-        self._require_activity(dialog)
-        self._send(bus.SendRequest(dialog, "INVITE", content_type, body, self.sbb_id, from_uri=from_uri, to_uri=to_uri))
+    def invite(
+        self,
+        dialog: str,
+        from_uri: str,
+        to_uri: str,
+        body: bytes = b"",
+        content_type: str = "",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Call `to_uri` on a dialog from `create_dialog`; responses come as `SipResponse`
+        (provisional ones too, 101-199; the RA ACKs a 2xx itself)."""
+        self.send_initial(dialog, "INVITE", from_uri, to_uri, body, content_type, headers)
 
-    def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None:
-        self._send(bus.SendRequest(dialog, method, content_type, body, self.sbb_id))
+    def send_initial(
+        self,
+        activity: str,
+        method: str,
+        from_uri: str,
+        to_uri: str,
+        body: bytes = b"",
+        content_type: str = "",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """A request outside any dialog, on an activity from `create_dialog`: INVITE
+        (see `invite`), or MESSAGE, OPTIONS... whose final response (`SipResponse`) ends
+        the activity. Sent through the balancer, from the cluster."""
+        record = self._require_activity(activity)
+        if method in ("ACK", "CANCEL", "BYE") or not method.isalpha() or not method.isupper():
+            raise FacilityError(f"{method!r} cannot start a transaction outside a dialog")
+        for uri in (from_uri, to_uri):
+            if not uri.lower().startswith(("sip:", "sips:")) or any(c in uri for c in "\r\n<> "):
+                raise FacilityError(f"not a SIP URI: {uri!r}")
+        extra = checked_headers(headers)
+        request = bus.SendRequest(
+            activity, method, content_type, body, self.sbb_id, from_uri, to_uri, headers=extra,
+            call_id=record.call_id, local_tag=record.local_tag,
+        )  # fmt: skip
+        self._send(request)
+
+    def send_request(
+        self,
+        dialog: str,
+        method: str,
+        body: bytes = b"",
+        content_type: str = "",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """A request within `dialog` (INFO, BYE, re-INVITE, UPDATE...); its final response
+        comes as a `SipResponse` on the dialog."""
+        if method in ("ACK", "CANCEL") or not method.isalpha() or not method.isupper():
+            raise FacilityError(f"{method!r} is not sent this way (the RA ACKs; use cancel)")
+        self._send(bus.SendRequest(dialog, method, content_type, body, self.sbb_id, headers=checked_headers(headers)))
+
+    def cancel(self, dialog: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """CANCEL our INVITE on `dialog` if it has no final response yet (§9.1): it then
+        gets 487 as its `SipResponse`; if the callee answered first, the 2xx comes
+        instead, and the dialog is to be ended with BYE. `headers`: a Reason, say."""
+        self._require_activity(dialog)
+        self._send(bus.SendRequest(dialog, "CANCEL", "", b"", self.sbb_id, headers=checked_headers(headers)))
 
     def _send(self, request: bus.SendRequest) -> None:
         """Journal the request with this delivery (`Outgoing`); it leaves after the commit."""
@@ -249,6 +324,24 @@ class Context:
         if raw is None:
             raise FacilityError(f"activity {activity} does not exist")
         return decode(raw, ActivityRecord)
+
+
+TOKEN = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")  # RFC 3261 §25.1 token
+
+
+def checked_headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A service's extra headers, refused (the SBB's failure) if one would set what the
+    RA writes or is not a well-formed header (a line break in a value would inject one)."""
+    out = []
+    for name, value in headers:
+        if not isinstance(name, str) or not isinstance(value, str) or not TOKEN.match(name):
+            raise FacilityError(f"not a header name: {name!r}")
+        if canonical(name) in RA_OWNED:
+            raise FacilityError(f"{canonical(name)} is written by the SIP RA, not by a service")
+        if "\r" in value or "\n" in value or "\0" in value:
+            raise FacilityError(f"{name}: a header value is one line")
+        out.append((name, value))
+    return out
 
 
 class AlarmFacility:

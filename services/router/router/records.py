@@ -36,6 +36,8 @@ class ActivityRecord(msgspec.Struct):
     owner: str
     ending: bool = False
     ra_keys: list[str] = []  # the resource adaptor's data, removed when the activity ends
+    call_id: str = ""  # a dialog we begin (ctx.create_dialog): its Call-ID and our tag
+    local_tag: str = ""
 
 
 class Attachment(msgspec.Struct):

@@ -10,17 +10,49 @@ attach, fire, SIP) takes effect when the delivery commits, never before.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote
 
 import msgspec
 
 from zeroslee import bus
+from zeroslee.sipmsg import ParseError, SipMessage, parse
 
 
-class SipRequest(bus.RequestReceived, frozen=True, tag=True):
+@lru_cache(maxsize=64)
+def _head(raw: bytes) -> SipMessage:
+    """A message's start line and headers, parsed when a handler first reads a header
+    (most read none: the hot path never parses twice)."""
+    try:
+        return parse(raw + b"\r\n\r\n")
+    except ParseError:  # the RA parsed it already; a made-up response has no headers
+        return SipMessage()
+
+
+class HeaderAccess:
+    """Any header of the message as received, by its full or compact name (`i` for
+    Call-ID), case-insensitively; `header_values` splits comma lists (Via, Route,
+    Allow, Supported...)."""
+
+    headers: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name`, or None."""
+        return _head(self.headers).get(name)
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value of header `name`, over all its lines, comma lists split."""
+        return _head(self.headers).get_all(name)
+
+    def header_names(self) -> list[str]:
+        """The headers present, in order, each once (canonical names)."""
+        return list(dict.fromkeys(name for name, _ in _head(self.headers).headers))
+
+
+class SipRequest(bus.RequestReceived, HeaderAccess, frozen=True, tag=True):
     """A SIP request event, as the SIP RA fires it on its activity."""
 
     @property
@@ -32,8 +64,9 @@ class SipRequest(bus.RequestReceived, frozen=True, tag=True):
         return unquote(raw, errors="surrogateescape")
 
 
-class SipResponse(bus.ResponseReceived, frozen=True, tag=True):
-    """A final response to a request an SBB sent on a dialog (408 if none came)."""
+class SipResponse(bus.ResponseReceived, HeaderAccess, frozen=True, tag=True):
+    """A response to a request an SBB sent: final (408 if none came, 503 if it could not
+    be sent), or provisional (101-199) to an INVITE."""
 
 
 class ActivityEndEvent(msgspec.Struct, frozen=True):
@@ -201,11 +234,44 @@ class SbbContext(Protocol):
     @property
     def profiles(self) -> Any: ...
     def respond(
-        self, event: SipRequest, status: int, reason: str = "", body: bytes = b"", content_type: str = ""
+        self,
+        event: SipRequest,
+        status: int,
+        reason: str = "",
+        body: bytes = b"",
+        content_type: str = "",
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None: ...
-    def send_request(self, dialog: str, method: str, body: bytes = b"", content_type: str = "") -> None: ...
+    def send_request(
+        self,
+        dialog: str,
+        method: str,
+        body: bytes = b"",
+        content_type: str = "",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None: ...
     def create_dialog(self) -> str: ...
-    def invite(self, dialog: str, from_uri: str, to_uri: str, body: bytes = b"", content_type: str = "") -> None: ...
+    def invite(
+        self,
+        dialog: str,
+        from_uri: str,
+        to_uri: str,
+        body: bytes = b"",
+        content_type: str = "",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None: ...
+    def send_initial(
+        self,
+        activity: str,
+        method: str,
+        from_uri: str,
+        to_uri: str,
+        body: bytes = b"",
+        content_type: str = "",
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None: ...
+    def cancel(self, dialog: str, headers: Sequence[tuple[str, str]] = ()) -> None: ...
+    def defer(self, event: SipRequest) -> None: ...
     def set_timer(self, activity: str, delay: float) -> str: ...
     def cancel_timer(self, activity: str, timer_id: str) -> None: ...
     @property

@@ -270,7 +270,9 @@ class SipRa(asyncio.DatagramProtocol):
         self.flush()
 
     def answer(self, tx: str, status: int, reason: str, why: str = "", **kw: object) -> None:
-        timer = self.answer_timers.pop(tx, None) if status >= 200 else None
+        # Any answer shows the router took the request: a provisional one (an SBB whose
+        # callee rings) leaves the final to it, however long the ringing lasts.
+        timer = self.answer_timers.pop(tx, None)
         if timer is not None:
             timer.cancel()
         pending = self.core.pending.get(tx)
@@ -384,12 +386,24 @@ class SipRa(asyncio.DatagramProtocol):
         except CommitFailed:
             pass  # the store did not answer: the sweep hands the request over again
 
-    async def send_initial_invite(self, cmd: bus.SendRequest) -> None:
-        """The INVITE that creates a UAC dialog: replicate the dialog, then send it via the
-        balancer, which record-routes it so the callee's requests come back through it."""
+    async def send_initial(self, cmd: bus.SendRequest) -> None:
+        """A request outside any dialog: the INVITE that creates a UAC dialog, or a
+        MESSAGE, OPTIONS... whose final answer ends its activity. Replicate the dialog
+        (its Call-ID, tags and CSeq), then send it via the balancer, which record-routes
+        an INVITE so the callee's requests come back through it."""
         host = self.proc.config.balancer.sip
         # The cluster's Contact and a Call-ID that names no node (topology hiding).
-        dialog = uac_dialog(cmd.dialog, cmd.from_uri, cmd.to_uri, self.node.id, self.core.contact, host, host)
+        dialog = uac_dialog(
+            cmd.dialog,
+            cmd.from_uri,
+            cmd.to_uri,
+            self.node.id,
+            self.core.contact,
+            host,
+            host,
+            cmd.call_id,
+            cmd.local_tag,
+        )
         for _ in range(COMMIT_ATTEMPTS):
             reads = [(keys.dialog(dialog.id), 0)]
             writes: list[tuple[str, bytes | None]] = [
@@ -408,9 +422,11 @@ class SipRa(asyncio.DatagramProtocol):
                 self.proc.log.warning("INVITE not sent", dialog=dialog.id, error=str(exc))
                 return
             if result.ok:
-                self.core.send_in_dialog(dialog, "INVITE", cmd.body, cmd.content_type, time.monotonic())
+                standalone = cmd.method != "INVITE"
+                now = time.monotonic()
+                self.core.send_in_dialog(dialog, cmd.method, cmd.body, cmd.content_type, now, cmd.headers, standalone)
                 self.flush()
-                self.proc.count("sent.INVITE")
+                self.proc.count(f"sent.{cmd.method}")
                 return
             if keys.dialog(dialog.id) in result.conflicts:
                 return  # sent already: the dialog exists
@@ -420,7 +436,10 @@ class SipRa(asyncio.DatagramProtocol):
         requests take their CSeqs here one batch at a time, so a burst (a busy chat room
         relaying to one member) costs one commit, not one conflict after another."""
         if cmd.to_uri:
-            self.spawn(self.send_initial_invite(cmd))
+            self.spawn(self.send_initial(cmd))
+            return
+        if cmd.method == "CANCEL":
+            self.spawn(self.cancel(cmd))
             return
         queued = self.sending.get(cmd.dialog)
         if queued is not None:
@@ -482,12 +501,30 @@ class SipRa(asyncio.DatagramProtocol):
                 now = time.monotonic()
                 for i, cmd in enumerate(cmds, start=1):
                     numbered = msgspec.structs.replace(stored, local_cseq=stored.local_cseq + i)
-                    self.core.send_in_dialog(numbered, cmd.method, cmd.body, cmd.content_type, now)
+                    self.core.send_in_dialog(numbered, cmd.method, cmd.body, cmd.content_type, now, cmd.headers)
                     self.proc.count(f"sent.{cmd.method}")
                 self.core.dialogs[dialog.id] = dialog
                 self.flush()
                 return
         self.proc.count("send.conflict_exhausted", len(cmds))
+
+    async def cancel(self, cmd: bus.SendRequest) -> None:
+        """CANCEL our INVITE on `cmd.dialog` (it takes no CSeq: §9.1, the INVITE's own).
+        Its journal entry goes first, so a survivor's sweep does not cancel twice."""
+        if cmd.outgoing:
+            version = self.journal_versions([cmd])[cmd.outgoing]
+            if version == 0:
+                self.proc.count("send.sent_already")
+                return
+            try:
+                result = await self.store.commit([(cmd.outgoing, version)], [(cmd.outgoing, None)])
+            except CommitFailed:
+                return  # journaled still: the router's sweep hands it to us again
+            if not result.ok:
+                return
+        if self.core.cancel(cmd.dialog, time.monotonic(), list(cmd.headers)):
+            self.proc.count("sent.CANCEL")
+        self.flush()
 
     async def send_unjournaled(self, cmd: bus.SendRequest) -> None:
         """`cmd`'s journal entry is not in our replica: if the primary has it, our replica

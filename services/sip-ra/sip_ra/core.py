@@ -53,8 +53,10 @@ from zeroslee import bus, keys
 from zeroslee.config import SipTimers
 from zeroslee.records import ServerResponse
 from zeroslee.sipmsg import (
+    RA_OWNED,
     ParseError,
     SipMessage,
+    canonical,
     error_response,
     keepalive_kind,
     parse,
@@ -126,6 +128,9 @@ class RaCore:
     abandoned: list[tuple[str, list[str]]] = field(default_factory=list)  # ended for want of an ACK: (id, keys)
     reinvite_in: dict[str, str] = field(default_factory=dict)  # dialog -> pending server tx
     cancelled: set[str] = field(default_factory=set)  # our INVITEs CANCELled by Timer C
+    standalone: set[str] = field(default_factory=set)  # activities of requests sent outside a dialog
+    cancel_on_1xx: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # INVITE tx -> CANCEL's headers
+    _head: bytes = b""  # the datagram being handled: its start line and headers, for the event
     counters: dict[str, int] = field(default_factory=dict)
     # The Contact this node puts in its dialogs: the balancer's address with this node as
     # a hint (`;zsnode=`), never the node's own, so that a UA's in-dialog requests cross
@@ -154,6 +159,8 @@ class RaCore:
             self.count("sip.rejected")
             self._answer_unparsable(data, addr, exc)
             return Outcome(summary=f"rejected: {exc.reason}")
+        end = data.find(b"\r\n\r\n")
+        self._head = data[:end] if end >= 0 else data  # a service reads headers from it, lazily
         try:
             if msg.is_request:
                 return self._on_request(msg, addr, now)
@@ -304,6 +311,7 @@ class RaCore:
             contact=parse_name_addr(contacts[0]).uri
             if (contacts := msg.get_all("Contact")) and contacts[0] != "*"
             else "",
+            headers=self._head,
         )
 
     def _answer_now(
@@ -327,7 +335,15 @@ class RaCore:
         self.count("takeover.replayed")
         self.transactions[tx.key] = tx
         self.pending[tx.key] = Pending(msg, tx, dialog)
-        self.respond(tx.key, record.status, record.reason, now, body=record.body, content_type=record.content_type)
+        self.respond(
+            tx.key,
+            record.status,
+            record.reason,
+            now,
+            headers=list(record.headers),
+            body=record.body,
+            content_type=record.content_type,
+        )
         return Outcome(summary=f"replayed {record.status}")
 
     def _check_reinvite(self, ident: str) -> tuple[int, str, list[tuple[str, str]]] | None:
@@ -417,12 +433,34 @@ class RaCore:
             if current is not None and not current.remote_tag:
                 confirmed = self.dialogs[dialog] = confirmed_by(current, msg)  # §12.1.2
             self._ack_2xx(dialog, msg)  # every 2xx, retransmissions too (§13.2.2.4)
+        if msg.status < 200 and key in self.cancel_on_1xx and tx.state is txn.State.PROCEEDING:
+            self._send_cancel(tx, self.cancel_on_1xx.pop(key), now)  # asked for before this 1xx
+        elif msg.status >= 200:
+            self.cancel_on_1xx.pop(key, None)
+        if msg.status < 200 and is_invite and msg.status > 100 and key in self.client_meta:
+            return Outcome(event=self._response_event(dialog, method, msg), summary=f"{msg.status} {method}")
         if txn.Act.TO_TU not in actions or msg.status < 200 or key not in self.client_meta:
-            return Outcome(summary=f"{msg.status} absorbed")  # a 1xx, or the answer to a Timer C CANCEL
+            return Outcome(summary=f"{msg.status} absorbed")  # a 100, or the answer to a Timer C CANCEL
         if is_invite:
             self.reinvite_out.discard(dialog)
-        event = bus.ResponseReceived(dialog, method, msg.status, msg.call_id, msg.get("Content-Type") or "", msg.body)
-        return Outcome(event=event, new_dialog=confirmed, summary=f"{msg.status} {method}")
+        return Outcome(
+            event=self._response_event(dialog, method, msg), new_dialog=confirmed, summary=f"{msg.status} {method}"
+        )
+
+    def _made_up(self, dialog: str, method: str, status: int, call_id: str) -> bus.ResponseReceived:
+        """A final response no peer sent (a timeout: 408; a transport failure: 503)."""
+        ends = dialog in self.standalone
+        self.standalone.discard(dialog)
+        return bus.ResponseReceived(dialog, method, status, call_id, ends_activity=ends)
+
+    def _response_event(self, dialog: str, method: str, msg: SipMessage) -> bus.ResponseReceived:
+        ends = msg.status >= 200 and dialog in self.standalone
+        if ends:
+            self.standalone.discard(dialog)
+        content_type = msg.get("Content-Type") or ""
+        return bus.ResponseReceived(
+            dialog, method, msg.status, msg.call_id, content_type, msg.body, self._head, msg.reason, ends
+        )
 
     def _ack_2xx(self, ident: str, response: SipMessage) -> None:
         """The UAC core ACKs a 2xx end to end, on the dialog's route (§13.2.2.4)."""
@@ -520,9 +558,23 @@ class RaCore:
             self.forget_dialog(dialog.id)
         return True
 
-    def send_in_dialog(self, dialog: Dialog, method: str, body: bytes, content_type: str, now: float) -> SipMessage:
-        """Send `method` on `dialog`, whose `local_cseq` the shell has already committed."""
+    def send_in_dialog(
+        self,
+        dialog: Dialog,
+        method: str,
+        body: bytes,
+        content_type: str,
+        now: float,
+        extra: list[tuple[str, str]] | None = None,
+        standalone: bool = False,
+    ) -> SipMessage:
+        """Send `method` on `dialog`, whose `local_cseq` the shell has already committed;
+        `extra` headers a service added (not those we write); `standalone`: a request
+        outside any dialog (its final answer ends its activity)."""
         headers = [("Content-Type", content_type)] if body else []
+        headers += [(name, value) for name, value in extra or [] if canonical(name) not in RA_OWNED]
+        if standalone:
+            self.standalone.add(dialog.id)
         msg = build_request(dialog, method, dialog.local_cseq, self.sip_host, headers, body)
         peer = self._next_hop(dialog)
         data = msg.to_bytes()
@@ -537,6 +589,32 @@ class RaCore:
         self.outbox.append((data, peer))
         return msg
 
+    def cancel(self, dialog: str, now: float, extra: list[tuple[str, str]] | None = None) -> bool:
+        """CANCEL our INVITE on `dialog` if it has had no final response (§9.1); the
+        INVITE then gets its 487 (or its 2xx, if the callee answered first: the TU
+        decides, by BYE). False if there is nothing to cancel."""
+        for key, (ident, method, _) in self.client_meta.items():
+            tx = self.transactions.get(key)
+            if ident != dialog or method != "INVITE" or tx is None:
+                continue
+            if tx.state is txn.State.CALLING:  # §9.1: not before a provisional response
+                self.cancel_on_1xx[key] = [(n, v) for n, v in extra or [] if canonical(n) not in RA_OWNED]
+                return True
+            if tx.state is txn.State.PROCEEDING:
+                self._send_cancel(tx, extra or [], now)
+                return True
+        self.count("sip.cancel_nothing_pending")
+        return False
+
+    def _send_cancel(self, tx: txn.Transaction, extra: list[tuple[str, str]], now: float) -> None:
+        cancel = cancel_for(tx.request)
+        cancel.headers += [(name, value) for name, value in extra if canonical(name) not in RA_OWNED]
+        cancel_key = f"{top_branch(cancel)}|CANCEL"
+        self.transactions[cancel_key] = txn.client(cancel_key, cancel.to_bytes(), self.timers, tx.peer, now)
+        self._arm(self.transactions[cancel_key])
+        self.outbox.append((cancel.to_bytes(), tx.peer))
+        self.count("sip.cancel_sent")
+
     def transport_error(self, peer: Addr, now: float) -> list[bus.ResponseReceived]:
         """Sending to `peer` failed (§17.1.4, §17.2.4): its transactions end; clients
         report a timeout to the TU."""
@@ -546,7 +624,7 @@ class RaCore:
                 continue
             if txn.Act.TIMEOUT in self._step(tx, txn.Input.TRANSPORT_ERROR, now) and key in self.client_meta:
                 dialog, method, call_id = self.client_meta.pop(key)
-                failed.append(bus.ResponseReceived(dialog, method, 503, call_id))
+                failed.append(self._made_up(dialog, method, 503, call_id))
             if tx.is_terminated:
                 del self.transactions[key]
                 self.pending.pop(key, None)
@@ -599,7 +677,7 @@ class RaCore:
                 if txn.Act.TIMEOUT in self._step(tx, fired, now) and key in self.client_meta:
                     dialog, method, call_id = self.client_meta[key]
                     self.reinvite_out.discard(dialog)
-                    timeouts.append(bus.ResponseReceived(dialog, method, 408, call_id))
+                    timeouts.append(self._made_up(dialog, method, 408, call_id))
             if tx.is_terminated:
                 del self.transactions[key]
                 self.pending.pop(key, None)
@@ -627,7 +705,7 @@ class RaCore:
         del self.transactions[key]
         dialog, method, call_id = self.client_meta.pop(key, ("", "INVITE", ""))
         self.reinvite_out.discard(dialog)
-        return [bus.ResponseReceived(dialog, method, 408, call_id)] if dialog else []
+        return [self._made_up(dialog, method, 408, call_id)] if dialog else []
 
     def _retransmit_2xx(self, ident: str, now: float) -> None:
         unacked = self.unacked.get(ident)

@@ -77,10 +77,7 @@ class DialogCache:
         return len(self._dialogs)
 
 
-def dialog_id(call_id: str, local_tag: str) -> str:
-    """Cluster-unique and derivable from any in-dialog request (Call-ID + our tag)."""
-    digest = hashlib.blake2b(f"{call_id}\x00{local_tag}".encode(), digest_size=12)
-    return "d" + digest.hexdigest()
+dialog_id = keys.sip_dialog_id  # (Call-ID, our tag) -> the dialog's id, in either direction
 
 
 def stored_keys(dialog: Dialog) -> list[str]:
@@ -130,14 +127,24 @@ def uas_dialog(invite: SipMessage, node: str, local_contact: str) -> Dialog:
 
 
 def uac_dialog(
-    ident: str, from_uri: str, to_uri: str, node: str, local_contact: str, outbound: str, call_host: str
+    ident: str,
+    from_uri: str,
+    to_uri: str,
+    node: str,
+    local_contact: str,
+    outbound: str,
+    call_host: str,
+    call_id: str = "",
+    local_tag: str = "",
 ) -> Dialog:
     """The dialog our INVITE will create (§12.1.2), before any answer: no remote tag yet,
-    the callee's URI as remote target, our outbound proxy (the balancer) as route."""
+    the callee's URI as remote target, our outbound proxy (the balancer) as route. The
+    router gives the Call-ID and our tag it derived `ident` from (`keys.sip_dialog_id`),
+    so the callee's requests find the dialog as a caller's do."""
     return Dialog(
         id=ident,
-        call_id=f"{secrets.token_hex(10)}@{call_host}",
-        local_tag=new_tag(),
+        call_id=call_id or f"{secrets.token_hex(10)}@{call_host}",
+        local_tag=local_tag or new_tag(),
         remote_tag="",
         local_uri=f"<{from_uri}>",
         remote_uri=f"<{to_uri}>",
@@ -153,13 +160,17 @@ def uac_dialog(
 
 def confirmed_by(dialog: Dialog, response: SipMessage) -> Dialog:
     """A UAC dialog once a 2xx arrived (§12.1.2): the route set is the Record-Route
-    reversed, the remote target the Contact, the remote tag the To tag."""
+    reversed, the remote target the Contact, the remote tag the To tag. A callee that
+    did not copy the balancer's Record-Route (§12.1.1 says it must; SIPp's built-in uas
+    does not) keeps the outbound proxy as the route: a node never sends a request of
+    its own straight to a UA (its Via names the cluster, so the answer would be lost)."""
     contacts = response.get_all("Contact")
+    recorded = response.get_all("Record-Route")
     return msgspec.structs.replace(
         dialog,
         remote_tag=parse_name_addr(response.get("To") or "").tag,
         remote_target=parse_name_addr(contacts[0]).uri if contacts else dialog.remote_target,
-        route_set=list(reversed(response.get_all("Record-Route"))),
+        route_set=list(reversed(recorded)) if recorded else dialog.route_set,
     )
 
 
