@@ -3,6 +3,7 @@ code deployed, and calling it works."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -38,3 +39,17 @@ def test_deployed_echo_service_answers_and_echoes(tmp_path: Path) -> None:
     finally:
         ua.close()
         cluster.stop()
+
+
+def test_the_readme_b2bua_walkthrough_is_the_shipped_service_and_its_deployment() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### A B2BUA, step by step") : readme.index("## Fault tolerance")]
+    shipped = (REPO / "services" / "router" / "router" / "b2b.py").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 4
+    for block in blocks:
+        assert block in shipped, block
+    (deploy,) = re.findall(r"```toml\n(.*?)```", section, re.S)
+    config = [line.split("#")[0].strip() for line in (REPO / "config" / "cluster.toml").read_text().splitlines()]
+    for line in deploy.strip().splitlines():
+        assert line.strip() in config, line
