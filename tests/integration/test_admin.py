@@ -21,7 +21,7 @@ def test_admin_lists_ends_activities_and_shows_routing_statistics(cluster: DevCl
     ua = UserAgent("op", 6721, cluster.balancer_addr)
     try:
         assert ua.invite("ops-room").status == 200
-        assert [s["name"] for s in admin(cluster, "services")] == ["chat", "wakeup"]
+        assert [s["name"] for s in admin(cluster, "services")] == ["chat", "wakeup", "b2b"]
         [room] = [a for a in admin(cluster, "activities") if a["names"] == ["ops-room"]]
         assert room["type"] == "null" and len(room["attachments"]) == 1  # type: ignore[arg-type]
         assert [n["name"] for n in admin(cluster, "names")] == ["ops-room"]

@@ -113,3 +113,18 @@ def test_an_answer_racing_the_cancel_is_hung_up() -> None:
     call.run(sip("CANCEL", "A", room="b2b-6800"), "A")
     out = call.run(SipResponse(b, "INVITE", 200, "cb"), b)
     assert [m.method for m in out if isinstance(m, bus.SendRequest)] == ["BYE"] and responses(out) == []
+
+
+def test_a_copy_of_the_caller_s_invite_a_survivor_gets_takes_the_callee_s_answer() -> None:
+    """node-1 died with the caller's INVITE unanswered; the balancer sent it on (a new
+    transaction on node-2): the callee's answer, adopted there, goes to that copy."""
+    call, b = placed()
+    copy = msgspec.structs.replace(sip("INVITE", "A", room="b2b-6800", created=True), tx="tx-on-node-2")
+    assert responses(call.run(copy, "A")) == [(100, b"")]
+    out = call.run(SipResponse(b, "INVITE", 200, "cb", "application/sdp", b"v=0 answer"), b)
+    assert [(m.tx, m.status, m.body) for m in out if isinstance(m, bus.SendResponse)] == [
+        ("tx-on-node-2", 200, b"v=0 answer")
+    ]
+    late = msgspec.structs.replace(copy, tx="tx-later")  # another copy after the answer: the same answer
+    assert responses(call.run(late, "A")) == [(200, b"v=0 answer")]
+    assert len(call.entities()) == 1

@@ -88,3 +88,25 @@ def test_balancer_forgets_the_answering_node_after_64_t1() -> None:
     assert len(b.answered) == 1
     b.expire(40.0)
     assert len(b.answered) == 0
+
+
+def test_balancer_a_response_to_a_dead_node_s_request_goes_to_a_survivor() -> None:
+    """The callee's 200 (sent again and again) to the INVITE node-1 sent before it died:
+    node-2 adopts the transaction from the replicated dialog."""
+    b = balancer()
+    invite = (
+        b"INVITE sip:uas@127.0.0.1:6800 SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKnode1;rport\r\n"
+        b"Route: <sip:127.0.0.1:5060;lr>\r\nMax-Forwards: 70\r\nFrom: <sip:a@z>;tag=ours\r\n"
+        b"To: <sip:uas@127.0.0.1:6800>\r\nCall-ID: b1@zeroslee\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    b.receive_datagram(invite, NODES["node-1"], 0.0)
+    [(forwarded, _)] = sent(b)
+    ok = answer(forwarded).replace(b"To: <sip:uas@127.0.0.1:6800>", b"To: <sip:uas@127.0.0.1:6800>;tag=callee")
+    b.receive_datagram(ok, ("127.0.0.1", 6800), 0.1)
+    assert [addr for _, addr in sent(b)] == [NODES["node-1"]]  # alive: to its sender
+    b.liveness.gone("node-1")
+    b.receive_datagram(ok, ("127.0.0.1", 6800), 0.2)
+    [(relayed, addr)] = sent(b)
+    assert addr == NODES["node-2"] and relayed.get_all("Via")[0].endswith("branch=z9hG4bKnode1;rport")
+    assert b.counters["response.to_survivor"] == 1

@@ -11,7 +11,7 @@ from router.context import checked_headers
 from router.sbb import FacilityError, SipRequest, SipResponse
 from sip_ra.dialog import uac_dialog
 from tests.unit.test_ra_core import core, invite, out
-from zeroslee import bus
+from zeroslee import bus, keys
 from zeroslee.sipmsg import SipMessage
 
 UA = ("127.0.0.1", 6000)
@@ -113,3 +113,45 @@ def test_b2b_targets_only_the_test_clients_range_unless_a_profile_row_says() -> 
     assert target_of("b2b-7000", "6000-6999", None) is None
     assert target_of("b2b-68x", "6000-6999", None) is None and target_of("alice", "6000-6999", None) is None
     assert target_of("alice", "6000-6999", B2bTarget("sip:alice@10.0.0.5")) == "sip:alice@10.0.0.5"
+
+
+def survivor_of(sent_by: object) -> tuple[object, SipMessage]:
+    """node-1 sent the B leg's INVITE (its dialog replicated first), then died; node-2's
+    RA, reading the same store, gets the callee's answers."""
+    dialog = uac_dialog(
+        keys.sip_dialog_id("b1@zeroslee", "ourtag"), "sip:a@z", "sip:uas@127.0.0.1:6800", "node-1",
+        "<sip:f>", "127.0.0.1:5060", "z", "b1@zeroslee", "ourtag",
+    )  # fmt: skip
+    sent = sent_by.send_in_dialog(dialog, "INVITE", b"", "", 0.0)  # type: ignore[attr-defined]
+    return core({keys.dialog(dialog.id): dialog.encode()}, node="node-2"), sent
+
+
+def test_a_survivor_adopts_the_callee_s_2xx_to_a_dead_node_s_invite_and_acks_each_copy() -> None:
+    survivor, sent = survivor_of(core())
+    ok = reply(sent, 200, "OK").replace(b"Content-Length: 0", b"Contact: <sip:uas@127.0.0.1:6800>\r\nContent-Length: 0")
+    first = survivor.receive_datagram(ok, FRONT_ADDR, 1.0)  # type: ignore[attr-defined]
+    assert isinstance(first.event, bus.ResponseReceived) and first.event.status == 200
+    assert first.new_dialog is not None and first.new_dialog.remote_tag == "callee"
+    [ack] = out(survivor)  # type: ignore[arg-type]
+    assert ack.method == "ACK" and ack.cseq == (1, "ACK")
+    again = survivor.receive_datagram(ok, FRONT_ADDR, 1.5)  # type: ignore[attr-defined]
+    assert again.event is None and [m.method for m in out(survivor)] == ["ACK"]  # type: ignore[arg-type]
+
+
+def test_a_survivor_acks_a_failure_to_a_dead_node_s_invite_hop_by_hop_and_tells_it_once() -> None:
+    survivor, sent = survivor_of(core())
+    busy = reply(sent, 486, "Busy Here")
+    first = survivor.receive_datagram(busy, FRONT_ADDR, 1.0)  # type: ignore[attr-defined]
+    assert isinstance(first.event, bus.ResponseReceived) and first.event.status == 486
+    [ack] = out(survivor)  # type: ignore[arg-type]
+    assert ack.method == "ACK" and ack.get_all("Via") == sent.get_all("Via")[:1]  # the INVITE's branch
+    assert survivor.receive_datagram(busy, FRONT_ADDR, 1.5).event is None  # type: ignore[attr-defined]
+
+
+def test_a_response_matching_no_transaction_nor_dialog_is_dropped() -> None:
+    ra = core()
+    stray = SipMessage(status=200, reason="OK")
+    stray.headers = [("Via", "SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKgone"), ("From", "<sip:a@z>;tag=nobody")]
+    stray.headers += [("To", "<sip:b@z>;tag=x"), ("Call-ID", "unknown"), ("CSeq", "1 INVITE")]
+    assert ra.receive_datagram(stray.to_bytes(), FRONT_ADDR, 0.0).event is None
+    assert ra.counters["sip.response_unmatched"] == 1

@@ -630,6 +630,8 @@ class Balancer:
             self.count("response.no_next_via")
             return "dropped"
         target, transport = self._response_hop(ours, parse_via(vias[1]))
+        if "zsv" in ours.params:
+            target = self._live_node_for(target, msg.call_id)
         msg.remove("Via")
         vias[1] = self._with_oc(vias[1])
         for value in vias[1:]:
@@ -637,6 +639,19 @@ class Balancer:
         self._move_vias_first(msg)
         self._emit(msg.to_bytes(), target, transport)
         return "response"
+
+    def _live_node_for(self, target: Addr, call_id: str) -> Addr:
+        """A response to a node's request goes to that node; if it is gone (its client
+        transaction died with it: a callee's 200, sent again and again), to the survivor
+        the Call-ID hashes to, which adopts the transaction from the replicated dialog."""
+        node = self.node_at(target)
+        if node is None or node in self.liveness.reachable(self._now):
+            return target
+        survivor = hashing.choose(call_id, self.liveness.live(self._now) or self.liveness.reachable(self._now))
+        if survivor is None:
+            return target
+        self.count("response.to_survivor")
+        return self.liveness.nodes[survivor].addr
 
     @staticmethod
     def _response_hop(ours: Via, nxt: Via) -> tuple[Addr, str]:

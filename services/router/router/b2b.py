@@ -35,6 +35,8 @@ class B2bState(msgspec.Struct):
     invite: SipRequest | None = None  # the caller's INVITE, until it has its final response
     cancelled: bool = False  # the caller gave up while the callee rang
     answered: bool = False  # the callee's 2xx came
+    answer: bytes = b""  # its body (SDP), for a copy of the caller's INVITE a survivor gets
+    answer_type: str = ""
     waiting: list[Relayed] = []  # requests relayed, awaiting the other leg's answer, oldest first
 
 
@@ -71,10 +73,14 @@ class B2bSbb(Sbb):
     def on_invite(self, event: SipRequest, ctx: SbbContext) -> None:
         if self.state.a and event.created_dialog:
             # The caller's INVITE again (its first node died before answering it and the
-            # balancer sent it on): the callee's answer goes to this copy now.
+            # balancer sent it on): the callee's answer goes to this copy now, or has come.
             if self.state.invite is not None:
                 self.state.invite = event
                 ctx.respond(event, 100)
+            elif self.state.answered:
+                ctx.respond(event, 200, body=self.state.answer, content_type=self.state.answer_type)
+            else:
+                ctx.respond(event, 487 if self.state.cancelled else 480)
             return
         if self.state.a:  # a re-INVITE, from either side
             self.relay(event, ctx)
@@ -117,7 +123,7 @@ class B2bSbb(Sbb):
                 ctx.send_request(self.state.b, "BYE", headers=[CANCELLED])
             return
         if event.status < 300:
-            self.state.answered = True
+            self.state.answered, self.state.answer, self.state.answer_type = True, event.body, event.content_type
             ctx.usage.increment("answered")
         else:
             ctx.usage.increment("failed")

@@ -67,6 +67,7 @@ from zeroslee.sipmsg import (
 )
 
 Addr = tuple[str, int]
+ADOPTED_MEMORY = 4096  # adopted final responses remembered (retransmissions absorbed)
 ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS"
 SUPPORTED = frozenset({"timer"})  # option tags a request may Require of us (RFC 4028)
 # Methods we recognise (RFC 3261 and its common extensions): others get 501 (§8.2.1);
@@ -130,6 +131,9 @@ class RaCore:
     cancelled: set[str] = field(default_factory=set)  # our INVITEs CANCELled by Timer C
     standalone: set[str] = field(default_factory=set)  # activities of requests sent outside a dialog
     cancel_on_1xx: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # INVITE tx -> CANCEL's headers
+    # Final responses adopted from a dead node's transactions, (branch, status), oldest first:
+    # a copy sent again is not told twice.
+    adopted: dict[tuple[str, int], None] = field(default_factory=dict)
     _head: bytes = b""  # the datagram being handled: its start line and headers, for the event
     counters: dict[str, int] = field(default_factory=dict)
     # The Contact this node puts in its dialogs: the balancer's address with this node as
@@ -414,8 +418,7 @@ class RaCore:
         key = f"{top_branch(msg)}|{msg.cseq[1]}"
         tx = self.transactions.get(key)
         if tx is None:
-            self.count("sip.response_unmatched")
-            return Outcome(summary="stray response")
+            return self._adopt_response(msg)
         is_invite = msg.cseq[1] == "INVITE"
         if msg.status < 200:
             kind = txn.Input.RECV_1XX
@@ -446,6 +449,44 @@ class RaCore:
         return Outcome(
             event=self._response_event(dialog, method, msg), new_dialog=confirmed, summary=f"{msg.status} {method}"
         )
+
+    def _adopt_response(self, msg: SipMessage) -> Outcome:
+        """A response to a request another node sent, whose transaction died with it (the
+        balancer sends it to a survivor: us). The dialog is in the replica (the sender
+        wrote it before sending), found from the Call-ID and our tag (the From's), so the
+        answer is taken over here: a 2xx confirms the dialog and is ACKed (each copy: the
+        callee re-sends it until then), a 300-699 to an INVITE is ACKed hop by hop, and
+        the services hear of it once."""
+        from_tag = parse_name_addr(msg.get("From") or "").tag
+        dialog = self.find_dialog(dialog_id(msg.call_id, from_tag)) if from_tag else None
+        if dialog is None or dialog.local_tag != from_tag:
+            self.count("sip.response_unmatched")
+            return Outcome(summary="stray response")
+        method, heard = msg.cseq[1], (top_branch(msg), msg.status)
+        if method == "INVITE" and 200 <= msg.status < 300:
+            confirmed = None if dialog.remote_tag else confirmed_by(dialog, msg)
+            if confirmed is not None:
+                self.dialogs[dialog.id] = confirmed
+            self._ack_2xx(dialog.id, msg)
+            if confirmed is None:
+                return Outcome(summary="2xx again: ACKed")
+            self.count("takeover.adopted_response")
+            event = self._response_event(dialog.id, method, msg)
+            return Outcome(event=event, new_dialog=confirmed, summary=f"adopted {msg.status} {method}")
+        if method == "INVITE" and msg.status >= 300:
+            ack = SipMessage(method="ACK", uri=dialog.remote_target)  # §17.1.1.3, the INVITE's branch
+            ack.headers = [("Via", msg.get_all("Via")[0]), ("Max-Forwards", "70"), ("From", msg.get("From") or "")]
+            ack.headers += [("Call-ID", msg.call_id)] + [("Route", route) for route in dialog.route_set]
+            ack.headers += [("To", msg.get("To") or ""), ("CSeq", f"{msg.cseq[0]} ACK")]
+            self.outbox.append((ack.to_bytes(), self._next_hop(dialog)))
+        if msg.status < 200 and method != "INVITE" or msg.status == 100 or heard in self.adopted:
+            return Outcome(summary=f"{msg.status} absorbed (adopted)")
+        if msg.status >= 200:
+            self.adopted[heard] = None
+            while len(self.adopted) > ADOPTED_MEMORY:
+                del self.adopted[next(iter(self.adopted))]
+        self.count("takeover.adopted_response")
+        return Outcome(event=self._response_event(dialog.id, method, msg), summary=f"adopted {msg.status} {method}")
 
     def _made_up(self, dialog: str, method: str, status: int, call_id: str) -> bus.ResponseReceived:
         """A final response no peer sent (a timeout: 408; a transport failure: 503)."""
