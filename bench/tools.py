@@ -5,6 +5,7 @@ Every process started here is stopped by its PID (`stop`), never by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -204,10 +205,28 @@ def start_kamailio(cfg: str, port: int, cwd: Path, shm_mb: int = 256) -> tuple[s
     (cwd / "kamailio.cfg").write_text(cfg)
     argv = [need("kamailio"), "-f", str(cwd / "kamailio.cfg"), "-DD", "-E", "-m", str(shm_mb), "-M", "16"]
     argv += ["-P", str(cwd / "pid")]
+    wait_free(port)
     with (cwd / "kamailio.log").open("wb") as log:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     wait_udp(port, proc)
     return proc, argv
+
+
+def wait_free(port: int, timeout: float = 10.0) -> None:
+    """Until 127.0.0.1:`port` can be bound, UDP and TCP (a process that held it, a Kamailio
+    stopped just before, may take a moment to let it go); then go on regardless, and the
+    start fails with the cause in its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, kind) as probe:
+                    if kind == socket.SOCK_STREAM:  # as a server binds it (TIME_WAIT is no owner)
+                        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(("127.0.0.1", port))
+            return
+        except OSError:
+            time.sleep(0.05)  # polling the port, bounded
 
 
 def kamailio(port: int, uas_ports: list[int], cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
@@ -228,6 +247,16 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    # Its workers may outlive it a moment, holding its sockets: until the group is gone.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)  # polling the group, bounded
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:

@@ -110,3 +110,19 @@ def test_balancer_a_response_to_a_dead_node_s_request_goes_to_a_survivor() -> No
     [(relayed, addr)] = sent(b)
     assert addr == NODES["node-2"] and relayed.get_all("Via")[0].endswith("branch=z9hG4bKnode1;rport")
     assert b.counters["response.to_survivor"] == 1
+
+
+def test_balancer_a_rerouted_request_s_late_answer_does_not_throttle_the_survivor() -> None:
+    """A request re-sent to a survivor when its node died is answered late (its delay
+    counts from the first copy): that is the failover, not a queue at the survivor."""
+    b = balancer()
+    node = b.receive_datagram(request("INVITE", call_id="ring"), UA, 0.0)
+    sent(b)
+    survivor = OTHER[node]
+    b.liveness.gone(node)
+    b.reroute(0.1)
+    [(again, _)] = [(m, a) for m, a in sent(b) if m.is_request]
+    ringing = answer(again, 180, "Ringing").replace(b"To: <sip:room@example.com>", b"To: <sip:room@example.com>;tag=x")
+    b.receive_datagram(ringing, NODES[survivor], 5.0)  # 5 s after the first copy
+    throttle = b.throttle(survivor)
+    assert throttle.answered == 0 and throttle.rate == throttle.max_rate
