@@ -535,9 +535,16 @@ def run(argv: list[str] | None) -> int:
         ],
     )
     parser.add_argument(
-        "id", nargs="?", help="the activity id (end-activity), the member's name (keygen), the Call-ID (trace)"
+        "id",
+        nargs="?",
+        help="the activity id (end-activity), the member's name (keygen), the Call-ID (trace), the node "
+        "(drain, undrain), activate|deactivate|upgrade (service)",
     )
-    parser.add_argument("value", nargs="?", help="the trace level (tracer SERVICE LEVEL): off, severe ... finest")
+    parser.add_argument(
+        "value",
+        nargs="?",
+        help="the trace level (tracer SERVICE LEVEL): off, severe ... finest; the service (service ACTION NAME)",
+    )
     parser.add_argument("more", nargs="*", help="profile: KEY [JSON]")
     parser.add_argument("--all", action="store_true", help="activities: also the services' and profile tables'")
     parser.add_argument("--sbb", default=None, help="service upgrade: the new version's module:Class")
