@@ -8,6 +8,7 @@ from typing import Any
 
 TARGETS = {
     "setup": 1000,  # call setups/s, zero failures
+    "sippy_ratio": 2.0,  # zeroslee's setup rate over sippy's B2BUA's, same run
     "relay_p99": 10.0,  # ms at 500 relays/s
     "commit_p99": 2.0,  # ms, synchronous replication
     "gap": 300.0,  # ms, kill -9 to first relayed INFO
@@ -46,6 +47,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"Python {v.get('python')}, pyzmq {v.get('pyzmq')} (libzmq {v.get('libzmq')}), "
         f"{v.get('sipp')}, {v.get('kamailio')}. Everything, SIPp included, on this one machine.",
         "",
+    ]
+    runs = results.get("phase_runs") or {}
+    if len({r.get("started") for r in runs.values()}) > 1:
+        lines += [
+            "Phases merged from more than one invocation (`--merge`): "
+            + "; ".join(f"{p} {r.get('started')} ({r.get('mode')}, {r.get('cpu')})" for p, r in runs.items())
+            + ". Each phase's ratios come from its own invocation.",
+            "",
+        ]
+    lines += [
         "| figure | measured | target | |",
         "|---|---|---|---|",
     ]
@@ -73,6 +84,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {_num(r['zeroslee/sipp'])}, {_num(r['zeroslee/kamailio'])}; "
                 f"{_num(r.get('zeroslee_rooms/sipp'))}, {_num(r.get('zeroslee_rooms/kamailio'))} | | |"
             )
+    lines += b2bua_rows(results)
     lines += overload_rows(results)
     for row in results.get("relay") or []:
         target = row["offered"] == 500
@@ -155,6 +167,38 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def same_run(results: dict[str, Any], *phases: str) -> bool:
+    """Whether these phases' figures come from one invocation (`--merge` can combine runs)."""
+    runs = results.get("phase_runs") or {}
+    return len({runs.get(p, {}).get("started") for p in phases}) == 1
+
+
+def b2bua_rows(results: dict[str, Any]) -> list[str]:
+    b2b = results.get("b2bua")
+    if not b2b:
+        return []
+    s, z = b2b["sippy"], b2b["zeroslee"]
+    cpu = b2b["cpu_ms_per_call"]
+    late = [st for st in s["steps"] if st["clean"]]
+    late_text = f"{late[-1]['late_180']} of {late[-1]['calls']:,}" if late else "n/a"
+    rows = [
+        f"| B2BUA against B2BUA, SIPp uac → B2BUA → SIPp callee (scenarios/b2b_*.xml), zero failures: "
+        f"zeroslee's b2b service (balancer + 2 replicating nodes) | {_num(z['best'])} | | |",
+        f"| baseline: sippy's B2BUA (pure Python, one process, no replication); its 180s that came after "
+        f"their 200, at its best step | {_num(s['best'])}; {late_text} | | |",
+        f"| ratio zeroslee b2b / sippy B2BUA; CPU per call (all processes), zeroslee vs sippy "
+        f"| {_num(b2b['ratio'])}; {_num(cpu['zeroslee'])} vs {_num(cpu['sippy'])} ms | | |",
+    ]
+    setup = results.get("setup_rate")
+    if setup and s["best"] and same_run(results, "setup", "b2bua"):
+        r = setup["zeroslee"]["best"] / s["best"]
+        rows.append(
+            f"| ratio zeroslee (SIPp uac, one room) / sippy B2BUA, same run | {_num(round(r, 4))} "
+            f"| ≥ {TARGETS['sippy_ratio']} | {_met(r >= TARGETS['sippy_ratio'])} |"
+        )
+    return rows
+
+
 def overload_rows(results: dict[str, Any]) -> list[str]:
     ov = results.get("overload")
     if not ov or not ov.get("bursts"):
@@ -219,19 +263,27 @@ def plots(results: dict[str, Any], out: Path) -> None:
 
     setup = results.get("setup_rate")
     if setup:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        labels = ["SIPp → SIPp", "SIPp → Kamailio → SIPp", "SIPp → zeroslee\n(one room)"]
+        fig, ax = plt.subplots(figsize=(9, 4))
+        labels = ["SIPp → SIPp", "SIPp → Kamailio\n→ SIPp", "SIPp → zeroslee\n(one room)"]
         values = [setup["sipp"]["best"], setup["kamailio"]["best"], setup["zeroslee"]["best"]]
         colors = ["#888888", "#4a7fb5", "#d9822b"]
         if "zeroslee_rooms" in setup:
             labels.append("SIPp → zeroslee\n(room per call)")
             values.append(setup["zeroslee_rooms"]["best"])
             colors.append("#e8a65d")
+        b2b = results.get("b2bua")
+        if b2b:
+            labels += ["SIPp → sippy\nB2BUA → SIPp", "SIPp → zeroslee\nb2b → SIPp"]
+            values += [b2b["sippy"]["best"], b2b["zeroslee"]["best"]]
+            colors += ["#6aa84f", "#b45f06"]
         bars = ax.bar(labels, values, color=colors)
         ax.bar_label(bars, labels=[f"{v:,}" for v in values])
+        if all(v > 0 for v in values):
+            ax.set_yscale("log")  # SIPp's tens of thousands beside a Python B2BUA's hundreds
         ax.axhline(TARGETS["setup"], color="red", linestyle="--", label="zeroslee target")
         ax.set_ylabel("call setups/s, zero failures")
-        ax.set_title("Highest sustained call setup rate (same machine, same run)")
+        runs = "same run" if not b2b or same_run(results, "setup", "b2bua") else "B2BUAs measured in a later run"
+        ax.set_title(f"Highest sustained call setup rate (same machine, {runs})")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "setup_rate.png", dpi=100)

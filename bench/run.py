@@ -3,6 +3,8 @@
 Phases, each on a fresh cluster (balancer, witness, two replicating nodes, real
 processes) or fresh baseline peers, all on loopback:
   setup     SIPp uac ramp: SIPp uas directly, Kamailio dispatcher, zeroslee
+  b2bua     SIPp uac ramp through a B2BUA to a SIPp callee: sippy's B2BUA, zeroslee's b2b
+  overload  R, then 2R/4R/8R bursts each followed by R: goodput, latency, liveness changes
   relay     chat relays at fixed offered rates: throughput and latency percentiles
   commit    statestore commit latency, replicated (2 stores) and single store
   failover  kill -9 node-1 mid-chat: gap to the first relayed INFO, INFOs lost
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -47,6 +50,11 @@ T = TypeVar("T")
 BASE = 5900  # the bench cluster's ports: 5900-5939 (tests use 5500-5899, make cluster 5060-5128)
 SECURITY_BASE = 5940  # a second cluster beside it, for side-by-side figures: 5940-5979
 UAC_PORT, UAS_PORTS, KAMAILIO_PORT = 6010, [6101, 6102], 6100
+CALLEE_PORT, SIPPY_PORT = 6103, 6105  # the b2bua phase: its SIPp callee (in b2b's 6000-6999), sippy's B2BUA
+# s scenarios/b2b_uac.xml waits after its ACK for a 180 that comes after the 200. A step's rate
+# is counted over SIPp's time less this and one T1 (500 ms): sippy answers some BYEs only when
+# they are re-sent, so the last call of a step may end that much later.
+B2B_HOLD = 0.2
 HOT = [("", "balancer"), ("node-1", "sip-ra"), ("node-1", "router"), ("node-1", "statestore")]
 
 
@@ -68,6 +76,7 @@ class Plan:
     overload_factors: list[int]  # R times these, offered for `overload_seconds` each
     overload_seconds: float
     overload_pause: float  # s between a burst's end and the recovery step at R
+    b2b_rates: list[int]  # the b2bua phase's ramp, for sippy's B2BUA and zeroslee's b2b alike
 
 
 FULL = Plan(
@@ -87,6 +96,7 @@ FULL = Plan(
     overload_factors=[2, 4, 8],
     overload_seconds=30.0,
     overload_pause=10.0,
+    b2b_rates=[25, 50, 75, 100, 125, 150, 200, 300, 400, 600, 800],
 )
 SMOKE = Plan(
     smoke=True,
@@ -105,6 +115,7 @@ SMOKE = Plan(
     overload_factors=[2],
     overload_seconds=2.0,
     overload_pause=1.0,
+    b2b_rates=[10, 20],
 )
 
 
@@ -131,35 +142,50 @@ class Bench:
 
     # --- 1. call setup rate ---------------------------------------------------------
     def ramp(
-        self, label: str, target: str, rates: list[int], scenario: Path | None = None, c: DevCluster | None = None
+        self,
+        label: str,
+        target: str,
+        rates: list[int],
+        scenario: Path | None = None,
+        c: DevCluster | None = None,
+        extra: tuple[str, ...] = (),
+        cpu: Callable[[], dict[str, float]] | None = None,
+        hold: float = 0.0,
     ) -> dict[str, Any]:
         """Raise the rate until a step fails; then try once halfway to the failing rate.
-        With the cluster `c`, each step also records the CPU time each process spent per
-        successful call."""
+        With the cluster `c` (or a `cpu` reading of other processes), each step also records
+        the CPU time each process spent per successful call. With -trace_counts in `extra`,
+        each step records the 180s that came after their 200 (scenarios/b2b_uac.xml)."""
+        if cpu is None and c is not None:
+            cpu = functools.partial(cluster_cpu, c)
         steps: list[dict[str, Any]] = []
         best, failed_at = 0, 0
-        for rate in rates:
-            cpu_before = cluster_cpu(c) if c is not None else {}
+
+        def step(rate: int) -> bool:
+            cpu_before = cpu() if cpu is not None else {}
             run, argv = tools.sipp_uac(
-                target, rate, self.plan.step, self.work / f"{label}-{rate}", UAC_PORT, scenario=scenario
+                target, rate, self.plan.step, self.work / f"{label}-{rate}", UAC_PORT, extra=extra, scenario=scenario
             )
             self.note(argv)
-            steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": run.clean(self.plan.step)})
-            if c is not None:
-                steps[-1]["cpu_ms_per_call"] = cpu_per(cpu_before, cluster_cpu(c), run.successful)
+            clean = run.clean(self.plan.step, hold)
+            steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": clean})
+            if cpu is not None:
+                steps[-1]["cpu_ms_per_call"] = cpu_per(cpu_before, cpu(), run.successful)
+            if "-trace_counts" in extra:
+                counts = tools.sipp_counts(self.work / f"{label}-{rate}")
+                steps[-1]["late_180"] = counts.get("5_180_Recv", 0)
+                steps[-1]["bye_retransmissions"] = counts.get("6_BYE_Retrans", 0)
             self.log(f"setup {label} {rate}/s: {run.successful}/{run.calls} ok, {run.failed} failed")
-            if not run.clean(self.plan.step):
+            return clean
+
+        for rate in rates:
+            if not step(rate):
                 failed_at = rate
                 break
             best = rate
         if failed_at and best and failed_at - best > max(50, best // 10):
             mid = (best + failed_at) // 2
-            run, argv = tools.sipp_uac(
-                target, mid, self.plan.step, self.work / f"{label}-{mid}", UAC_PORT, scenario=scenario
-            )
-            steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": run.clean(self.plan.step)})
-            self.log(f"setup {label} {mid}/s: {run.successful}/{run.calls} ok, {run.failed} failed")
-            if run.clean(self.plan.step):
+            if step(mid):
                 best = mid
         return {"best": best, "first_failure": failed_at or None, "steps": steps}
 
@@ -205,6 +231,45 @@ class Bench:
                 out[label] = self.ramp(label, f"{host}:{port}", self.plan.zeroslee_rates, scenario, c)
             finally:
                 c.stop()
+
+    # --- 1a. B2BUA against B2BUA --------------------------------------------------------
+    def b2bua(self) -> None:
+        """Issues 16 and 21: the same SIPp flow, uac (scenarios/b2b_uac.xml) → B2BUA → SIPp
+        callee (scenarios/b2b_uas.xml), ramped to its highest zero-failure rate, through
+        sippy's B2BUA (pure Python, one process, nothing replicated) and through zeroslee's
+        b2b service (balancer + 2 replicating nodes, both legs' dialogs replicated before
+        the 200 is relayed). CPU per call: sippy's process; every cluster process."""
+        out: dict[str, Any] = {}
+        flow = functools.partial(
+            self.ramp,
+            rates=self.plan.b2b_rates,
+            scenario=tools.BENCH / "scenarios" / "b2b_uac.xml",
+            extra=("-s", f"b2b-{CALLEE_PORT}", "-trace_counts"),
+            hold=B2B_HOLD + 0.5,
+        )
+        callee, argv = tools.sipp_callee(CALLEE_PORT, self.work / "b2b-callee")
+        self.note(argv)
+        try:
+            sippy, argv = tools.sippy_b2bua(SIPPY_PORT, f"127.0.0.1:{CALLEE_PORT}", self.work / "sippy")
+            self.note(argv)
+            try:
+                out["sippy"] = flow(
+                    "sippy", f"127.0.0.1:{SIPPY_PORT}", cpu=lambda: {"sippy": tools.process_cpu(sippy.pid)}
+                )
+            finally:
+                tools.stop(sippy)
+            c = self.cluster("b2bua")
+            try:
+                host, port = c.balancer_addr
+                out["zeroslee"] = flow("zeroslee-b2b", f"{host}:{port}", c=c)
+            finally:
+                c.stop()
+        finally:
+            tools.stop(callee)
+        s, z = out["sippy"]["best"], out["zeroslee"]["best"]
+        out["ratio"] = round(z / s, 4) if s else None
+        out["cpu_ms_per_call"] = {name: best_cpu(out[name]) for name in ("sippy", "zeroslee")}
+        self.results["b2bua"] = out
 
     # --- 1b. goodput under overload ---------------------------------------------------
     def overload(self) -> None:
@@ -636,6 +701,15 @@ class Bench:
             self.commands.append(line)
 
 
+PHASE_KEYS = {"setup": "setup_rate"}  # a phase's key in results.json, where it is not its name
+
+
+def best_cpu(ramp: dict[str, Any]) -> float | None:
+    """CPU ms per call, all processes, at a ramp's fastest clean step."""
+    clean = [st for st in ramp["steps"] if st["clean"] and st.get("cpu_ms_per_call")]
+    return max(clean, key=lambda st: st["offered"])["cpu_ms_per_call"]["all"] if clean else None
+
+
 def run_load(load: Coroutine[Any, Any, T]) -> T:
     """Our own load generators run on the services' event loop (uvloop where installed):
     on stock asyncio the generator's own overhead was part of every latency measured."""
@@ -937,12 +1011,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds per phase: proves the harness runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--phases", default="setup,overload,relay,commit,cost,security,failover,memory,profile")
+    parser.add_argument("--phases", default="setup,b2bua,overload,relay,commit,cost,security,failover,memory,profile")
     parser.add_argument("--readme", action="store_true", help="quote the table in README.md")
     parser.add_argument("--profile-rate", type=int, help="the profile phase's call rate (default: the best setup rate)")
     parser.add_argument("--only-zeroslee", action="store_true", help="setup phase: skip the baselines (no ratios)")
     parser.add_argument("--rates", help="zeroslee's setup ramp, e.g. 400,500 (default: the plan's)")
     parser.add_argument("--keep", type=Path, help="keep the clusters' logs and data in this directory")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other phases' figures of OUT/results.json (each phase's run is noted)",
+    )
     args = parser.parse_args(argv)
     plan = SMOKE if args.smoke else FULL
     if args.rates:
@@ -951,6 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Callable[[Bench], None]] = {
         "setup": Bench.setup_rate,
+        "b2bua": Bench.b2bua,
         "overload": Bench.overload,
         "relay": Bench.relay,
         "commit": Bench.commit,
@@ -966,6 +1046,14 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(plan, args.out, work)
         bench.profile_rate = args.profile_rate
         bench.only_zeroslee = args.only_zeroslee
+        previous = args.out / "results.json"
+        if args.merge and previous.exists():
+            before = json.loads(previous.read_text())
+            bench.results.update(before)
+            old = {"started": before.get("started"), "mode": before.get("mode"), "cpu": before["machine"]["cpu"]}
+            bench.results.setdefault(
+                "phase_runs", {name: old for name in phases if PHASE_KEYS.get(name, name) in before}
+            )
         started = time.time()
         bench.results.update(
             mode="smoke" if plan.smoke else "full",
@@ -974,11 +1062,19 @@ def main(argv: list[str] | None = None) -> int:
             versions=versions(),
             invocation=" ".join([Path(sys.executable).name, "-m", "bench", *(argv or sys.argv[1:])]),
         )
+        runs = bench.results.setdefault("phase_runs", {})
         for name in args.phases.split(","):
             bench.log(f"phase {name}")
             phases[name](bench)
+            runs[name] = {
+                "started": bench.results["started"],
+                "mode": bench.results["mode"],
+                "cpu": bench.results["machine"]["cpu"],
+            }
         bench.results["seconds"] = round(time.time() - started, 1)
-        bench.results["commands"] = bench.commands
+        bench.results["commands"] = (
+            [*bench.results.get("commands", []), *bench.commands] if args.merge else bench.commands
+        )
     (args.out / "results.json").write_text(json.dumps(bench.results, indent=2) + "\n")
     table = report.markdown(bench.results)
     (args.out / "results.md").write_text(table)

@@ -72,14 +72,18 @@ class SippRun:
     def achieved(self) -> float:
         return self.successful / self.elapsed if self.elapsed > 0 else 0.0
 
-    def clean(self, duration: float) -> bool:
-        """Zero failures, zero unexpected messages, every call placed, at the offered rate."""
+    def clean(self, duration: float, hold: float = 0.0) -> bool:
+        """Zero failures, zero unexpected messages, every call placed, at the offered rate
+        (over SIPp's elapsed time less `hold`, the seconds the scenario holds each call, so
+        that the last call's hold does not count against a short step's rate)."""
+        elapsed = self.elapsed - hold
         return (
             self.successful == self.calls
             and self.failed == 0
             and self.unexpected == 0
             and self.elapsed >= duration * 0.95
-            and self.achieved >= self.offered * 0.9
+            and elapsed > 0
+            and self.successful / elapsed >= self.offered * 0.9
         )
 
 
@@ -327,3 +331,45 @@ def version(argv: list[str]) -> str:
         return "not found"
     text = (out.stdout + out.stderr).strip().splitlines()
     return text[0].strip() if text else "unknown"
+
+
+def sipp_callee(port: int, cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """The b2bua phase's callee (scenarios/b2b_uas.xml: the built-in uas's flow, lower-case
+    transport parameter) on 127.0.0.1:`port`."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    argv = [need("sipp"), "-sf", str(BENCH / "scenarios" / "b2b_uas.xml"), "-i", "127.0.0.1", "-p", str(port)]
+    argv += ["-buff_size", str(BUFF), "-nostdin"]
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_udp(port, proc)
+    return proc, argv
+
+
+def sippy_b2bua(port: int, target: str, cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """sippy's B2BUA (the `b2bua` script of the `sippy` package) in the foreground on
+    127.0.0.1:`port`, every call routed to `target` (host:port): no authentication, no
+    accounting, no RTP proxy, and its per-message log off (SIPLOG_BEND=none), as a user
+    would run it to bridge calls. Its pid file, control socket and log stay in `cwd`."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    argv = [need("b2bua"), "-f", "-u", "-A", "0", "-l", "127.0.0.1", "-p", str(port), "-s", target]
+    argv += ["-P", str(cwd / "b2bua.pid"), "-c", str(cwd / "b2bua.sock"), "-L", str(cwd / "b2bua.log")]
+    env = {**os.environ, "SIPLOG_BEND": "none"}
+    with (cwd / "b2bua.out").open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_udp(port, proc)
+    return proc, ["SIPLOG_BEND=none", *argv]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sipp_counts(cwd: Path) -> dict[str, int]:
+    """The last row of SIPp's -trace_counts file (per scenario message: sent, received,
+    retransmitted, timed out, unexpected), by column name."""
+    files = sorted(cwd.glob("*_counts.csv"))
+    if not files:
+        return {}
+    rows = files[-1].read_text().splitlines()
+    return {k: int(v) for k, v in zip(rows[0].split(";"), rows[-1].split(";"), strict=False) if v.isdigit()}

@@ -33,6 +33,12 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     for ratio in ("zeroslee/sipp", "zeroslee/kamailio", "zeroslee_rooms/sipp", "zeroslee_rooms/kamailio"):
         assert setup["ratios"][ratio] is not None
 
+    b2b = results["b2bua"]  # the same SIPp flow through sippy's B2BUA and through zeroslee's b2b
+    for peer in ("sippy", "zeroslee"):
+        assert b2b[peer]["best"] > 0, (peer, b2b[peer]["steps"])
+        assert all("late_180" in st and st["cpu_ms_per_call"]["all"] > 0 for st in b2b[peer]["steps"])
+    assert b2b["ratio"] is not None and b2b["cpu_ms_per_call"]["sippy"] is not None
+
     overload = results["overload"]
     assert overload["r"] > 0 and overload["bursts"]
     for burst in overload["bursts"]:
