@@ -286,18 +286,26 @@ class Bench:
             ramp = self.ramp("overload-ramp", target, self.plan.overload_rates, c=c)
             r = ramp["best"] or self.plan.overload_rates[0]
             bursts = []
+
+            def refused() -> tuple[int, int]:
+                """Calls refused so far: by the balancer's admission, by the nodes' limits."""
+                nodes = sum(int(c.stats("sip-ra", n).get("overload.rejected", 0)) for n in c.config.node_ids)
+                return int(c.stats("balancer").get("overload.refused", 0)), nodes
+
             for factor in self.plan.overload_factors:
                 before = c.stats("balancer")
-                nodes_before = sum(int(c.stats("sip-ra", n).get("overload.rejected", 0)) for n in c.config.node_ids)
+                _, nodes_before = refused()
                 run, argv = tools.sipp_uac(
                     target, r * factor, self.plan.overload_seconds, self.work / f"burst-{factor}", UAC_PORT, rtt=True
                 )
                 self.note(argv)
                 after = c.stats("balancer")
-                nodes_after = sum(int(c.stats("sip-ra", n).get("overload.rejected", 0)) for n in c.config.node_ids)
+                _, nodes_after = refused()
                 wait_balancer_idle(c, 40.0)
                 time.sleep(self.plan.overload_pause)  # the schedule: R comes this long after the burst
+                rec_before = refused()
                 rec, argv = tools.sipp_uac(target, r, self.plan.step, self.work / f"recovery-{factor}", UAC_PORT)
+                rec_refused = [b - a for a, b in zip(rec_before, refused())]
                 self.note(argv)
                 goodput = run.achieved
                 bursts.append(
@@ -321,6 +329,8 @@ class Bench:
                             "offered": r,
                             "successful": rec.successful,
                             "failed": rec.failed,
+                            "refused_by_balancer": rec_refused[0],
+                            "refused_by_nodes": rec_refused[1],
                             "clean": rec.clean(self.plan.step),
                         },  # fmt: skip
                     }

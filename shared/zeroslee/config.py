@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 
@@ -69,8 +70,15 @@ class BalancerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     alive_after: int = 2  # consecutive ready heartbeats to count as up (hysteresis)
     spread: bool = False  # test mode: every new transaction to another node
     # Admission control (balancer/admission.py): new calls to a node are let through at a
-    # rate that keeps the node's response time near `target_delay`; the rest get 503.
+    # rate that keeps the node's response time near `target_delay`; the rest get 503. It
+    # must stay well above what a call of the slowest service takes on an idle node, or
+    # its calls would be refused at no load.
     target_delay: float = 0.1  # s
+    # The nice value the balancer asks for at start (-20..19; lower runs first). The edge
+    # must keep the CPU to refuse what the nodes cannot take: on a host shared with nodes
+    # that are saturated by design under overload, an equal share left its socket queue
+    # to grow. Lowering it needs root or CAP_SYS_NICE; without, a warning and the same value.
+    nice: Annotated[int, msgspec.Meta(ge=-20, le=19)] = -10
     max_rate: float = 5000.0  # new requests/s per node at most (and at start)
     retry_after: int = 1  # s, in the 503s the balancer sends when it refuses a call
     # SIP over TCP on the same address (balancer/streams.py): idle connections are closed

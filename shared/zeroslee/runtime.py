@@ -248,6 +248,27 @@ async def watch_connection(sock: BusSocket, on_change: Callable[[bool], None]) -
         on_change(event == zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
+def set_nice(log: Any, nice: int) -> int:
+    """Give every thread of this process the nice value `nice` (Linux keeps one per
+    thread; threads started later inherit the caller's). Returns the main thread's value
+    afterwards: unchanged, with a warning, where the process may not lower it."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except PermissionError:
+            log.warning("priority not changed: needs root or CAP_SYS_NICE", nice=nice)
+            break
+        except ProcessLookupError:  # a thread that has just ended
+            continue
+    got = os.getpriority(os.PRIO_PROCESS, 0)
+    log.info("priority", nice=got)
+    return got
+
+
 UDP_BUFFER = 4 * 1024 * 1024  # bytes; the kernel caps it at net.core.rmem_max / wmem_max
 
 

@@ -13,7 +13,16 @@ from balancer.streams import Connection, Streams
 from zeroslee.alarms import Alarms
 from zeroslee.liveness import Liveness, NodeState
 from zeroslee.metrics import Metric, counter, counters, gauge, gauges, method_label
-from zeroslee.runtime import Process, follow_heartbeats, is_address, resolve_udp, run, serve_control, udp_socket
+from zeroslee.runtime import (
+    Process,
+    follow_heartbeats,
+    is_address,
+    resolve_udp,
+    run,
+    serve_control,
+    set_nice,
+    udp_socket,
+)
 from zeroslee.tap import Tap
 
 
@@ -262,6 +271,7 @@ class Front(asyncio.DatagramProtocol):
 
 
 async def main(proc: Process) -> None:
+    set_nice(proc.log, proc.config.balancer.nice)
     front = Front(proc)
     loop = asyncio.get_running_loop()
     sock = udp_socket(proc, proc.config.balancer.sip_addr)

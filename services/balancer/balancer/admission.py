@@ -13,11 +13,11 @@ node's measured response time, as in Welsh and Culler's adaptive overload contro
   requests sent well after it: then it is no queue but a lost answer, or a request a
   service holds on purpose, and it stops counting);
 - about every `ADJUST_EVERY` responses (and at most every `ADJUST_PERIOD`), the rate is
-  judged on the period's mean delay: over the target twice running (or far over once),
-  it is cut to `DECREASE` of itself, or of the rate at which the node answered new
-  requests over the last second when it is far above that (its capacity now, for this
-  mix of work), so that a queue that formed drains, and not cut again before that cut
-  can show (one delay later); comfortably below the target while refusing, it grows by
+  judged on the period's mean delay: over the target three times running (or far over once),
+  it is cut to `DECREASE` of the rate at which the node answered new requests over the
+  last second (its capacity now, for this mix of work), or of itself if lower, so that
+  a queue that formed drains, and not cut again before that cut can show (one delay
+  later); comfortably below the target while refusing, it grows by
   a share of itself scaled by the margin;
 - a node that was sent nothing new for `IDLE_PERIOD`, and owes no answer, gets
   `max_rate` back, so a cluster that came through a burst takes its full rate again
@@ -161,14 +161,19 @@ class Throttle:
         self.over = self.over + 1 if error > 0 else 0
         # A moment over target (a GC pause, a map resize, a burst of joins in one room)
         # is no overload: near capacity it refused calls of a rate that is otherwise clean.
-        # Cut when over target twice running, or at once when far over (a real burst).
-        if (self.over >= 2 or error > 1) and now >= self.hold_until:
-            # Over target: a queue has formed. Far above what the node completes (the
-            # start, or a node that slowed down at once): down to that at once; otherwise
-            # a tenth off. Then no second cut before one delay has passed, so that the
-            # requests answered are ones admitted at the new rate.
+        # Cut when over target three times running (twice let a 200 ms stall at 250/s,
+        # a rate clean for 15 s just before, refuse 9 calls), or at once when far over (a
+        # real burst).
+        if (self.over >= 3 or error > 1) and now >= self.hold_until:
+            # Over target: a queue has formed, so the node completes less than it is sent.
+            # A tenth below what it completed over the last second (or below the rate, if
+            # that is lower), so that the queue drains; not a tenth off the rate, which
+            # at 8x capacity took several cuts to come down and let the queue (and the
+            # accepted calls' setup p99) grow to 0.7-0.8 s. Then no second cut before one
+            # delay has passed, so that the requests answered are ones admitted at the
+            # new rate.
             throughput = self.throughput(now)
-            base = throughput if self.rate > 2 * throughput else self.rate
+            base = min(throughput, self.rate)
             self.rate = max(self.min_rate, base * DECREASE)
             self.hold_until = now + delay
         elif error < COMFORT and self.refused:
