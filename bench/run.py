@@ -173,7 +173,7 @@ class Bench:
                 steps[-1]["cpu_ms_per_call"] = cpu_per(cpu_before, cpu(), run.successful)
             if "-trace_counts" in extra:
                 counts = tools.sipp_counts(self.work / f"{label}-{rate}")
-                steps[-1]["late_180"] = counts.get("5_180_Recv", 0)
+                steps[-1]["late_180"] = counts.get("5_180_Recv", 0) + counts.get("7_180_Recv", 0)
                 steps[-1]["bye_retransmissions"] = counts.get("6_BYE_Retrans", 0)
             self.log(f"setup {label} {rate}/s: {run.successful}/{run.calls} ok, {run.failed} failed")
             return clean
