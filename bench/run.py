@@ -20,7 +20,6 @@ import asyncio
 import dataclasses
 import functools
 import json
-import os
 import platform
 import shutil
 import signal
@@ -917,13 +916,9 @@ def bus_figures(c: DevCluster) -> dict[str, float]:
 
 def cluster_cpu(c: DevCluster) -> dict[str, float]:
     """CPU seconds (user + system, all threads) each cluster process has used so far."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for (node, svc), p in c.procs.items():
-        if p.poll() is None:
-            fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[f"{node or 'front'}/{svc}"] = (int(fields[11]) + int(fields[12])) / tick
-    return out
+    return {
+        f"{node or 'front'}/{svc}": tools.process_cpu(p.pid) for (node, svc), p in c.procs.items() if p.poll() is None
+    }
 
 
 def cpu_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
