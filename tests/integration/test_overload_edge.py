@@ -53,6 +53,14 @@ def uac(cluster: DevCluster, cwd: Path, rate: float, seconds: float, port: int) 
     return out
 
 
+def refusals(cluster: DevCluster) -> dict[str, int]:
+    """Who refused what so far: the balancer's admission, and each node's own limits."""
+    out = {"balancer": int(cluster.stats("balancer").get("overload.refused", 0))}
+    for n in cluster.config.node_ids:
+        out[n] = int(cluster.stats("sip-ra", n).get("overload.rejected", 0))
+    return out
+
+
 def test_four_times_capacity_keeps_goodput_liveness_and_leaves_nothing(holding: DevCluster, tmp_path: Path) -> None:
     cluster = holding
     changes_before = int(cluster.stats("balancer").get("live_changes", 0))
@@ -74,8 +82,10 @@ def test_four_times_capacity_keeps_goodput_liveness_and_leaves_nothing(holding: 
     assert node_refused <= burst["FailedCall(C)"] // 10, node_refused
     # Recovery: once the burst's transactions are over, half of capacity has zero failures.
     eventually(lambda: int(cluster.stats("balancer")["pending"]) == 0, timeout=40, what="the burst drained")
+    before = refusals(cluster)
     after = uac(cluster, tmp_path / "after", CAPACITY / 2, 6, 6062)
-    assert after["SuccessfulCall(C)"] == after["calls"] and after["FailedCall(C)"] == 0, after
+    refused = {k: v - before.get(k, 0) for k, v in refusals(cluster).items()}
+    assert after["SuccessfulCall(C)"] == after["calls"] and after["FailedCall(C)"] == 0, (after, refused)
     # Nothing left behind: answered, refused or abandoned, every call's state is gone.
     eventually(
         lambda: admin.rows_for(cluster.config, "activities") == [] and admin.rows_for(cluster.config, "entities") == [],

@@ -12,12 +12,19 @@ from zeroslee.sipmsg import SipMessage
 
 
 def completed_rate(
-    offered: float, capacity: float, seconds: float = 20.0, delays: list[float] | None = None
+    offered: float,
+    capacity: float,
+    seconds: float = 20.0,
+    delays: list[float] | None = None,
+    stall: tuple[float, float] = (0.0, 0.0),
+    refusals: list[float] | None = None,
+    throttle: Throttle | None = None,
 ) -> tuple[float, Throttle]:
     """A node serving `capacity` new requests/s FIFO, offered `offered`/s for `seconds`
     through a throttle; the rate at which admitted requests completed over the last half
-    (and their delays, into `delays`)."""
-    throttle = Throttle(target=0.1, max_rate=5000.0)
+    (and their delays, into `delays`). The node serves nothing during `stall` (start,
+    length); the times of refused requests go into `refusals`."""
+    throttle = throttle or Throttle(target=0.1, max_rate=5000.0)
     step = 1.0 / offered
     free_at, now, sent = 0.0, 0.0, 0
     done: list[tuple[float, float, str]] = []  # (completion time, delay, key)
@@ -32,8 +39,13 @@ def completed_rate(
         if throttle.admit(now):
             sent += 1
             throttle.sent(str(sent), now)
-            free_at = max(now, free_at) + 1.0 / capacity
+            start = max(now, free_at)
+            if stall[0] <= start < stall[0] + stall[1]:
+                start = stall[0] + stall[1]
+            free_at = start + 1.0 / capacity
             done.append((free_at, free_at - now, str(sent)))
+        elif refusals is not None:
+            refusals.append(now)
         now += step
     return completions / (seconds / 2), throttle
 
@@ -61,6 +73,44 @@ def test_below_capacity_nothing_is_refused() -> None:
     goodput, throttle = completed_rate(offered=100.0, capacity=125.0)
     assert goodput >= 99.0
     assert throttle.refused_share == 0.0
+
+
+def test_a_stall_below_capacity_is_no_overload() -> None:
+    # A pause (a GC, a burst of joins in one room) makes a queue that drains on its own
+    # once the node serves again: no call is refused for it. Cutting then (on the delay
+    # alone) refused 2 calls at half capacity after 250 ms, 35 at 80% (issue 22: a
+    # recovery step at a clean rate failed 1 of 150 calls in the suite, 5 of 5,000 in the
+    # bench).
+    for offered, capacity, stall in ((12.5, 25.0, 0.4), (62.5, 125.0, 0.4), (100.0, 125.0, 0.25)):
+        refusals: list[float] = []
+        goodput, _ = completed_rate(offered, capacity, seconds=10.0, stall=(3.0, stall), refusals=refusals)
+        assert refusals == [], (offered, stall, refusals[:5])
+        assert goodput >= 0.99 * offered
+
+
+def test_a_cut_rate_grows_back_before_it_refuses_what_the_node_serves() -> None:
+    # A rate left below what is offered (by a cut in a stall, say) grows back while the
+    # node is comfortable and the bucket nearly binds, not only once a call was refused.
+    throttle = Throttle(target=0.1, max_rate=5000.0, rate=7.5, last_admitted=0.0)  # no rest: busy
+    refusals: list[float] = []
+    completed_rate(12.5, 25.0, seconds=10.0, refusals=refusals, throttle=throttle)
+    assert refusals == []
+    assert throttle.rate > 12.5
+
+
+def test_after_a_rest_the_throughput_is_counted_from_the_rest() -> None:
+    _, throttle = completed_rate(offered=1000.0, capacity=125.0, seconds=4.0)
+    now = throttle.last_admitted
+    for key, at in list(throttle.waiting.items()):
+        throttle.observe(now - at, now, True, key)
+    rest = now + 5.0
+    for i in range(5):  # 25 new requests/s answered in the 0.2 s after the rest
+        at = rest + i * 0.04
+        assert throttle.admit(at)
+        throttle.sent(f"r{i}", at)
+        throttle.observe(0.01, at + 0.01, True, f"r{i}")
+    # Not 5 in a second (the rest counted as time the node worked): 5 in 0.2 s.
+    assert throttle.throughput(rest + 0.2) >= 20.0
 
 
 def test_an_idle_bucket_climbs_back_to_its_ceiling() -> None:

@@ -14,11 +14,13 @@ node's measured response time, as in Welsh and Culler's adaptive overload contro
   service holds on purpose, and it stops counting);
 - about every `ADJUST_EVERY` responses (and at most every `ADJUST_PERIOD`), the rate is
   judged on the period's mean delay: over the target three times running (or far over once),
-  it is cut to `DECREASE` of the rate at which the node answered new requests over the
-  last second (its capacity now, for this mix of work), or of itself if lower, so that
-  a queue that formed drains, and not cut again before that cut can show (one delay
-  later); comfortably below the target while refusing, it grows by
-  a share of itself scaled by the margin;
+  and the node is overloaded (more was admitted than it answered, or its queue would take
+  over `DRAIN_TIME` to drain; a node that answered nothing is in a pause, not measured,
+  until `STALL_LIMIT`), it is cut to `DECREASE` of the rate at which the node answered
+  new requests over the last second (its capacity now, for this mix of work), or of itself
+  if lower, so that a queue that formed drains, and not cut again before that cut can
+  show (one delay later); comfortably below the target while refusing or nearly, it
+  grows by a share of itself scaled by the margin;
 - a node that was sent nothing new for `IDLE_PERIOD`, and owes no answer, gets
   `max_rate` back, so a cluster that came through a burst takes its full rate again
   (issue 22: "recovery").
@@ -44,7 +46,10 @@ ADJUST_PERIOD = 0.1  # s: at most this often (a burst of fast responses is one s
 IDLE_PERIOD = 1.0  # s without a new request admitted: the node has had a rest
 DECREASE = 0.9  # the rate after an over-target period, as a share of the node's throughput
 INCREASE = 0.2  # growth per comfortable period, at zero delay (scaled by the margin)
+BINDING = 0.5  # admitted over a period, as a share of the rate, at which the rate may grow unrefused
 COMFORT = -0.25  # delay error (relative to target) below which the rate may grow
+STALL_LIMIT = 0.5  # s: a node that answers nothing for this long is cut, stalled or not
+DRAIN_TIME = 2.0  # s: a queue that drains on its own within this needs no cut
 SMOOTHING = 1 / 8
 MAX_BURST = 20.0  # tokens: new requests let through back to back at most
 THROUGHPUT_WINDOW = 1.0  # s over which the node's completions are counted
@@ -66,6 +71,7 @@ class Throttle:
     answered: int = 0  # responses since the last judgement
     admitted: int = 0  # new requests let through since the last judgement
     refused: int = 0  # and refused
+    completed: int = 0  # new requests the node answered since the last judgement
     done: deque[float] = field(default_factory=deque)  # when each new request was answered, last second
     started: float = -1.0  # when the first one was answered
     waiting: OrderedDict[str, float] = field(default_factory=OrderedDict)  # admitted, unanswered -> sent at
@@ -105,6 +111,11 @@ class Throttle:
             # rest, and the delays measured before are stale. Its full rate again.
             self.rate, self.refused_share, self.hold_until = self.max_rate, 0.0, now
             self.tokens = self.burst
+            # Its throughput is counted from now: the rest is no measure of what it can do
+            # (counted over a window that holds the rest, a cut just after it would go far
+            # below the rate the node had just served cleanly).
+            self.done.clear()
+            self.started = now
             self.restart_period(now)
         elif now - self.judged_at >= IDLE_PERIOD or (
             now - self.judged_at >= ADJUST_PERIOD and self.oldest_wait(now) > self.target
@@ -137,6 +148,7 @@ class Throttle:
         self.answered += 1
         self.newest_answered = max(self.newest_answered, now - delay)
         if initial:
+            self.completed += 1
             self.done.append(now)
             if self.started < 0:
                 self.started = now
@@ -164,7 +176,7 @@ class Throttle:
         # Cut when over target three times running (twice let a 200 ms stall at 250/s,
         # a rate clean for 15 s just before, refuse 9 calls), or at once when far over (a
         # real burst).
-        if (self.over >= 3 or error > 1) and now >= self.hold_until:
+        if (self.over >= 3 or error > 1) and now >= self.hold_until and self.overloaded(now, delay):
             # Over target: a queue has formed, so the node completes less than it is sent.
             # A tenth below what it completed over the last second (or below the rate, if
             # that is lower), so that the queue drains; not a tenth off the rate, which
@@ -176,14 +188,31 @@ class Throttle:
             base = min(throughput, self.rate)
             self.rate = max(self.min_rate, base * DECREASE)
             self.hold_until = now + delay
-        elif error < COMFORT and self.refused:
-            # Comfortable, and refusing: more, by a share scaled by the margin.
+        elif error < COMFORT and (self.refused or self.admitted >= BINDING * self.rate * (now - self.judged_at)):
+            # Comfortable, and refusing or about to: more, by a share scaled by the margin.
+            # Not only once it refuses: a cut in a stall (a GC pause, a burst of joins in
+            # one room, 250 ms of it at half capacity) leaves a rate below the one offered,
+            # and waiting for a refusal to grow it back refuses calls of a rate the node
+            # serves cleanly (issue 22's recovery: 1 of 150, 5 of 5,000).
             self.rate = min(self.max_rate, self.rate * (1 + INCREASE * -error) + 1.0)
         self.restart_period(now)
         self.judgements += 1
 
+    def overloaded(self, now: float, delay: float) -> bool:
+        """Whether a delay over target comes from more being admitted than the node can
+        do, rather than from a stall: a node that answered nothing this period (a pause)
+        is not measured yet, unless it has been silent for `STALL_LIMIT`; and a queue that
+        drains on its own within `DRAIN_TIME` at the rate admitted needs no cut. A stall
+        of 250 ms at 80% of capacity is no overload: cut, it refused 35 calls in the
+        second after it; uncut, its queue was gone within a second and a half."""
+        if self.completed == 0:
+            return delay >= STALL_LIMIT
+        period = max(now - self.judged_at, ADJUST_PERIOD / 10)
+        drain = (self.completed - self.admitted) / period  # requests/s the queue shrinks by
+        return drain < 0 or (drain > 0 and len(self.waiting) / drain > DRAIN_TIME)
+
     def restart_period(self, now: float) -> None:
-        self.delay_sum, self.answered, self.admitted, self.refused = 0.0, 0, 0, 0
+        self.delay_sum, self.answered, self.admitted, self.refused, self.completed = 0.0, 0, 0, 0, 0
         self.judged_at = now
 
 
