@@ -19,31 +19,35 @@ def completed_rate(
     stall: tuple[float, float] = (0.0, 0.0),
     refusals: list[float] | None = None,
     throttle: Throttle | None = None,
+    begin: float = 0.0,
 ) -> tuple[float, Throttle]:
     """A node serving `capacity` new requests/s FIFO, offered `offered`/s for `seconds`
-    through a throttle; the rate at which admitted requests completed over the last half
-    (and their delays, into `delays`). The node serves nothing during `stall` (start,
-    length); the times of refused requests go into `refusals`."""
+    from `begin` through a throttle; the rate at which admitted requests completed over
+    the last half (and their delays, into `delays`). The node serves nothing during
+    `stall` (start, length); the times of refused requests go into `refusals`. What is
+    still in service at the end stays unanswered."""
     throttle = throttle or Throttle(target=0.1, max_rate=5000.0)
     step = 1.0 / offered
-    free_at, now, sent = 0.0, 0.0, 0
+    free_at, now, sent = begin, begin, 0
     done: list[tuple[float, float, str]] = []  # (completion time, delay, key)
     completions = 0
-    while now < seconds:
+    half = begin + seconds / 2
+    while now < begin + seconds:
         while done and done[0][0] <= now:
             finished, delay, key = done.pop(0)
             throttle.observe(delay, finished, True, key)
-            completions += finished >= seconds / 2
-            if delays is not None and finished >= seconds / 2:
+            completions += finished >= half
+            if delays is not None and finished >= half:
                 delays.append(delay)
         if throttle.admit(now):
             sent += 1
-            throttle.sent(str(sent), now)
+            key = f"{begin}/{sent}"
+            throttle.sent(key, now)
             start = max(now, free_at)
             if stall[0] <= start < stall[0] + stall[1]:
                 start = stall[0] + stall[1]
             free_at = start + 1.0 / capacity
-            done.append((free_at, free_at - now, str(sent)))
+            done.append((free_at, free_at - now, key))
         elif refusals is not None:
             refusals.append(now)
         now += step
@@ -113,6 +117,25 @@ def test_after_a_rest_the_throughput_is_counted_from_the_rest() -> None:
     assert throttle.throughput(rest + 0.2) >= 20.0
 
 
+def test_an_answer_lost_before_a_rest_cuts_nothing_after_it() -> None:
+    # Below capacity, then the node's answer to the last request goes astray (or a
+    # service holds it: a B2BUA whose callee never answers). After a rest of 10 s that
+    # request is no queue: the same rate again is served whole. It was not a rest (the
+    # node "owed" an answer), and the first judgement took the 10 s wait for a stall of a
+    # node that answered nothing: cut to the floor, 216 of 1,000 refused as it grew back
+    # (the bench's recovery step after 2R: 233 of 7,000 refused by the balancer).
+    _, throttle = completed_rate(offered=100.0, capacity=125.0, seconds=4.0)
+    now = throttle.last_admitted
+    owed = list(throttle.waiting.items())
+    for key, at in owed[:-1]:
+        throttle.observe(now - at, now, True, key)
+    assert len(throttle.waiting) == 1
+    refusals: list[float] = []
+    goodput, _ = completed_rate(100.0, 125.0, seconds=10.0, refusals=refusals, throttle=throttle, begin=now + 10.0)
+    assert refusals == [], (len(refusals), refusals[:3])
+    assert goodput >= 99.0
+
+
 def test_an_idle_bucket_climbs_back_to_its_ceiling() -> None:
     _, throttle = completed_rate(offered=1000.0, capacity=125.0)
     assert throttle.rate < 200
@@ -122,11 +145,9 @@ def test_an_idle_bucket_climbs_back_to_its_ceiling() -> None:
     throttle.admit(now + 0.9)  # busy: still sent something within the last second
     throttle.sent("late", now + 0.9)
     assert throttle.rate < 200
-    throttle.admit(now + 2.5)  # owes an answer: no rest yet
-    assert throttle.rate < 200
-    throttle.observe(0.01, now + 2.5, True, "late")
-    assert throttle.admit(now + 4.0)  # a second and more with nothing sent nor owed: a rest
+    assert throttle.admit(now + 2.5)  # a second and more with nothing new sent: a rest
     assert throttle.rate == throttle.max_rate
+    assert throttle.oldest_wait(now + 2.5) < 0.1  # what it owed from before no longer waits
 
 
 def test_a_request_that_is_never_answered_stops_counting_when_it_is_forgotten() -> None:
