@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -291,20 +292,38 @@ class Bench:
                 nodes = sum(int(c.stats("sip-ra", n).get("overload.rejected", 0)) for n in c.config.node_ids)
                 return int(c.stats("balancer").get("overload.refused", 0)), nodes
 
+            def cuts() -> dict[str, tuple[int, str]]:
+                """Per node, the balancer's cuts of its admission rate so far, and what the last saw."""
+                s = c.stats("balancer")
+                return {
+                    n: (int(s.get(f"admission.{n}.cuts", 0)), str(s.get(f"admission.{n}.last_cut", "")))
+                    for n in c.config.node_ids
+                }
+
             for factor in self.plan.overload_factors:
                 before = c.stats("balancer")
                 _, nodes_before = refused()
+                cpu0, sipp0, t0 = cluster_cpu(c), children_cpu(), time.monotonic()
                 run, argv = tools.sipp_uac(
                     target, r * factor, self.plan.overload_seconds, self.work / f"burst-{factor}", UAC_PORT, rtt=True
                 )
+                dt = time.monotonic() - t0
+                # Cores each process used during the burst (SIPp's too: everything shares this host).
+                cores = {k: round((v - cpu0.get(k, 0.0)) / dt, 2) for k, v in cluster_cpu(c).items()}
+                cores["sipp"] = round((children_cpu() - sipp0) / dt, 2)
                 self.note(argv)
                 after = c.stats("balancer")
                 _, nodes_after = refused()
                 wait_balancer_idle(c, 40.0)
                 time.sleep(self.plan.overload_pause)  # the schedule: R comes this long after the burst
-                rec_before = refused()
+                rec_before, cuts_before = refused(), cuts()
                 rec, argv = tools.sipp_uac(target, r, self.plan.step, self.work / f"recovery-{factor}", UAC_PORT)
                 rec_refused = [b - a for a, b in zip(rec_before, refused())]
+                rec_cuts = {
+                    n: {"count": k - cuts_before[n][0], "last": why}
+                    for n, (k, why) in cuts().items()
+                    if k > cuts_before[n][0]
+                }
                 self.note(argv)
                 goodput = run.achieved
                 bursts.append(
@@ -324,6 +343,7 @@ class Bench:
                         "setup_p99_ms": round(percentile(run.setup_ms, 99), 1),
                         "setup_max_ms": round(max(run.setup_ms), 1) if run.setup_ms else None,
                         "live_changes": int(after.get("live_changes", 0)) - int(before.get("live_changes", 0)),
+                        "cores": cores,
                         "recovery": {
                             "offered": r,
                             "successful": rec.successful,
@@ -331,6 +351,8 @@ class Bench:
                             "refused_by_balancer": rec_refused[0],
                             "refused_by_nodes": rec_refused[1],
                             "clean": rec.clean(self.plan.step),
+                            # the balancer's cuts of a node's rate during the step, and the last one's figures
+                            "cuts": rec_cuts,
                         },  # fmt: skip
                     }
                 )
@@ -921,6 +943,12 @@ def cluster_cpu(c: DevCluster) -> dict[str, float]:
     }
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) used by the child processes waited for so far (SIPp)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cpu_per(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
     """Milliseconds of CPU per unit of work, per process and in total (`all`)."""
     if n <= 0:
@@ -1021,6 +1049,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-rate", type=int, help="the profile phase's call rate (default: the best setup rate)")
     parser.add_argument("--only-zeroslee", action="store_true", help="setup phase: skip the baselines (no ratios)")
     parser.add_argument("--rates", help="zeroslee's setup ramp, e.g. 400,500 (default: the plan's)")
+    parser.add_argument("--overload-rates", help="the overload phase's ramp to find R, e.g. 600 (default: the plan's)")
+    parser.add_argument("--overload-factors", help="the overload phase's bursts as multiples of R, e.g. 8")
     parser.add_argument("--keep", type=Path, help="keep the clusters' logs and data in this directory")
     parser.add_argument(
         "--merge",
@@ -1031,6 +1061,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = SMOKE if args.smoke else FULL
     if args.rates:
         plan = dataclasses.replace(plan, zeroslee_rates=[int(r) for r in args.rates.split(",")])
+    if args.overload_rates:
+        plan = dataclasses.replace(plan, overload_rates=[int(r) for r in args.overload_rates.split(",")])
+    if args.overload_factors:
+        plan = dataclasses.replace(plan, overload_factors=[int(f) for f in args.overload_factors.split(",")])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: every cluster is stopped by PID
     args.out.mkdir(parents=True, exist_ok=True)
     phases: dict[str, Callable[[Bench], None]] = {

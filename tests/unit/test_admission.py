@@ -92,6 +92,18 @@ def test_a_stall_below_capacity_is_no_overload() -> None:
         assert goodput >= 0.99 * offered
 
 
+def test_a_queue_a_little_over_target_that_drains_is_no_overload() -> None:
+    # At 96% of capacity a 110 ms pause leaves a queue a little over target that takes
+    # 2.5 s to drain. That is no overload either: cut after 0.3 s over target, 14 calls
+    # were refused (after an 8R burst, a recovery step at R had 42 refused by cuts at a
+    # delay of 104 ms). A little over target, the cut waits a second; further over, 0.3 s.
+    for offered, capacity, stall in ((240.0, 250.0, 0.11), (120.0, 125.0, 0.12)):
+        refusals: list[float] = []
+        goodput, throttle = completed_rate(offered, capacity, seconds=10.0, stall=(3.0, stall), refusals=refusals)
+        assert refusals == [], (offered, len(refusals))
+        assert throttle.cuts == 0
+
+
 def test_a_cut_rate_grows_back_before_it_refuses_what_the_node_serves() -> None:
     # A rate left below what is offered (by a cut in a stall, say) grows back while the
     # node is comfortable and the bucket nearly binds, not only once a call was refused.

@@ -264,6 +264,8 @@ class Front(asyncio.DatagramProtocol):
             out[f"admission.{node}.refused_share"] = round(throttle.refused_share, 3)
             out[f"admission.{node}.waiting"] = len(throttle.waiting)
             out[f"admission.{node}.oldest_wait_ms"] = round(throttle.oldest_wait(time.monotonic()) * 1000, 1)
+            out[f"admission.{node}.cuts"] = throttle.cuts
+            out[f"admission.{node}.last_cut"] = throttle.last_cut
         return out
 
     async def control(self) -> None:

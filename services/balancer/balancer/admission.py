@@ -13,7 +13,8 @@ node's measured response time, as in Welsh and Culler's adaptive overload contro
   requests sent well after it: then it is no queue but a lost answer, or a request a
   service holds on purpose, and it stops counting);
 - about every `ADJUST_EVERY` responses (and at most every `ADJUST_PERIOD`), the rate is
-  judged on the period's mean delay: over the target three times running (or far over once),
+  judged on the period's mean delay: over the target for `QUICK_SUSTAIN` (for `SUSTAIN`
+  when only a little over, up to `MILD`; at once when far over),
   and the node is overloaded (more was admitted than it answered, or its queue would take
   over `DRAIN_TIME` to drain; a node that answered nothing is in a pause, not measured,
   until `STALL_LIMIT`), it is cut to `DECREASE` of the rate at which the node answered
@@ -48,6 +49,9 @@ DECREASE = 0.9  # the rate after an over-target period, as a share of the node's
 INCREASE = 0.2  # growth per comfortable period, at zero delay (scaled by the margin)
 BINDING = 0.5  # admitted over a period, as a share of the rate, at which the rate may grow unrefused
 COMFORT = -0.25  # delay error (relative to target) below which the rate may grow
+SUSTAIN = 1.0  # s over target before a cut, when only a little over (up to `MILD`)
+QUICK_SUSTAIN = 0.3  # s over target before a cut, when more than a little over (up to twice it)
+MILD = 0.25  # delay error (relative to target) that is only a little over
 STALL_LIMIT = 0.5  # s: a node that answers nothing for this long is cut, stalled or not
 DRAIN_TIME = 2.0  # s: a queue that drains on its own within this needs no cut
 SMOOTHING = 1 / 8
@@ -81,7 +85,9 @@ class Throttle:
     hold_until: float = 0.0  # no second cut before the first one's effect can be seen
     refused_share: float = 0.0  # of the last judged period, for RFC 7339's `oc`
     judgements: int = 0
-    over: int = 0  # judgements in a row with the delay over target
+    over_since: float = -1.0  # since when every judgement found the delay over target (-1: it is not)
+    cuts: int = 0  # of the rate, since the start (for the stats)
+    last_cut: str = ""  # what the last cut saw: delay, throughput, queue, rate before and after
 
     def __post_init__(self) -> None:
         self.rate = self.rate or self.max_rate
@@ -178,13 +184,19 @@ class Throttle:
         self.refused_share = self.refused / offered if offered else 0.0
         delay = max(self.delay_sum / self.answered if self.answered else 0.0, self.oldest_wait(now))
         error = (delay - self.target) / self.target
-        self.over = self.over + 1 if error > 0 else 0
-        # A moment over target (a GC pause, a map resize, a burst of joins in one room)
-        # is no overload: near capacity it refused calls of a rate that is otherwise clean.
-        # Cut when over target three times running (twice let a 200 ms stall at 250/s,
-        # a rate clean for 15 s just before, refuse 9 calls), or at once when far over (a
-        # real burst).
-        if (self.over >= 3 or error > 1) and now >= self.hold_until and self.overloaded(now, delay):
+        if error <= 0:
+            self.over_since = -1.0
+        elif self.over_since < 0:
+            self.over_since = self.judged_at  # over since the period began
+        # A moment over target (a GC pause, a map resize, a burst of joins in one room,
+        # a node slowed for a few seconds by what a burst left it) is no overload: near
+        # capacity it refused calls of a rate that is otherwise clean. Cut when over
+        # target for `SUSTAIN` (three judgements, 0.3 s: after an 8R burst, a recovery
+        # step at R, clean in the ramp, had 42 calls refused by cuts at a delay of
+        # 104 ms), or at once when far over (a real burst).
+        over_for = now - self.over_since if self.over_since >= 0 else 0.0
+        sustained = over_for >= SUSTAIN or (over_for >= QUICK_SUSTAIN and error > MILD)
+        if (sustained or error > 1) and now >= self.hold_until and self.overloaded(now, delay):
             # Over target: a queue has formed, so the node completes less than it is sent.
             # A tenth below what it completed over the last second (or below the rate, if
             # that is lower), so that the queue drains; not a tenth off the rate, which
@@ -194,8 +206,13 @@ class Throttle:
             # new rate.
             throughput = self.throughput(now)
             base = min(throughput, self.rate)
-            self.rate = max(self.min_rate, base * DECREASE)
+            before, self.rate = self.rate, max(self.min_rate, base * DECREASE)
             self.hold_until = now + delay
+            self.cuts += 1
+            self.last_cut = (
+                f"delay {delay * 1000:.0f} ms, {self.completed}/{self.admitted} answered/admitted, "
+                f"{len(self.waiting)} waiting, throughput {throughput:.0f}/s: rate {before:.0f} -> {self.rate:.0f}"
+            )
         elif error < COMFORT and (self.refused or self.admitted >= BINDING * self.rate * (now - self.judged_at)):
             # Comfortable, and refusing or about to: more, by a share scaled by the margin.
             # Not only once it refuses: a cut in a stall (a GC pause, a burst of joins in
