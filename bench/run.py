@@ -161,8 +161,18 @@ class Bench:
         steps: list[dict[str, Any]] = []
         best, failed_at = 0, 0
 
+        def cuts() -> dict[str, str]:
+            """The balancer's cuts of each node's admission rate so far, and the last one's figures."""
+            if c is None:
+                return {}
+            s = c.stats("balancer")
+            return {
+                n: f"{s.get(f'admission.{n}.cuts', 0)}: {s.get(f'admission.{n}.last_cut', '')}"
+                for n in c.config.node_ids
+            }
+
         def step(rate: int) -> bool:
-            cpu_before = cpu() if cpu is not None else {}
+            cpu_before, cuts_before = cpu() if cpu is not None else {}, cuts()
             run, argv = tools.sipp_uac(
                 target, rate, self.plan.step, self.work / f"{label}-{rate}", UAC_PORT, extra=extra, scenario=scenario
             )
@@ -171,6 +181,8 @@ class Bench:
             steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": clean})
             if cpu is not None:
                 steps[-1]["cpu_ms_per_call"] = cpu_per(cpu_before, cpu(), run.successful)
+            if not clean and (cut := {n: why for n, why in cuts().items() if why != cuts_before.get(n)}):
+                steps[-1]["cuts"] = cut  # what made the balancer refuse, if it did
             if "-trace_counts" in extra:
                 counts = tools.sipp_counts(self.work / f"{label}-{rate}")
                 steps[-1]["late_180"] = counts.get("5_180_Recv", 0) + counts.get("7_180_Recv", 0)
@@ -304,6 +316,7 @@ class Bench:
                 before = c.stats("balancer")
                 _, nodes_before = refused()
                 cpu0, sipp0, t0 = cluster_cpu(c), children_cpu(), time.monotonic()
+                front0 = front_setup_buckets(c)
                 run, argv = tools.sipp_uac(
                     target, r * factor, self.plan.overload_seconds, self.work / f"burst-{factor}", UAC_PORT, rtt=True
                 )
@@ -311,6 +324,7 @@ class Bench:
                 # Cores each process used during the burst (SIPp's too: everything shares this host).
                 cores = {k: round((v - cpu0.get(k, 0.0)) / dt, 2) for k, v in cluster_cpu(c).items()}
                 cores["sipp"] = round((children_cpu() - sipp0) / dt, 2)
+                front1 = front_setup_buckets(c)
                 self.note(argv)
                 after = c.stats("balancer")
                 _, nodes_after = refused()
@@ -344,6 +358,10 @@ class Bench:
                         "setup_max_ms": round(max(run.setup_ms), 1) if run.setup_ms else None,
                         "live_changes": int(after.get("live_changes", 0)) - int(before.get("live_changes", 0)),
                         "cores": cores,
+                        # As the front saw them (INVITE in to its node's first answer other than 100):
+                        # the share of the accepted calls that took over 250 and 500 ms.
+                        "front_setup_over_250ms": share_over(front0, front1, 0.25),
+                        "front_setup_over_500ms": share_over(front0, front1, 0.5),
                         "recovery": {
                             "offered": r,
                             "successful": rec.successful,
@@ -625,7 +643,7 @@ class Bench:
         c = self.cluster("memory")
         try:
             before_rss, before_anon = cluster_rss(c), cluster_rss(c, "RssAnon")
-            before_db = lmdb_bytes(c)
+            before_db, before_used = lmdb_bytes(c), lmdb_in_use(c)
             n = self.plan.dialogs
             argv = [
                 tools.need("sipp"),
@@ -660,6 +678,7 @@ class Bench:
                 confirmed = wait_count(c, "sbb/", n, timeout=n / self.plan.dialog_rate + 60, proc=sipp)
                 held = wait_transactions_ended(c, timeout=64 * c.config.sip.t1 + 30)
                 after_rss, after_anon, after_db = cluster_rss(c), cluster_rss(c, "RssAnon"), lmdb_bytes(c)
+                after_used = lmdb_in_use(c)
             finally:
                 tools.stop(sipp)
         finally:
@@ -668,6 +687,10 @@ class Bench:
             confirmed, (before_rss, after_rss), (before_anon, after_anon), (before_db, after_db)
         )
         self.results["memory"]["transactions_held"] = held
+        self.results["memory"]["lmdb_in_use_bytes_per_dialog"] = {
+            node: round((after_used[node] - before_used[node]) / confirmed) if confirmed else None
+            for node in after_used
+        }
         self.log(f"memory: {confirmed} dialogs, {self.results['memory']['bytes_per_dialog']} B/dialog")
 
     # --- 6. profile -----------------------------------------------------------------
@@ -936,6 +959,29 @@ def bus_figures(c: DevCluster) -> dict[str, float]:
     return out
 
 
+def front_setup_buckets(c: DevCluster) -> dict[float, float]:
+    """The balancer's `zeroslee_setup_seconds` so far: new INVITEs answered (other than 100)
+    by their node within each bucket's bound, as the front saw it (cumulative)."""
+    out: dict[float, float] = {}
+    for svc, _, hostport in c.config.metrics_endpoints():
+        if svc != "balancer":
+            continue
+        with urllib.request.urlopen(f"http://{hostport}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "zeroslee_setup_seconds_bucket":
+                    out[float(sample.labels["le"])] = sample.value
+    return out
+
+
+def share_over(before: dict[float, float], after: dict[float, float], bound: float) -> float | None:
+    """Of the INVITEs counted between two readings, the share that took longer than `bound`."""
+    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    within = after.get(bound, 0.0) - before.get(bound, 0.0)
+    return round((total - within) / total, 4) if total > 0 else None
+
+
 def cluster_cpu(c: DevCluster) -> dict[str, float]:
     """CPU seconds (user + system, all threads) each cluster process has used so far."""
     return {
@@ -1008,6 +1054,24 @@ def memory_figures(
             for node in [*nodes, "front"]
         },
     }
+    return out
+
+
+def lmdb_in_use(c: DevCluster) -> dict[str, int]:
+    """Bytes of LMDB pages that hold data now, per node's store: the B-tree pages of every
+    database, not the free pages below the high-water mark that LMDB will reuse."""
+    out = {}
+    for node in c.config.node_ids:
+        env = lmdb.open(str(env_path(c.config.data_dir(node))), readonly=True, lock=False, max_dbs=16)
+        try:
+            with env.begin() as txn:
+                names = [bytes(k) for k, _ in txn.cursor()]
+                dbs = [env.open_db(name, txn=txn, create=False) for name in names]
+                stats = [env.stat()] + [txn.stat(db) for db in dbs]
+            pages = sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
+            out[node] = (pages + 2) * env.stat()["psize"]  # and the two meta pages
+        finally:
+            env.close()
     return out
 
 

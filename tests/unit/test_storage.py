@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import lmdb
+import msgspec
 import pytest
 
 from statestore.storage import Storage
+from zeroslee import keys
+from zeroslee.ftra import Entry, EntryHead
 from zeroslee.replica import Replica, ReplicaUnavailable, env_path
 
 
@@ -68,3 +71,27 @@ def test_a_replica_whose_store_has_not_created_its_database_yet_is_unavailable_n
     lmdb.open(str(path), max_dbs=4).close()  # the file exists; the named database does not
     with pytest.raises(ReplicaUnavailable):
         Replica(tmp_path).read()
+
+
+def test_a_scan_of_heads_decodes_in_place_what_a_full_scan_copies(tmp_path: Path) -> None:
+    """The scan a fault-tolerant RA makes every second reads each entry's owner and timer
+    where it lies in the map; it must see what the copying scan sees, escaped keys and a
+    key just past the prefix included."""
+    storage = Storage(tmp_path, map_size=1 << 20, sync=False)
+    writes = [
+        (keys.ra_data("sip", f"d{i}/x"), msgspec.msgpack.encode(Entry(f"node-{i % 2}", b"v" * 300, float(i))))
+        for i in range(50)
+    ]
+    storage.apply(1, [*writes, ("ra/sip0", b"not ours"), (keys.ra_data("other", "d1"), b"nor this")])
+    storage.close()  # one environment per process: the store's and the RA's are two processes
+    replica = Replica(tmp_path)
+    with replica.read(buffers=True) as view:
+        heads = view.decode_each(keys.ra_data_of("sip"), msgspec.msgpack.Decoder(EntryHead).decode, keys.last)
+    with replica.read() as view:
+        copied = {
+            keys.last(k): msgspec.msgpack.decode(raw, type=Entry) for k, _, raw in view.scan(keys.ra_data_of("sip"))
+        }
+    assert len(heads) == 50 and heads.keys() == copied.keys()
+    assert all((h.owner, h.fire_at) == (copied[k].owner, copied[k].fire_at) for k, h in heads.items())
+    assert heads["d7/x"] == EntryHead("node-1", 7.0)
+    replica.close()

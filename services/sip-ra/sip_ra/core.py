@@ -595,6 +595,10 @@ class RaCore:
             t1 = self.timers.t1
             self.unacked[dialog.id] = Unacked(tx.last_response, tx.peer, t1, now + t1, now + 64 * t1)
             heapq.heappush(self.wakeups, (now + t1, "ack:" + dialog.id))
+            # Accepted (RFC 6026 §8.7): the transaction absorbs retransmitted INVITEs and the
+            # 2xx is ours to retransmit (`unacked`, until the ACK), so the transaction need
+            # not hold it for the 64*T1 it lives on: about 600 bytes a call in progress.
+            tx.last_response = b""
         if request.method == "BYE" and status < 300 and dialog is not None:
             self.forget_dialog(dialog.id)
         return True

@@ -140,7 +140,7 @@ NON_INVITE_CLIENT: dict[tuple[State, Input], tuple[State, tuple[Act, ...]]] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Transaction:
     """One transaction; `timers` maps a timer input to its absolute deadline."""
 
