@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import lmdb
 import msgspec
@@ -10,7 +11,7 @@ import pytest
 
 from statestore.storage import Storage
 from zeroslee import keys
-from zeroslee.ftra import Entry, EntryHead
+from zeroslee.ftra import Entry, EntryHead, ReplicatedData
 from zeroslee.replica import Replica, ReplicaUnavailable, env_path
 
 
@@ -85,8 +86,9 @@ def test_a_scan_of_heads_decodes_in_place_what_a_full_scan_copies(tmp_path: Path
     storage.apply(1, [*writes, ("ra/sip0", b"not ours"), (keys.ra_data("other", "d1"), b"nor this")])
     storage.close()  # one environment per process: the store's and the RA's are two processes
     replica = Replica(tmp_path)
+    decode = msgspec.msgpack.Decoder(EntryHead).decode
     with replica.read(buffers=True) as view:
-        heads = view.decode_each(keys.ra_data_of("sip"), msgspec.msgpack.Decoder(EntryHead).decode, keys.last)
+        heads = {keys.last(k): decode(raw) for k, raw in view.each(keys.ra_data_of("sip"))}
     with replica.read() as view:
         copied = {
             keys.last(k): msgspec.msgpack.decode(raw, type=Entry) for k, _, raw in view.scan(keys.ra_data_of("sip"))
@@ -95,3 +97,30 @@ def test_a_scan_of_heads_decodes_in_place_what_a_full_scan_copies(tmp_path: Path
     assert all((h.owner, h.fire_at) == (copied[k].owner, copied[k].fire_at) for k, h in heads.items())
     assert heads["d7/x"] == EntryHead("node-1", 7.0)
     replica.close()
+
+
+def test_an_ras_survey_finds_every_key_its_due_timers_and_the_entries_of_nodes_not_live(tmp_path: Path) -> None:
+    """One pass over the replica: what the fault-tolerance loop compares (removals),
+    fires (this node's timers that are due) and adopts (entries of nodes gone)."""
+    storage = Storage(tmp_path, map_size=1 << 20, sync=False)
+    rows = {
+        "a": ("node-1", 5.0),
+        "b": ("node-1", 50.0),
+        "c": ("node-2", 5.0),
+        "d": ("node-3", 0.0),
+        "e": ("node-1", 0.0),
+    }
+    storage.apply(
+        1, [(keys.ra_data("sip", k), msgspec.msgpack.encode(Entry(o, b"v" * 100, t))) for k, (o, t) in rows.items()]
+    )
+    storage.close()
+    replica = Replica(tmp_path)
+    data = ReplicatedData("sip", "node-1", SimpleNamespace(replica=replica))  # type: ignore[arg-type]
+    survey = data.survey(["node-1", "node-2"], now=10.0)
+    assert survey is not None
+    assert survey.keys == set(rows)
+    assert survey.due == ["a"]  # ours and due; "b" is ours but later, "c" is node-2's, "e" has no timer
+    assert survey.orphaned == {"d": EntryHead("node-3", 0.0)}
+    replica.close()
+    missing = ReplicatedData("sip", "node-1", SimpleNamespace(replica=Replica(tmp_path / "none")))  # type: ignore[arg-type]
+    assert missing.survey(["node-1"], now=10.0) is None  # no replica yet: nothing to compare
