@@ -16,7 +16,10 @@ import msgspec
 from zeroslee import bus
 
 
-class SbbRecord(msgspec.Struct):
+# Records kept for the life of a call omit their fields at default values (omit_defaults):
+# a decoder of any version fills them back in, and a held call's records take fewer bytes
+# (issue 21, memory).
+class SbbRecord(msgspec.Struct, omit_defaults=True):
     id: str
     service: str
     convergence: str
@@ -27,7 +30,7 @@ class SbbRecord(msgspec.Struct):
     generation: int = 0  # its service's generation (router/lifecycle.py): which code runs it
 
 
-class ActivityRecord(msgspec.Struct):
+class ActivityRecord(msgspec.Struct, omit_defaults=True):
     """An activity context. `owner` runs its owner-only work (timers) and is moved to a
     survivor, chosen by rendezvous hashing, when that node dies."""
 
@@ -40,7 +43,7 @@ class ActivityRecord(msgspec.Struct):
     local_tag: str = ""
 
 
-class Attachment(msgspec.Struct):
+class Attachment(msgspec.Struct, omit_defaults=True):
     """One SBB attached to one activity (its own key, so joins and leaves do not contend)."""
 
     priority: int = 0

@@ -19,7 +19,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
 
-class Dialog(msgspec.Struct, frozen=True):
+class Dialog(msgspec.Struct, frozen=True, omit_defaults=True):  # fields at defaults omitted (decoded back)
     id: str
     call_id: str
     local_tag: str
