@@ -150,14 +150,17 @@ def markdown(results: dict[str, Any]) -> str:
     mem = results.get("memory")
     if mem:
         per = mem["bytes_per_dialog"]
-        nodes = ", ".join(
-            f"{node} {_num(v['bytes_per_dialog'])}" for node, v in mem.get("per_node", {}).items() if node != "front"
-        )
+        per_node = {node: v["bytes_per_dialog"] for node, v in mem.get("per_node", {}).items() if node != "front"}
+        nodes = ", ".join(f"{node} {_num(v)}" for node, v in per_node.items())
+        front = mem.get("per_node", {}).get("front", {}).get("bytes_per_dialog")
+        # Judged per node, as the target is set (issue 21: "per confirmed dialog per node"):
+        # the busiest node's figure; the whole cluster's (both nodes and the balancer) beside it.
+        busiest = max((v for v in per_node.values() if v is not None), default=None)
         lines.append(
-            f"| bytes per confirmed dialog at {_num(mem['dialogs'])} dialogs, whole cluster (private memory + LMDB) "
-            f"| {_num(per)} ({_num(mem.get('private_bytes_per_dialog'))} private + "
-            f"{_num(mem['lmdb_bytes_per_dialog'])} LMDB); per node: {nodes} "
-            f"| ≤ 4 KiB | {_met(per is not None and per <= TARGETS['memory'])} |"
+            f"| bytes per confirmed dialog at {_num(mem['dialogs'])} dialogs, per node (private memory + LMDB) "
+            f"| {nodes}; whole cluster {_num(per)} ({_num(mem.get('private_bytes_per_dialog'))} private + "
+            f"{_num(mem['lmdb_bytes_per_dialog'])} LMDB, the balancer's {_num(front)} included) "
+            f"| ≤ 4 KiB per node | {_met(busiest is not None and busiest <= TARGETS['memory'])} |"
         )
         lines.append(
             f"| same, counting VmRSS (each mapped LMDB page once per process, and again as LMDB) "
