@@ -92,15 +92,6 @@ class ReplicatedData:
     def entries(self) -> dict[str, Entry]:
         return self._scan(Entry)
 
-    def heads(self) -> dict[str, EntryHead]:
-        """Every entry's owner and timer, decoded where it lies in the map: no value is
-        copied out."""
-        try:
-            with self.store.replica.read(buffers=True) as view:
-                return {keys.last(k): _decode_head(raw) for k, raw in view.each(self.prefix)}
-        except ReplicaUnavailable:
-            return {}
-
     def survey(self, live: Collection[str], now: float) -> Survey | None:
         """The scan an RA makes every `poll_every`, in one pass that keeps only what it
         needs: every key; this node's timers due by `now` (epoch seconds); the entries

@@ -191,9 +191,10 @@ class Throttle:
         # A moment over target (a GC pause, a map resize, a burst of joins in one room,
         # a node slowed for a few seconds by what a burst left it) is no overload: near
         # capacity it refused calls of a rate that is otherwise clean. Cut when over
-        # target for `SUSTAIN` (three judgements, 0.3 s: after an 8R burst, a recovery
-        # step at R, clean in the ramp, had 42 calls refused by cuts at a delay of
-        # 104 ms), or at once when far over (a real burst).
+        # target for `QUICK_SUSTAIN` (0.3 s; two judgements let a 200 ms stall at 250/s,
+        # a rate clean for 15 s just before, refuse 9 calls); for `SUSTAIN` when only a
+        # little over (after an 8R burst, a recovery step at R, clean in the ramp, had 42
+        # calls refused by cuts at a delay of 104 ms); at once when far over (a burst).
         over_for = now - self.over_since if self.over_since >= 0 else 0.0
         sustained = over_for >= SUSTAIN or (over_for >= QUICK_SUSTAIN and error > MILD)
         if (sustained or error > 1) and now >= self.hold_until and self.overloaded(now, delay):
