@@ -33,7 +33,7 @@ from zeroslee.runtime import Process, follow_heartbeats
 from zeroslee.storeclient import CommitFailed, StoreClient
 
 
-class Entry(msgspec.Struct, frozen=True, omit_defaults=True):  # fields at defaults omitted (decoded back)
+class Entry(msgspec.Struct, frozen=True):
     owner: str
     value: bytes
     fire_at: float = 0.0  # > 0: a fault-tolerant timer, due at this epoch time

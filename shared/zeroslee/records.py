@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 
-class ServerResponse(msgspec.Struct, frozen=True, omit_defaults=True):  # fields at defaults omitted
+class ServerResponse(msgspec.Struct, frozen=True):
     cseq: int
     method: str
     status: int

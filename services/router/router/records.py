@@ -16,10 +16,7 @@ import msgspec
 from zeroslee import bus
 
 
-# Records kept for the life of a call omit their fields at default values (omit_defaults):
-# a decoder of any version fills them back in, and a held call's records take fewer bytes
-# (issue 21, memory).
-class SbbRecord(msgspec.Struct, omit_defaults=True):
+class SbbRecord(msgspec.Struct):
     id: str
     service: str
     convergence: str
@@ -30,7 +27,7 @@ class SbbRecord(msgspec.Struct, omit_defaults=True):
     generation: int = 0  # its service's generation (router/lifecycle.py): which code runs it
 
 
-class ActivityRecord(msgspec.Struct, omit_defaults=True):
+class ActivityRecord(msgspec.Struct):
     """An activity context. `owner` runs its owner-only work (timers) and is moved to a
     survivor, chosen by rendezvous hashing, when that node dies."""
 
@@ -43,7 +40,7 @@ class ActivityRecord(msgspec.Struct, omit_defaults=True):
     local_tag: str = ""
 
 
-class Attachment(msgspec.Struct, omit_defaults=True):
+class Attachment(msgspec.Struct):
     """One SBB attached to one activity (its own key, so joins and leaves do not contend)."""
 
     priority: int = 0

@@ -19,7 +19,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
 
 
-class Dialog(msgspec.Struct, frozen=True, omit_defaults=True):  # fields at defaults omitted (decoded back)
+class Dialog(msgspec.Struct, frozen=True):
     id: str
     call_id: str
     local_tag: str
