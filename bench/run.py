@@ -161,18 +161,9 @@ class Bench:
         steps: list[dict[str, Any]] = []
         best, failed_at = 0, 0
 
-        def cuts() -> dict[str, str]:
-            """The balancer's cuts of each node's admission rate so far, and the last one's figures."""
-            if c is None:
-                return {}
-            s = c.stats("balancer")
-            return {
-                n: f"{s.get(f'admission.{n}.cuts', 0)}: {s.get(f'admission.{n}.last_cut', '')}"
-                for n in c.config.node_ids
-            }
-
         def step(rate: int) -> bool:
-            cpu_before, cuts_before = cpu() if cpu is not None else {}, cuts()
+            cpu_before = cpu() if cpu is not None else {}
+            cuts_before = admission_cuts(c) if c is not None else {}
             run, argv = tools.sipp_uac(
                 target, rate, self.plan.step, self.work / f"{label}-{rate}", UAC_PORT, extra=extra, scenario=scenario
             )
@@ -181,8 +172,10 @@ class Bench:
             steps.append({**asdict(run), "achieved": round(run.achieved, 1), "clean": clean})
             if cpu is not None:
                 steps[-1]["cpu_ms_per_call"] = cpu_per(cpu_before, cpu(), run.successful)
-            if not clean and (cut := {n: why for n, why in cuts().items() if why != cuts_before.get(n)}):
-                steps[-1]["cuts"] = cut  # what made the balancer refuse, if it did
+            if not clean and c is not None:
+                cut = {n: why for n, (k, why) in admission_cuts(c).items() if k > cuts_before[n][0]}
+                if cut:
+                    steps[-1]["cuts"] = cut  # what made the balancer refuse, if it did
             if "-trace_counts" in extra:
                 counts = tools.sipp_counts(self.work / f"{label}-{rate}")
                 steps[-1]["late_180"] = counts.get("5_180_Recv", 0) + counts.get("7_180_Recv", 0)
@@ -304,14 +297,6 @@ class Bench:
                 nodes = sum(int(c.stats("sip-ra", n).get("overload.rejected", 0)) for n in c.config.node_ids)
                 return int(c.stats("balancer").get("overload.refused", 0)), nodes
 
-            def cuts() -> dict[str, tuple[int, str]]:
-                """Per node, the balancer's cuts of its admission rate so far, and what the last saw."""
-                s = c.stats("balancer")
-                return {
-                    n: (int(s.get(f"admission.{n}.cuts", 0)), str(s.get(f"admission.{n}.last_cut", "")))
-                    for n in c.config.node_ids
-                }
-
             for factor in self.plan.overload_factors:
                 before = c.stats("balancer")
                 _, nodes_before = refused()
@@ -330,12 +315,12 @@ class Bench:
                 _, nodes_after = refused()
                 wait_balancer_idle(c, 40.0)
                 time.sleep(self.plan.overload_pause)  # the schedule: R comes this long after the burst
-                rec_before, cuts_before = refused(), cuts()
+                rec_before, cuts_before = refused(), admission_cuts(c)
                 rec, argv = tools.sipp_uac(target, r, self.plan.step, self.work / f"recovery-{factor}", UAC_PORT)
                 rec_refused = [b - a for a, b in zip(rec_before, refused())]
                 rec_cuts = {
                     n: {"count": k - cuts_before[n][0], "last": why}
-                    for n, (k, why) in cuts().items()
+                    for n, (k, why) in admission_cuts(c).items()
                     if k > cuts_before[n][0]
                 }
                 self.note(argv)
@@ -957,6 +942,14 @@ def bus_figures(c: DevCluster) -> dict[str, float]:
                 elif sample.name == "zeroslee_bus_wakeups_total":
                     out["wakeups"] += sample.value
     return out
+
+
+def admission_cuts(c: DevCluster) -> dict[str, tuple[int, str]]:
+    """Per node, the balancer's cuts of its admission rate so far, and what the last saw."""
+    s = c.stats("balancer")
+    return {
+        n: (int(s.get(f"admission.{n}.cuts", 0)), str(s.get(f"admission.{n}.last_cut", ""))) for n in c.config.node_ids
+    }
 
 
 def front_setup_buckets(c: DevCluster) -> dict[float, float]:

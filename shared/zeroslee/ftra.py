@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import msgspec
 import zmq
@@ -46,7 +46,6 @@ class EntryHead(msgspec.Struct, frozen=True):
     fire_at: float = 0.0
 
 
-T = TypeVar("T", Entry, EntryHead)
 _decode_head = msgspec.msgpack.Decoder(EntryHead).decode
 
 
@@ -90,7 +89,12 @@ class ReplicatedData:
         return version, (msgspec.msgpack.decode(raw, type=Entry) if raw is not None else None)
 
     def entries(self) -> dict[str, Entry]:
-        return self._scan(Entry)
+        try:
+            with self.store.replica.read() as view:
+                found = view.scan(self.prefix)
+        except ReplicaUnavailable:
+            return {}
+        return {keys.last(k): msgspec.msgpack.decode(raw, type=Entry) for k, _, raw in found}
 
     def survey(self, live: Collection[str], now: float) -> Survey | None:
         """The scan an RA makes every `poll_every`, in one pass that keeps only what it
@@ -112,14 +116,6 @@ class ReplicatedData:
         except ReplicaUnavailable:
             return None
         return found
-
-    def _scan(self, kind: type[T]) -> dict[str, T]:
-        try:
-            with self.store.replica.read() as view:
-                found = view.scan(self.prefix)
-        except ReplicaUnavailable:
-            return {}
-        return {keys.last(k): msgspec.msgpack.decode(raw, type=kind) for k, _, raw in found}
 
     def get(self, key: str) -> bytes | None:
         return entry.value if (entry := self.read_entry(key)[1]) is not None else None
