@@ -58,6 +58,9 @@ SMOOTHING = 1 / 8
 MAX_BURST = 20.0  # tokens: new requests let through back to back at most
 THROUGHPUT_WINDOW = 1.0  # s over which the node's completions are counted
 FORGET_AFTER = 32.0  # s: an admitted request never answered (lost) stops counting as waiting
+AFTER_REST = 1.5  # the rate after a rest, as a share of the node's highest throughput measured at a cut
+FLOOD = 2.0  # admitted over answered, new requests/s, that is no stall but a flood
+MAX_DRAIN = 1.0  # s: the longest a cut refuses everything new while the queue it found drains
 
 
 @dataclass
@@ -83,6 +86,8 @@ class Throttle:
     last_admitted: float = -1e9
     newest_answered: float = -1e9  # when the newest request the node has answered was sent
     hold_until: float = 0.0  # no second cut before the first one's effect can be seen
+    drain_until: float = 0.0  # until then nothing new is admitted: a queue found by a cut drains
+    capacity: float = 0.0  # new requests/s: the highest throughput the node had when a cut found it overloaded
     refused_share: float = 0.0  # of the last judged period, for RFC 7339's `oc`
     judgements: int = 0
     over_since: float = -1.0  # since when every judgement found the delay over target (-1: it is not)
@@ -98,6 +103,17 @@ class Throttle:
         """Bucket depth: a tenth of a second of the rate, between 5 and `MAX_BURST`."""
         return min(MAX_BURST, max(5.0, self.rate * 0.1))
 
+    @property
+    def ceiling(self) -> float:
+        """The rate after a rest: `max_rate`, or half as much again as the most the node
+        was seen to serve when overloaded. From `max_rate`, the first judgement of a
+        burst at 8x capacity came after 0.2 s of it: 1.6 s of the node's work admitted,
+        and every call in that queue over 500 ms (in a model of 8R, 10% of the accepted
+        ones). From 1.5x capacity, the queue grows a third as fast as it is admitted and
+        is cut at a quarter of a second. A node that can do more than it once showed
+        (a busier mix then, a stall) grows past it while comfortable."""
+        return min(self.max_rate, AFTER_REST * self.capacity) if self.capacity else self.max_rate
+
     def oldest_wait(self, now: float) -> float:
         """How long the oldest admitted request still unanswered has waited: a queue
         shows here before any response does."""
@@ -111,6 +127,27 @@ class Throttle:
             self.waiting.popitem(last=False)
         return 0.0
 
+    def queue_wait(self, now: float) -> float:
+        """While far more is admitted than the node answers (`FLOOD` times as much), how
+        long a request sent now would wait, by Little's law: what the node has in hand
+        over the rate at which it answers. It shows a queue at once, where the oldest
+        request's wait shows it only a target later: from `max_rate` at 8x capacity, a
+        tenth of a second admitted most of a second of work (in a model of it, p99 1.8 s,
+        against 0.44 s with this). Not otherwise: after a stall, the node's throughput
+        over the last second is low, but it serves its queue at its usual rate, and
+        taking the stall for a flood refused calls at half capacity. The node's rate is
+        at least the capacity it showed before: just after a rest, its answers lag its
+        work by one delay, and the throughput counted since then is too low (taken for a
+        flood, it cut a node's rate in a recovery step at R = 600/s from 534 to 90 new
+        requests/s, and the step failed calls)."""
+        if self.started < 0 or now - self.started < ADJUST_PERIOD:
+            return 0.0
+        throughput = max(self.throughput(now), self.capacity)
+        admitting = self.admitted / max(now - self.judged_at, ADJUST_PERIOD / 10)
+        if throughput <= 0 or admitting < FLOOD * throughput:
+            return 0.0
+        return len(self.waiting) / throughput
+
     def admit(self, now: float) -> bool:
         if now - self.last_admitted >= IDLE_PERIOD:
             # The node was sent nothing new for a while: it has had a rest, and the
@@ -123,7 +160,7 @@ class Throttle:
             # bench's recovery step after 2R: 233 of 7,000). A node that stopped serving
             # is shown by the requests sent from now on, within `STALL_LIMIT`.
             self.waiting.clear()
-            self.rate, self.refused_share, self.hold_until = self.max_rate, 0.0, now
+            self.rate, self.refused_share, self.hold_until = self.ceiling, 0.0, now
             self.tokens = self.burst
             # Its throughput is counted from now: the rest is no measure of what it can do
             # (counted over a window that holds the rest, a cut just after it would go far
@@ -131,13 +168,15 @@ class Throttle:
             self.done.clear()
             self.started = now
             self.restart_period(now)
-        elif now - self.judged_at >= IDLE_PERIOD or (
-            now - self.judged_at >= ADJUST_PERIOD and self.oldest_wait(now) > self.target
+        elif (
+            now - self.judged_at >= IDLE_PERIOD
+            or (now - self.judged_at >= ADJUST_PERIOD and self.oldest_wait(now) > self.target)
+            or (now - self.judged_at >= ADJUST_PERIOD / 4 and self.queue_wait(now) > 2 * self.target)
         ):
             self.judge(now)
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
+        if self.tokens >= 1.0 and now >= self.drain_until:
             self.tokens -= 1.0
             self.admitted += 1
             self.last_admitted = now
@@ -182,7 +221,9 @@ class Throttle:
     def judge(self, now: float) -> None:
         offered = self.admitted + self.refused
         self.refused_share = self.refused / offered if offered else 0.0
-        delay = max(self.delay_sum / self.answered if self.answered else 0.0, self.oldest_wait(now))
+        delay = max(
+            self.delay_sum / self.answered if self.answered else 0.0, self.oldest_wait(now), self.queue_wait(now)
+        )
         error = (delay - self.target) / self.target
         if error <= 0:
             self.over_since = -1.0
@@ -206,9 +247,21 @@ class Throttle:
             # delay has passed, so that the requests answered are ones admitted at the
             # new rate.
             throughput = self.throughput(now)
+            self.capacity = max(self.capacity, throughput)
             base = min(throughput, self.rate)
             before, self.rate = self.rate, max(self.min_rate, base * DECREASE)
-            self.hold_until = now + delay
+            # What waits beyond one target's worth of the node's work is refused nothing
+            # but time: nothing new goes in until the node has served it, at the rate it
+            # serves. Cut to 90% alone, a queue found late (the first judgement of a burst
+            # at 8x, a rate that grew past capacity) drained at a tenth of the throughput,
+            # and every call admitted meanwhile waited behind it: in a model of 8R, 18% of
+            # the accepted calls over 500 ms.
+            # A queue of a few requests more (a stall's) is left to the cut rate and the
+            # bucket's depth, which refuse nothing for it.
+            excess = len(self.waiting) - throughput * self.target
+            if excess > self.burst and throughput > 0:
+                self.drain_until = now + min(MAX_DRAIN, excess / throughput)
+            self.hold_until = max(now + delay, self.drain_until)
             self.cuts += 1
             self.last_cut = (
                 f"delay {delay * 1000:.0f} ms, {self.completed}/{self.admitted} answered/admitted, "
