@@ -15,6 +15,7 @@ TARGETS = {
     "memory": 4096,  # bytes per confirmed dialog
     "goodput": 0.9,  # of R, at 2R, 4R and 8R offered
     "setup_p99": 500.0,  # ms, accepted calls under overload: under T1, so nothing is re-sent
+    "front_ratio": 3.0,  # the balancer's CPU per call over stateless Kamailio's, same run
 }
 
 
@@ -36,6 +37,22 @@ def relay_at(results: dict[str, Any], rate: int) -> dict[str, Any] | None:
     rows = results.get("relay") or []
     exact = [r for r in rows if r["offered"] == rate]
     return exact[0] if exact else None
+
+
+def front_rows(results: dict[str, Any]) -> list[str]:
+    front = results.get("front")
+    if not front:
+        return []
+    k, s, z = front["kamailio_stateless"], front["kamailio"], front["zeroslee_balancer"]
+    ratio = front.get("balancer_over_kamailio_stateless")
+    return [
+        f"| CPU per call of the front alone at {front['rate']}/s, net of its idle share: Kamailio stateless; "
+        f"Kamailio stateful; zeroslee's balancer (the whole cluster's, gross, beside it) "
+        f"| {_num(k['net_ms_per_call'])}; {_num(s['net_ms_per_call'])}; {_num(z['net_ms_per_call'])} ms "
+        f"({_num(z.get('whole_ms_per_call'))} ms) | | |",
+        f"| ratio balancer / Kamailio stateless, CPU per call, same run | {_num(ratio)} "
+        f"| ≤ {TARGETS['front_ratio']} | {_met(None if ratio is None else ratio <= TARGETS['front_ratio'])} |",
+    ]
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -74,8 +91,15 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| ≥ {TARGETS['setup']:,} | {_met(rooms >= TARGETS['setup'])} |"
             )
         lines.append(f"| baseline: SIPp uac → SIPp uas | {_num(setup['sipp']['best'])} | | |")
+        stateless = setup.get("kamailio_stateless", {}).get("best")
+        if stateless is not None:
+            lines.append(
+                f"| baseline: SIPp uac → Kamailio's stateless dispatcher (forward()) → 2 SIPp uas "
+                f"| {_num(stateless)} | | |"
+            )
         lines.append(
-            f"| baseline: SIPp uac → Kamailio dispatcher → 2 SIPp uas | {_num(setup['kamailio']['best'])} | | |"
+            f"| baseline: SIPp uac → Kamailio's transaction-stateful dispatcher (t_relay) → 2 SIPp uas "
+            f"| {_num(setup['kamailio']['best'])} | | |"
         )
         r = setup.get("ratios")  # none with --only-zeroslee: no baselines were run
         if r:
@@ -84,6 +108,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {_num(r['zeroslee/sipp'])}, {_num(r['zeroslee/kamailio'])}; "
                 f"{_num(r.get('zeroslee_rooms/sipp'))}, {_num(r.get('zeroslee_rooms/kamailio'))} | | |"
             )
+    lines += front_rows(results)
     lines += b2bua_rows(results)
     lines += overload_rows(results)
     for row in results.get("relay") or []:

@@ -2,7 +2,8 @@
 
 Phases, each on a fresh cluster (balancer, witness, two replicating nodes, real
 processes) or fresh baseline peers, all on loopback:
-  setup     SIPp uac ramp: SIPp uas directly, Kamailio dispatcher, zeroslee
+  setup     SIPp uac ramp: SIPp uas directly, Kamailio dispatcher (stateless, stateful), zeroslee
+  front     CPU per call of the front alone at one rate: Kamailio stateless and stateful, the balancer
   b2bua     SIPp uac ramp through a B2BUA to a SIPp callee: sippy's B2BUA, zeroslee's b2b
   overload  R, then 2R/4R/8R bursts each followed by R: goodput, latency, liveness changes
   relay     chat relays at fixed offered rates: throughput and latency percentiles
@@ -205,12 +206,13 @@ class Bench:
             self.note(argv)
         try:
             out["sipp"] = self.ramp("sipp", f"127.0.0.1:{UAS_PORTS[0]}", self.plan.baseline_rates)
-            kam, argv = tools.kamailio(KAMAILIO_PORT, UAS_PORTS, self.work / "kamailio")
-            self.note(argv)
-            try:
-                out["kamailio"] = self.ramp("kamailio", f"127.0.0.1:{KAMAILIO_PORT}", self.plan.baseline_rates)
-            finally:
-                tools.stop_group(kam)
+            for label, stateless in (("kamailio_stateless", True), ("kamailio", False)):
+                kam, argv = tools.kamailio(KAMAILIO_PORT, UAS_PORTS, self.work / label, stateless)
+                self.note(argv)
+                try:
+                    out[label] = self.ramp(label, f"127.0.0.1:{KAMAILIO_PORT}", self.plan.baseline_rates)
+                finally:
+                    tools.stop_group(kam)
         finally:
             for proc, _ in uas:
                 tools.stop(proc)
@@ -236,6 +238,78 @@ class Bench:
                 out[label] = self.ramp(label, f"{host}:{port}", self.plan.zeroslee_rates, scenario, c)
             finally:
                 c.stop()
+
+    # --- 1c. what the front costs per call: zeroslee's balancer against Kamailio's -------
+    def front(self) -> None:
+        """CPU per call of the SIP front alone, at one rate every front carries cleanly
+        (SIPp uac for one step): Kamailio's stateless dispatcher and its stateful one
+        (every process of each, in front of two SIPp uas), then zeroslee's balancer in a
+        fresh cluster (its process alone; the whole cluster's beside it). Each front's
+        idle CPU, over a window before its calls, is taken off its figure (net), so that
+        heartbeats and timers are not counted as call work. Issue 21's target: the
+        balancer within 3x of stateless Kamailio, both from this run."""
+        rate = 20 if self.plan.smoke else 300
+        out: dict[str, Any] = {"rate": rate}
+        uas = [tools.sipp_uas(port, self.work / f"front-uas-{port}") for port in UAS_PORTS]
+        try:
+            for label, stateless in (("kamailio_stateless", True), ("kamailio", False)):
+                kam, argv = tools.kamailio(KAMAILIO_PORT, UAS_PORTS, self.work / f"front-{label}", stateless)
+                self.note(argv)
+                try:
+                    sid = kam.pid  # its own session: every Kamailio process
+
+                    def kamailio_cpu(sid: int = sid) -> float:
+                        return tools.session_cpu(sid)
+
+                    out[label] = self.front_cost(label, f"127.0.0.1:{KAMAILIO_PORT}", rate, kamailio_cpu)
+                finally:
+                    tools.stop_group(kam)
+        finally:
+            for proc, _ in uas:
+                tools.stop(proc)
+        c = self.cluster("front")
+        try:
+            wait_balancer_idle(c, 20.0)
+            pid = c.pid("balancer")
+            host, port = c.balancer_addr
+            out["zeroslee_balancer"] = self.front_cost(
+                "zeroslee_balancer",
+                f"{host}:{port}",
+                rate,
+                lambda: tools.process_cpu(pid),
+                whole=lambda: sum(cluster_cpu(c).values()),
+            )
+        finally:
+            c.stop()
+        stateless = out["kamailio_stateless"]["net_ms_per_call"]
+        balancer = out["zeroslee_balancer"]["net_ms_per_call"]
+        out["balancer_over_kamailio_stateless"] = round(balancer / stateless, 2) if stateless else None
+        self.log(f"front: {out}")
+        self.results["front"] = out
+
+    def front_cost(
+        self, label: str, target: str, rate: int, cpu: Callable[[], float], whole: Callable[[], float] | None = None
+    ) -> dict[str, Any]:
+        """One front's CPU per call at `rate`, and net of its idle rate (and, with
+        `whole`, the CPU of everything it fronts, per call)."""
+        window = 2.0 if self.plan.smoke else 10.0
+        cpu0, t0 = cpu(), time.monotonic()
+        time.sleep(window)  # the idle window itself
+        idle = (cpu() - cpu0) / (time.monotonic() - t0)  # CPU s per s
+        cpu1, t1, all1 = cpu(), time.monotonic(), whole() if whole else 0.0
+        run, argv = tools.sipp_uac(target, rate, self.plan.step, self.work / f"front-sipp-{label}", UAC_PORT)
+        self.note(argv)
+        used, elapsed = cpu() - cpu1, time.monotonic() - t1
+        calls = max(run.successful, 1)
+        extra = {"whole_ms_per_call": round((whole() - all1) * 1000 / calls, 3)} if whole else {}
+        return {
+            **extra,
+            "calls": run.successful,
+            "failed": run.failed,
+            "ms_per_call": round(used * 1000 / calls, 3),
+            "net_ms_per_call": round((used - idle * elapsed) * 1000 / calls, 3),
+            "idle_percent": round(idle * 100, 2),
+        }
 
     # --- 1a. B2BUA against B2BUA --------------------------------------------------------
     def b2bua(self) -> None:
@@ -1101,7 +1175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds per phase: proves the harness runs")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--phases", default="setup,b2bua,overload,relay,commit,cost,security,failover,memory,profile")
+    parser.add_argument(
+        "--phases", default="setup,front,b2bua,overload,relay,commit,cost,security,failover,memory,profile"
+    )
     parser.add_argument("--readme", action="store_true", help="quote the table in README.md")
     parser.add_argument("--profile-rate", type=int, help="the profile phase's call rate (default: the best setup rate)")
     parser.add_argument("--only-zeroslee", action="store_true", help="setup phase: skip the baselines (no ratios)")
@@ -1127,6 +1203,7 @@ def main(argv: list[str] | None = None) -> int:
     phases: dict[str, Callable[[Bench], None]] = {
         "setup": Bench.setup_rate,
         "b2bua": Bench.b2bua,
+        "front": Bench.front,
         "overload": Bench.overload,
         "relay": Bench.relay,
         "commit": Bench.commit,

@@ -233,13 +233,37 @@ def wait_free(port: int, timeout: float = 10.0) -> None:
             time.sleep(0.05)  # polling the port, bounded
 
 
-def kamailio(port: int, uas_ports: list[int], cwd: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
-    """Kamailio's dispatcher on loopback: Call-ID hash over `uas_ports`, record-routing."""
+# Shared memory for the transaction-stateful Kamailio: tm keeps a transaction about 5 s
+# after its final reply, at about 15 KB each; at -m 256 it ran out just above 1,500
+# calls/s ("could not allocate shared memory", then 503s), a memory ceiling and not a
+# throughput limit. 1,024 MB holds 5 s of 10,000 calls/s, so that CPU is its limit.
+STATEFUL_SHM_MB = 1024
+
+
+def kamailio(
+    port: int, uas_ports: list[int], cwd: Path, stateless: bool = False
+) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """Kamailio's dispatcher on loopback: Call-ID hash over `uas_ports`, record-routing;
+    transaction-stateful (`kamailio.cfg.in`), or stateless (`kamailio_stateless.cfg.in`)."""
     cwd.mkdir(parents=True, exist_ok=True)
     (cwd / "dispatcher.list").write_text("".join(f"1 sip:127.0.0.1:{p}\n" for p in uas_ports))
-    cfg = (BENCH / "kamailio.cfg.in").read_text()
+    cfg = (BENCH / ("kamailio_stateless.cfg.in" if stateless else "kamailio.cfg.in")).read_text()
     cfg = cfg.replace("@LIST@", str(cwd / "dispatcher.list")).replace("@BUFF@", str(BUFF))
-    return start_kamailio(cfg, port, cwd)
+    return start_kamailio(cfg, port, cwd, shm_mb=256 if stateless else STATEFUL_SHM_MB)
+
+
+def session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) the processes of session `sid` have used so far:
+    Kamailio's workers, timers and attendant alike (it runs in a session of its own)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[3]) == sid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

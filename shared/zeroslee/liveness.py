@@ -31,11 +31,17 @@ class Liveness:
     dead_after: float
     alive_after: int
     nodes: dict[str, NodeState] = field(default_factory=dict)
+    # live(): the answer, and the span of `now` over which it holds (asked for every
+    # message the balancer routes; it changes only with a heartbeat, an exit, or a
+    # node's silence passing `dead_after`).
+    _live: list[str] = field(default_factory=list)
+    _live_span: tuple[float, float] = (1.0, 0.0)
 
     def heartbeat(
         self, node: str, ready: bool, addr: Addr, now: float, draining: bool = False, version: str = ""
     ) -> None:
         state = self.nodes.setdefault(node, NodeState(addr))
+        self._live_span = (1.0, 0.0)
         state.addr = addr
         state.draining, state.version = draining, version
         fresh = now - state.last_seen > self.dead_after  # the first beat after a silence
@@ -54,10 +60,25 @@ class Liveness:
         `alive_after` fresh heartbeats."""
         state = self.nodes.get(node)
         if state is not None:
+            self._live_span = (1.0, 0.0)
             state.ready, state.streak, state.exited = False, 0, True
 
     def live(self, now: float) -> list[str]:
-        return sorted(n for n, s in self.nodes.items() if s.ready and now - s.last_seen <= self.dead_after)
+        start, end = self._live_span
+        if start <= now < end:
+            return list(self._live)
+        live = sorted(n for n, s in self.nodes.items() if s.ready and now - s.last_seen <= self.dead_after)
+        # It holds until the first live node's silence passes `dead_after` (a node that
+        # is not live stays so until its next heartbeat, which clears this).
+        ends = [self.nodes[n].last_seen + self.dead_after for n in live]
+        self._live, self._live_span = (
+            live,
+            (
+                max((s.last_seen for s in self.nodes.values()), default=now),
+                min(ends, default=now),
+            ),
+        )
+        return list(live)
 
     def steady(self, now: float) -> list[str]:
         """Nodes that keep their work (activities, timers, dialogs): live, or heartbeating

@@ -3,12 +3,15 @@ type registry: no process of the cluster is needed for these."""
 
 from __future__ import annotations
 
+import secrets
+import shutil
 import stat
 from pathlib import Path
 
 import msgspec
 import pytest
 import zmq
+from zmq.utils import z85
 
 from router.chat import ChatSbb, MessageEvent
 from router.records import EventTypes, PendingEvent, UnknownEventType
@@ -86,6 +89,25 @@ def test_keys_are_made_once_with_mode_0600(tmp_path: Path) -> None:
     assert curve.create_missing_keys(config) == []  # a second run keeps them
     with pytest.raises(curve.SecurityError, match="has keys"):
         curve.create_keys(keydir, "node-1")
+
+
+def test_a_key_path_of_forty_characters_is_a_path_not_a_key() -> None:
+    # Certificate paths 40 characters long, as a Z85 key is, and made of its alphabet
+    # (a temp dir of mkdtemp's length): each was taken for a key, and its member got no
+    # key pair. Every member gets its pair.
+    root = Path("/tmp") / f"zskeytest{secrets.token_hex(4)}"  # /tmp/ + 17: keys/balancer.key makes 40
+    root.mkdir()
+    try:
+        path = root / "cluster.toml"
+        path.write_text(cluster_toml(root / "data", 5500, 2))
+        config = load(path)
+        entry = config.security.public["balancer"]
+        assert len(entry) == 40
+        z85.decode(entry)  # it reads as a key, too: the case this test is about
+        assert sorted(curve.create_missing_keys(config)) == ["admin", "balancer", "node-1", "node-2", "witness"]
+        assert not curve.is_z85_key(entry)
+    finally:
+        shutil.rmtree(root)
 
 
 def test_a_keyring_names_what_is_wrong(tmp_path: Path) -> None:

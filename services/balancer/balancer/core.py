@@ -30,6 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from balancer.admission import Loss, Throttle
+from balancer.lean import Head, Request, Response, own_hint, read_request, read_response
 from zeroslee import hashing
 from zeroslee.config import format_hostport, parse_hostport
 from zeroslee.liveness import Liveness
@@ -169,7 +170,10 @@ class Balancer:
     throttles: dict[str, Throttle] = field(default_factory=dict)
     loss: Loss = field(default_factory=Loss)  # RFC 7339: what downstream servers ask us to shed
     quiet_until: float = 0.0  # until then, a request with no node known yet is dropped, not 503
+    lean: bool = True  # route plain messages from their header lines (lean.py); False: all the full way
     _turn: int = 0
+    _host: str = ""
+    _host_of: Addr = ("", 0)
     _oc_seq: int = 0
     _admitted: str = ""  # the transaction the quick path let through (not to be counted twice)
     _now: float = 0.0  # the time of the datagram being handled
@@ -191,7 +195,9 @@ class Balancer:
 
     @property
     def host(self) -> str:
-        return format_hostport(*self.address)
+        if self._host_of != self.address:  # worked out once per address, not per message
+            self._host, self._host_of = format_hostport(*self.address), self.address
+        return self._host
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -250,6 +256,8 @@ class Balancer:
         if kind := keepalive_kind(data):
             self.count(f"keepalive.{kind}")
             return "keepalive"
+        if self.lean and transport == UDP and (lean := self._lean(data, addr, now)) is not None:
+            return lean
         try:
             msg = parse(data)
         except ParseError as exc:
@@ -270,6 +278,91 @@ class Balancer:
             if msg.is_request and msg.method != "ACK" and exc.status:
                 self._reply(msg, addr, exc.status, "Bad Request", [("Warning", f'399 zeroslee "{exc.reason}"')])
             return f"rejected: {exc.reason}"
+
+    # --- the lean path (lean.py): an ordinary call's messages, by line ---------------
+
+    def _lean(self, data: bytes, addr: Addr, now: float) -> str | None:
+        """Route a plain message from its header lines; None: take the full path (nothing
+        has been changed then)."""
+        head = Head.split(data)
+        if head is None:
+            return None
+        if head.start.startswith("SIP/"):
+            response = read_response(head, BRANCH_PREFIX)
+            if response is None:
+                return None
+            self.count("lean.responses")  # the share of messages the lean path takes, in the stats
+            return self._lean_response(response, addr, now)
+        if self.node_at(addr) is not None:
+            return None  # a node's request: its Via is folded (topology hiding), the full way
+        request = read_request(head)
+        summary = None if request is None else self._lean_request(request, addr, now)
+        if summary is not None:
+            self.count("lean.requests")
+        return summary
+
+    def _lean_request(self, request: Request, addr: Addr, now: float) -> str | None:
+        """`_from_outside`, for a plain request over UDP."""
+        hinted = own_hint(request, self.address)
+        if hinted is None:
+            return None
+        hint, popped = hinted
+        method, head = request.method, request.head
+        match = rfc3261_key(request.via, "INVITE" if method == "ACK" else method)
+        remembered = self.soft.get(match)
+        if remembered is not None and remembered[0] == REFUSED:
+            return None  # what we refused: its retransmission, its ACK (the full path answers)
+        if not (self.liveness.live(now) or self.liveness.reachable(now)):
+            return None  # no node: the full path drops (starting) or answers 503
+        seen = remembered is not None
+        node = self._choose(method, request.call_id, request.cseq, hint, match, now)
+        assert node is not None  # there is a live or reachable node
+        initial = not seen and method not in EXEMPT and not request.to_tag
+        if initial and match != self._admitted and not self.throttle(node).admit(now):
+            self._note_refused(match, now)
+            self._lean_reply(request, addr, 503, "Service Unavailable", ("Retry-After: " + str(self.retry_after),))
+            return "refused"
+        stamped = self._stamped(request.via, addr)
+        head.replace(request.via_line, "Via: " + stamped)
+        ours = self._branch(match)
+        top = [f"Via: SIP/2.0/UDP {self.host};branch={ours}"]
+        if method == "INVITE" and not request.to_tag:
+            top.append(f"Record-Route: <sip:{self.host};lr;zsnode={node}>")
+        if request.max_forwards is None:
+            top.append("Max-Forwards: 70")  # §16.6 step 3
+        else:
+            head.replace(head.at["Max-Forwards"][0], f"Max-Forwards: {request.max_forwards - 1}")
+        data = head.to_bytes(top, tuple(popped))
+        pending_key = f"{ours}|{method}"
+        answered = seen and pending_key not in self.pending  # see _from_outside
+        self._send_on(node, data, method, request.call_id, pending_key, initial, answered, now)
+        if method == "INVITE" and not answered:
+            self._lean_reply(request, addr, 100, "Trying")
+        self.count(f"to.{node}")
+        return node
+
+    def _lean_reply(self, request: Request, addr: Addr, status: int, reason: str, extra: tuple[str, ...] = ()) -> None:
+        """`_reply` from the request's lines (its top Via already stamped, if forwarded)."""
+        head = request.head
+        vias = [head.value(span) for span in head.at["Via"]]
+        vias[0] = self._with_oc(vias[0])
+        to = head.one("To") or ""
+        if status > 100 and not request.to_tag:
+            to += ";tag=" + refusal_tag(request.call_id)
+        lines = [f"SIP/2.0 {status} {reason}", *(f"Via: {v}" for v in vias), f"From: {head.one('From')}"]
+        lines += [f"To: {to}", f"Call-ID: {request.call_id}", f"CSeq: {head.one('CSeq')}", *extra]
+        self.outbox.append(
+            ("\r\n".join(lines).encode("utf-8", "surrogateescape") + b"\r\nContent-Length: 0\r\n\r\n", addr)
+        )
+
+    def _lean_response(self, response: Response, source: Addr, now: float) -> str:
+        """`_relay_response`, for a plain response to a request from outside."""
+        r = response
+        if not self._answers(r.ours.branch, r.method, r.status, r.call_id, r.cseq, source, now):
+            return "100 absorbed"
+        target, transport = self._response_hop(r.ours, r.nxt)
+        self._emit(r.head.to_bytes(drop=(r.ours_line,)), target, transport)
+        return "response"
 
     # --- requests from UAs -----------------------------------------------------------
 
@@ -292,7 +385,7 @@ class Balancer:
         ):
             return self._refused_again(msg, addr)
         seen = remembered is not None
-        node = self._choose(msg, hint, match, now)
+        node = self._choose(msg.method, msg.call_id, msg.cseq[0] if msg.method == "ACK" else 0, hint, match, now)
         if node is None and now < self.quiet_until:
             # Just started (a restart, a --take-over): no node's heartbeat heard yet. Not a
             # 503: the UA sends it again (T1), by when the nodes are known.
@@ -327,14 +420,7 @@ class Balancer:
         # lost it; the node answers again): forwarded, but no 100 Trying, which could
         # reach the UA after that final response, and no pending entry to re-forward.
         answered = seen and msg.method != "CANCEL" and pending_key not in self.pending
-        if msg.method != "ACK" and not answered:  # ACK has no response: nothing tells us it arrived
-            self.pending[pending_key] = PendingRequest(
-                node, data, msg.call_id, now + SOFT_STATE_TTL, sent=now, initial=initial
-            )
-            if initial:
-                self.throttle(node).sent(pending_key, now)
-            self.pending.move_to_end(pending_key)
-        self.outbox.append((data, self.liveness.nodes[node].addr))
+        self._send_on(node, data, msg.method, msg.call_id, pending_key, initial, answered, now)
         if msg.method == "INVITE" and not answered:
             # After the forwarded INVITE, not before: a UA that has our 100 stops
             # retransmitting (§17.1.1.2), so a balancer that died between the two sends
@@ -343,6 +429,18 @@ class Balancer:
             self._reply(msg, addr, 100, "Trying", strip_top_via=True)
         self.count(f"to.{node}")
         return node
+
+    def _send_on(
+        self, node: str, data: bytes, method: str, call_id: str, key: str, initial: bool, answered: bool, now: float
+    ) -> None:
+        """Forward a request to its node, remembering it until its final response (to
+        time it, and to send it on to a survivor if the node dies first)."""
+        if method != "ACK" and not answered:  # ACK has no response: nothing tells us it arrived
+            self.pending[key] = PendingRequest(node, data, call_id, now + SOFT_STATE_TTL, sent=now, initial=initial)
+            if initial:
+                self.throttle(node).sent(key, now)
+            self.pending.move_to_end(key)
+        self.outbox.append((data, self.liveness.nodes[node].addr))
 
     def _quick_admission(self, data: bytes, addr: Addr, now: float) -> str | None:
         """Admission for a new request before it is parsed: "refused" (answered 503 from
@@ -447,7 +545,7 @@ class Balancer:
             msg.headers += [("Route", route) for route in routes[:-1]]
         return uri.params.get("zsnode")
 
-    def _choose(self, msg: SipMessage, hint: str | None, match: str, now: float) -> str | None:
+    def _choose(self, method: str, call_id: str, cseq: int, hint: str | None, match: str, now: float) -> str | None:
         # With no node ready (e.g. the survivor's store is being elected), a node that is
         # still heartbeating gets the request rather than the UA a 503 from us: it waits
         # for its store or answers for itself.
@@ -457,8 +555,8 @@ class Balancer:
         remembered = self.soft.get(match)
         if remembered is not None and remembered[0] in live:
             return remembered[0]  # a retransmission, a CANCEL, a non-2xx ACK: its transaction's node
-        if msg.method == "ACK":
-            answered = self.answered.get((msg.call_id, msg.cseq[0]))
+        if method == "ACK":
+            answered = self.answered.get((call_id, cseq))
             if answered is not None and answered[0] in live:
                 return answered[0]  # the node re-sending its 2xx until this ACK comes
         serving = self.serving(live)  # a drained node takes nothing new
@@ -468,7 +566,7 @@ class Balancer:
         elif hint in serving:
             node = hint
         else:
-            node = hashing.choose(msg.call_id, serving)
+            node = hashing.choose(call_id, serving)
         if match and node is not None:
             self.soft[match] = (node, now + SOFT_STATE_TTL)
             self.soft.move_to_end(match)
@@ -521,16 +619,19 @@ class Balancer:
         if target != addr:
             self.aliases.append((target, addr))
 
-    def _stamp_received(self, msg: SipMessage, addr: Addr) -> None:
-        """§18.2.1 and RFC 3581: note in the top Via where the request really came from."""
-        vias = msg.get_all("Via")
-        via = parse_via(vias[0])
+    @staticmethod
+    def _stamped(via: Via, addr: Addr) -> str:
+        """§18.2.1 and RFC 3581: the top Via, noting where the request really came from."""
         params = dict(via.params)
         if via.host.strip("[]").lower() != addr[0].lower():
             params["received"] = addr[0]  # RFC 5118 §4.5: an IPv6 address without brackets
         if "rport" in params:
             params["rport"] = str(addr[1])
-        top = format_via(via.transport, via.host, via.port, params)
+        return format_via(via.transport, via.host, via.port, params)
+
+    def _stamp_received(self, msg: SipMessage, addr: Addr) -> None:
+        vias = msg.get_all("Via")
+        top = self._stamped(parse_via(vias[0]), addr)
         msg.remove("Via")
         msg.headers = [("Via", top)] + [("Via", v) for v in vias[1:]] + msg.headers
 
@@ -596,31 +697,10 @@ class Balancer:
         if not vias or BRANCH_PREFIX not in vias[0]:
             self.count("response.not_ours")
             return "dropped"
-        if msg.status == 100:  # hop by hop (§16.7): we sent our own 100
-            heard = self.pending.get(f"{parse_via(vias[0]).branch}|{msg.cseq[1]}")
-            if heard is not None:
-                heard.heard = True
-            return "100 absorbed"
         ours = parse_via(vias[0])
-        key = f"{ours.branch}|{msg.cseq[1]}"
-        pending = self.pending.get(key)
-        if (
-            pending is not None
-            and not pending.timed
-            and not pending.rerouted
-            and source == self.liveness.nodes[pending.node].addr
-        ):
-            # The node's response time: what admission control holds near its target.
-            pending.timed = True
-            self.throttle(pending.node).observe(now - pending.sent, now, pending.initial, key)
-            self.delays.append((msg.cseq[1], pending.initial, now - pending.sent))
-        if msg.status >= 200:
-            self.pending.pop(key, None)
-            if msg.status < 300 and msg.cseq[1] == "INVITE" and source is not None:
-                node = self.node_at(source)
-                if node is not None:
-                    self.answered[(msg.call_id, msg.cseq[0])] = (node, now + SOFT_STATE_TTL)
-                    self.answered.move_to_end((msg.call_id, msg.cseq[0]))
+        number, method = msg.cseq
+        if not self._answers(ours.branch, method, msg.status, msg.call_id, number, source, now):
+            return "100 absorbed"
         if "zsv" in ours.params:  # a response to a node's request: restore its Via
             if "oc" in ours.params and ours.params["oc"] and source is not None:
                 # RFC 7339 §5.10: the downstream server asks us to shed a share of what we send it.
@@ -645,6 +725,38 @@ class Balancer:
         self._move_vias_first(msg)
         self._emit(msg.to_bytes(), target, transport)
         return "response"
+
+    def _answers(
+        self, branch: str, method: str, status: int, call_id: str, cseq: int, source: Addr | None, now: float
+    ) -> bool:
+        """What a response tells us of its request (ours: `branch`): its node is working
+        on it, how long the node took (admission control), that it is done, which node
+        answered an INVITE 2xx (its ACK goes there). False for a 100 Trying, which goes no
+        further (hop by hop, §16.7: we sent our own)."""
+        key = f"{branch}|{method}"
+        pending = self.pending.get(key)
+        if status == 100:
+            if pending is not None:
+                pending.heard = True
+            return False
+        if (
+            pending is not None
+            and not pending.timed
+            and not pending.rerouted
+            and source == self.liveness.nodes[pending.node].addr
+        ):
+            # The node's response time: what admission control holds near its target.
+            pending.timed = True
+            self.throttle(pending.node).observe(now - pending.sent, now, pending.initial, key)
+            self.delays.append((method, pending.initial, now - pending.sent))
+        if status >= 200:
+            self.pending.pop(key, None)
+            if status < 300 and method == "INVITE" and source is not None:
+                node = self.node_at(source)
+                if node is not None:
+                    self.answered[(call_id, cseq)] = (node, now + SOFT_STATE_TTL)
+                    self.answered.move_to_end((call_id, cseq))
+        return True
 
     def _live_node_for(self, target: Addr, call_id: str) -> Addr:
         """A response to a node's request goes to that node; if it is gone (its client
