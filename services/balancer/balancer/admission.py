@@ -11,7 +11,9 @@ node's measured response time, as in Welsh and Culler's adaptive overload contro
   request still unanswered counts with its age so far, so that a queue (or a node that
   stalls) is seen before its responses come back (unless the node has since answered
   requests sent well after it: then it is no queue but a lost answer, or a request a
-  service holds on purpose, and it stops counting);
+  service holds on purpose, and it stops counting); while far more is admitted than the
+  node answers (`FLOOD`), the wait Little's law gives (what it holds over its
+  throughput) counts too, which shows a flood at once;
 - about every `ADJUST_EVERY` responses (and at most every `ADJUST_PERIOD`), the rate is
   judged on the period's mean delay: over the target for `QUICK_SUSTAIN` (for `SUSTAIN`
   when only a little over, up to `MILD`; at once when far over),
@@ -20,11 +22,14 @@ node's measured response time, as in Welsh and Culler's adaptive overload contro
   until `STALL_LIMIT`), it is cut to `DECREASE` of the rate at which the node answered
   new requests over the last second (its capacity now, for this mix of work), or of itself
   if lower, so that a queue that formed drains, and not cut again before that cut can
-  show (one delay later); comfortably below the target while refusing or nearly, it
-  grows by a share of itself scaled by the margin;
-- a node that was sent nothing new for `IDLE_PERIOD` gets `max_rate` back, so a cluster
-  that came through a burst takes its full rate again (issue 22: "recovery"); what it
-  still owes from before the rest no longer counts as waiting.
+  show (one delay later); what the node holds beyond one target's worth of its work
+  drains before anything new is admitted (at most `MAX_DRAIN`); comfortably below the
+  target while refusing or nearly, it grows by a share of itself scaled by the margin;
+- a node that was sent nothing new for `IDLE_PERIOD` gets its ceiling back (`max_rate`,
+  or `AFTER_REST` times the highest throughput a cut measured on it), so a cluster that
+  came through a burst takes its full rate again (issue 22: "recovery") and the next
+  burst's first judgement finds no second of work already admitted; what it still owes
+  from before the rest no longer counts as waiting.
 
 The delay is what the user sees (setup latency), not a count: a fixed in-flight limit
 admits too much when requests are expensive and too little when they are cheap. The
