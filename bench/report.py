@@ -104,9 +104,14 @@ def markdown(results: dict[str, Any]) -> str:
         r = setup.get("ratios")  # none with --only-zeroslee: no baselines were run
         if r:
             lines.append(
-                f"| ratio zeroslee / SIPp, zeroslee / Kamailio (one room; one room per call) "
+                f"| ratio zeroslee / SIPp, zeroslee / Kamailio stateful (one room; one room per call) "
                 f"| {_num(r['zeroslee/sipp'])}, {_num(r['zeroslee/kamailio'])}; "
                 f"{_num(r.get('zeroslee_rooms/sipp'))}, {_num(r.get('zeroslee_rooms/kamailio'))} | | |"
+            )
+        if r and stateless:
+            lines.append(
+                f"| ratio zeroslee / Kamailio stateless (one room; one room per call) "
+                f"| {_num(round(z / stateless, 4))}; {_num(round((rooms or 0) / stateless, 4))} | | |"
             )
     lines += front_rows(results)
     lines += b2bua_rows(results)

@@ -27,7 +27,7 @@ import msgspec
 import zmq
 
 from zeroslee import bus, hashing, keys
-from zeroslee.liveness import Liveness, adoption_dead_after
+from zeroslee.liveness import ADOPTION_READ_EVERY, Liveness, adoption_dead_after
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats
 from zeroslee.storeclient import CommitFailed, StoreClient
@@ -217,7 +217,9 @@ class FaultTolerance:
         self.grace = 2 * proc.config.balancer.dead_after + 3 * proc.config.heartbeat_interval
 
     async def run(self) -> None:
-        await follow_heartbeats(self.proc, self.liveness, self.step)
+        # Adoption judges silence over a second: the beats are read in batches (runtime).
+        every = ADOPTION_READ_EVERY * self.proc.config.heartbeat_interval
+        await follow_heartbeats(self.proc, self.liveness, self.step, every=every)
 
     async def step(self) -> None:
         if time.monotonic() - self.polled < self.poll_every:

@@ -114,6 +114,11 @@ class Liveness:
         return sorted(n for n, s in self.nodes.items() if not s.exited and now - s.last_seen <= self.dead_after)
 
 
+# Processes that judge liveness for adoption (routers, RAs) read the heartbeats every
+# this many heartbeat intervals rather than at each beat (runtime.follow_heartbeats).
+ADOPTION_READ_EVERY = 3
+
+
 def adoption_dead_after(config: Config) -> float:
     """How long a node must be silent before its work is taken over: longer than the
     balancer's detection (which only moves traffic), so a node slowed down by load, whose

@@ -38,7 +38,7 @@ from router.tracer import parse_level
 from zeroslee import bus, keys
 from zeroslee.alarms import LEVELS as ALARM_LEVELS
 from zeroslee.alarms import Alarms
-from zeroslee.liveness import Liveness, adoption_dead_after
+from zeroslee.liveness import ADOPTION_READ_EVERY, Liveness, adoption_dead_after
 from zeroslee.metrics import GROUP_BUCKETS, Metric, counter, counters, gauge, gauges
 from zeroslee.replica import ReplicaUnavailable
 from zeroslee.runtime import Process, follow_heartbeats, run
@@ -797,7 +797,9 @@ class Router:
 
     async def watch(self) -> None:
         """Follow the nodes' heartbeats; when one dies, take over our share of its work."""
-        await follow_heartbeats(self.proc, self.liveness, self.check_losses)
+        # Adoption judges silence over a second: the beats are read in batches (runtime).
+        every = ADOPTION_READ_EVERY * self.proc.config.heartbeat_interval
+        await follow_heartbeats(self.proc, self.liveness, self.check_losses, every=every)
 
     async def check_losses(self) -> None:
         live = self.liveness.eligible(time.monotonic())  # a drained node's work goes too
