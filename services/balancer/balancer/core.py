@@ -284,17 +284,18 @@ class Balancer:
     def _lean(self, data: bytes, addr: Addr, now: float) -> str | None:
         """Route a plain message from its header lines; None: take the full path (nothing
         has been changed then)."""
+        is_response = data.startswith(b"SIP/")
+        if not is_response and self.node_at(addr) is not None:
+            return None  # a node's request: its Via is folded (topology hiding), the full way
         head = Head.split(data)
         if head is None:
             return None
-        if head.start.startswith("SIP/"):
+        if is_response:
             response = read_response(head, BRANCH_PREFIX)
             if response is None:
                 return None
             self.count("lean.responses")  # the share of messages the lean path takes, in the stats
             return self._lean_response(response, addr, now)
-        if self.node_at(addr) is not None:
-            return None  # a node's request: its Via is folded (topology hiding), the full way
         request = read_request(head)
         summary = None if request is None else self._lean_request(request, addr, now)
         if summary is not None:
