@@ -809,7 +809,10 @@ class Bench:
 
     # --- bookkeeping ----------------------------------------------------------------
     def note(self, argv: list[str]) -> None:
+        """Record a peer's command line, with this checkout as `.` and the run's scratch
+        directory as `<work>`: the results are committed, and name no machine's paths."""
         line = " ".join(str(a) for a in argv)
+        line = line.replace(f"{self.work}/", "<work>/").replace(f"{tools.BENCH.parent}/", "")
         if line not in self.commands:
             self.commands.append(line)
 

@@ -72,9 +72,9 @@ def secret_path(config: Config, member: str) -> Path:
 def is_z85_key(entry: str) -> bool:
     """A `[security.public]` value of 40 characters is the key itself; anything else is
     the path of the certificate file that holds it. A path can be 40 characters long
-    and made of Z85's alphabet too (`/tmp/profball514x2xz/c/keys/balancer.key` was taken
-    for a key, and its member got no key pair): one that names a file, or that is a
-    directory's `.key` file, is a path."""
+    and made of Z85's alphabet too (a cluster in a temp dir named by mkdtemp had its
+    balancer's `keys/balancer.key` path taken for a key, and that member got no key
+    pair): one that names a file, or that is a directory's `.key` file, is a path."""
     if len(entry) != Z85_KEY_LENGTH or Path(entry).exists() or ("/" in entry and entry.endswith(".key")):
         return False
     try:
