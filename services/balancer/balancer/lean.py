@@ -15,8 +15,10 @@ request without the magic cookie, a strict route, `oc` in the next Via, a reques
 or toward a node (topology hiding), TCP, a Proxy-Require, a transaction we refused, a
 Content-Length that does not match the datagram. The lean path only decides after it
 has read everything it needs; until then it has changed nothing, so falling back is
-always safe. Measured (the bench's call flow through the core alone): about a third of
-the full path's cost per message.
+always safe. Measured on one machine: a SIPp-like call (INVITE, 100, 180, 200, ACK, BYE,
+200) through the core alone, 376 us with the full path and 270 us with this one (the
+header-name cache of sipmsg in both); the balancer process at 300 calls/s on a fresh
+cluster, 0.84 -> 0.69 ms of CPU per call, counting the other savings of the same change.
 """
 
 from __future__ import annotations
